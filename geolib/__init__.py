@@ -1,0 +1,1 @@
+"""geolocal toolkit."""

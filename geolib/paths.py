@@ -1,0 +1,69 @@
+"""Where generated files go, and how they are written safely.
+
+Everything generated lives under one outputs root so that git never sees it and a user can delete
+it in one go. Writes go to a temporary name first, so an interrupted run never leaves half a file
+that a later run would trust.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+from contextlib import contextmanager
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def outputs_root() -> Path:
+    """`$GEOLIB_OUTPUTS`, else `<repo>/outputs` (editable install), else `./outputs`."""
+    env = os.environ.get("GEOLIB_OUTPUTS")
+    if env:
+        return Path(env).expanduser().resolve()
+    if (REPO_ROOT / "pyproject.toml").exists():
+        return REPO_ROOT / "outputs"
+    return Path.cwd() / "outputs"
+
+
+def profile_dir(profile: str, kind: str | None = None) -> Path:
+    """`outputs/<profile>[/<kind>]`, created on demand."""
+    path = outputs_root() / profile
+    if kind:
+        path = path / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, **kwargs: Any) -> Path:
+    kwargs.setdefault("indent", 2)
+    kwargs.setdefault("sort_keys", True)
+    return atomic_write_text(path, json.dumps(obj, **kwargs) + "\n")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

@@ -1,0 +1,125 @@
+"""The metrics-record writer (DESIGN.md §5).
+
+One JSON object per line in `outputs/<profile>/metrics/<source>.jsonl`. The report, the README
+tables and the checks all read these files, so every writer goes through here and the keys stay
+fixed.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import math
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from .paths import REPO_ROOT, outputs_root
+
+TASKS = ("world", "crossview", "vpr", "classification", "distillation", "cost", "bench")
+REQUIRED = ("task", "protocol", "dataset", "split", "query_view", "gallery_view", "model", "metrics",
+            "profile", "seed", "config", "git", "created")
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=5).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN; numpy scalars are not JSON. Make both safe."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def make_record(*, task: str, protocol: str | None, dataset: str, split: str | None, model: str,
+                metrics: dict[str, Any], profile: str, seed: int | None,
+                query_view: str | None = None, gallery_view: str | None = None,
+                config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    if task not in TASKS:
+        raise ValueError(f"record task {task!r} is not one of {TASKS}")
+    if not isinstance(metrics, dict) or not metrics:
+        raise ValueError("a record needs a non-empty metrics dict")
+    rec = {
+        "task": task, "protocol": protocol, "dataset": dataset, "split": split,
+        "query_view": query_view, "gallery_view": gallery_view, "model": model,
+        "metrics": metrics, "profile": profile, "seed": seed, "config": config or {},
+        "git": git_commit(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    rec.update(extra)
+    return _clean(rec)
+
+
+def metrics_path(source: str, profile: str) -> Path:
+    return outputs_root() / profile / "metrics" / f"{source}.jsonl"
+
+
+def write_record(source: str, **fields: Any) -> dict[str, Any]:
+    """Append one record to `outputs/<profile>/metrics/<source>.jsonl` and return it.
+
+    Appends take a file lock so that two processes (DDP ranks, parallel notebooks) never interleave
+    half lines.
+    """
+    rec = make_record(**fields)
+    path = metrics_path(source, rec["profile"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(rec, sort_keys=True) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(line)
+        fh.flush()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return rec
+
+
+def read_records(profile: str | None = None, source: str | None = None,
+                 root: Path | None = None) -> list[dict[str, Any]]:
+    """All records of a profile (or of every profile), optionally of one source."""
+    root = root or outputs_root()
+    pattern = f"{profile or '*'}/metrics/{source or '*'}.jsonl"
+    out: list[dict[str, Any]] = []
+    for path in sorted(root.glob(pattern)):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not a JSON record ({err}); delete the line or the file") from err
+            rec["_source"] = path.stem
+            out.append(rec)
+    return out
+
+
+def records_table(records: Iterable[dict[str, Any]], metric_keys: Iterable[str] | None = None):
+    """A pandas table of records: one row per record, one column per metric."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        row = {k: r.get(k) for k in ("task", "protocol", "dataset", "split", "query_view",
+                                      "gallery_view", "model", "profile", "seed")}
+        for k, v in (r.get("metrics") or {}).items():
+            if metric_keys is None or k in metric_keys:
+                row[k] = v
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,104 @@
+"""Shared fixtures: small dataset trees in each real layout, built from generated images."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("GEOLIB_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow test: run with GEOLIB_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_outputs(tmp_path_factory, monkeypatch):
+    """No test writes into the repository's outputs/: each session gets its own root."""
+    if "GEOLIB_OUTPUTS_KEEP" not in os.environ:
+        root = tmp_path_factory.getbasetemp() / "outputs"
+        monkeypatch.setenv("GEOLIB_OUTPUTS", str(root))
+
+
+def make_image(path: Path, seed: int = 0, size: tuple[int, int] = (24, 20), mode: str = "RGB") -> Path:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    if mode == "L":
+        img = img.convert("L")
+    elif mode == "RGBA":
+        img = img.convert("RGBA")
+    elif mode == "CMYK":
+        img = img.convert("CMYK")
+    elif mode == "I;16":
+        img = Image.fromarray((rng.integers(0, 65535, (size[1], size[0]))).astype(np.uint16))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def build_university(root: Path, broken: bool = True) -> Path:
+    """Train 0001-0002, test queries 0003-0004, gallery 0003-0005 (0005 a distractor).
+
+    With `broken`: an empty class folder, a truncated JPEG and a stray text file are added.
+    """
+    n = 0
+    for view in ("satellite", "drone", "street"):
+        for b in ("0001", "0002"):
+            make_image(root / "train" / view / b / f"{view}_{b}.jpg", seed=(n := n + 1))
+    make_image(root / "train" / "drone" / "0001" / "image-02.png", seed=99)  # png beside jpg
+    make_image(root / "train" / "street" / "0002" / "gray.jpg", seed=98, mode="L")
+    make_image(root / "train" / "street" / "0002" / "@@12.5@@odd@.jpg", seed=97)  # '@' fields missing
+    for view in ("satellite", "drone", "street"):
+        for b in ("0003", "0004"):
+            make_image(root / "test" / f"query_{view}" / b / f"q_{b}.jpg", seed=(n := n + 1))
+        for b in ("0003", "0004", "0005"):
+            make_image(root / "test" / f"gallery_{view}" / b / f"g_{b}.jpg", seed=(n := n + 1))
+    if broken:
+        (root / "train" / "street" / "0001").mkdir(parents=True, exist_ok=True)
+        for f in (root / "train" / "street" / "0001").iterdir():
+            f.unlink()
+        truncate(make_image(root / "train" / "drone" / "0002" / "cut.jpg", seed=77, size=(64, 64)))
+        (root / "train" / "drone" / "0002" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def university_root(tmp_path) -> Path:
+    return build_university(tmp_path / "University-1652", broken=False)
+
+
+@pytest.fixture
+def broken_university_root(tmp_path) -> Path:
+    return build_university(tmp_path / "University-1652", broken=True)
+
+
+def vpr_name(east: float, north: float, heading: float | None = None, note: str = "") -> str:
+    h = "" if heading is None else f"{heading:.1f}"
+    return f"@{east:.2f}@{north:.2f}@33@T@41.90000@12.50000@pano{int(east)}@@{h}@@@@2024@{note}@.jpg"
+
+
+@pytest.fixture
+def vpr_root(tmp_path) -> Path:
+    root = tmp_path / "sf_xs"
+    for i in range(4):
+        make_image(root / "test" / "database" / vpr_name(500000 + 10 * i, 4600000, heading=90.0 * i), seed=i)
+    make_image(root / "test" / "queries_v1" / vpr_name(500001, 4600002), seed=10)
+    make_image(root / "test" / "queries_v1" / vpr_name(500031, 4600001, note="night"), seed=11)
+    return root

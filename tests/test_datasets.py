@@ -1,0 +1,159 @@
+import numpy as np
+import pytest
+import scipy.io
+
+from conftest import make_image, vpr_name
+from geolib.datasets import (DatasetError, ImageDataset, default_transform, labels_of, load_dataset,
+                             parse_vpr_name, quick_image_check)
+
+
+def test_university_clean_tree(university_root):
+    ds = load_dataset("university1652", university_root)
+    assert ds.errors == []
+    train_drone = ds.select(view="drone", split="train")
+    assert sorted({it.label for it in train_drone}) == [1, 2]
+    assert {it.path.suffix for it in train_drone} == {".jpg", ".png"}
+    assert len(ds.select(view="street", split="train")) == 4  # incl. grayscale and the '@' name
+    g = ds.select(role="gallery", view="satellite")
+    q = ds.select(role="query", view="satellite")
+    assert sorted({it.label for it in g}) == [3, 4, 5]  # 5 is a distractor: no query has it
+    assert sorted({it.label for it in q}) == [3, 4]
+    s = ds.summary()
+    assert s["groups"]["test/gallery/satellite"] == {"images": 3, "classes": 3}
+    assert s["classes_without_images"] == []
+
+
+def test_university_broken_tree_lists_every_problem(broken_university_root):
+    with pytest.raises(DatasetError) as info:
+        load_dataset("university1652", broken_university_root)
+    text = str(info.value)
+    assert "cut.jpg" in text and "truncated" in text
+    ds = info.value.dataset
+    warnings = [str(p) for p in ds.warnings]
+    assert any("street/0001" in w and "empty class folder" in w for w in warnings)
+    assert any("notes.txt" in w for w in warnings)
+    assert ds.summary()["classes_without_images"] == ["street/0001"]
+
+
+def test_university_locations_and_bad_folder_names(university_root):
+    (university_root / "locations.csv").write_text(
+        "label,utm_east,utm_north,utm_zone,lat,lon,region\n3,500100.5,4600200.0,33T,41.5,12.1,r1\n")
+    (university_root / "test" / "gallery_drone" / "abc").mkdir()
+    ds = load_dataset("university1652", university_root, strict=False)
+    it = ds.select(role="query", view="drone")[0]
+    assert (it.label, it.utm_east, it.utm_zone, it.meta["region"]) == (3, 500100.5, "33T", "r1")
+    assert any("abc" in str(p) and "does not parse" in str(p) for p in ds.errors)
+
+
+def test_query_class_without_gallery_is_reported(university_root):
+    make_image(university_root / "test" / "query_street" / "0009" / "q.jpg")
+    ds = load_dataset("university1652", university_root)
+    assert any("0009" in p.path and "no gallery item" in p.message for p in ds.warnings)
+
+
+def test_missing_root_and_unknown_format(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset("cvusa", tmp_path / "nope")
+    with pytest.raises(ValueError, match="unknown dataset format"):
+        load_dataset("kitti", tmp_path)
+    with pytest.raises(DatasetError, match="no train/ or test/"):
+        load_dataset("university1652", tmp_path)
+
+
+def test_cvusa_pairs_and_missing_split_file(tmp_path):
+    root = tmp_path / "CVUSA"
+    rows = []
+    for i in range(3):
+        make_image(root / "bingmap" / "19" / f"{i:07d}.jpg", seed=i)
+        make_image(root / "streetview" / "panos" / f"{i:07d}.jpg", seed=10 + i)
+        rows.append(f"bingmap/19/{i:07d}.jpg,streetview/panos/{i:07d}.jpg,streetview/annotations/{i:07d}.png")
+    (root / "splits").mkdir()
+    (root / "splits" / "train-19zl.csv").write_text("\n".join(rows[:2]) + "\n")
+    with pytest.raises(DatasetError, match="val-19zl.csv.*missing split file"):
+        load_dataset("cvusa", root)
+    (root / "splits" / "val-19zl.csv").write_text(rows[2] + "\nbroken-row\n")
+    ds = load_dataset("cvusa", root, strict=False)
+    assert len(ds.pairs) == 3 and len(ds.errors) == 1 and ":2" in ds.errors[0].path
+    q, g = ds.pairs[2]
+    assert ds.items[q].view == "panorama" and ds.items[g].view == "satellite"
+    assert ds.items[q].label == ds.items[g].label and ds.items[q].split == "val"
+
+
+def test_cvact_mat(tmp_path):
+    root = tmp_path / "CVACT"
+    ids = ["a1", "b2", "c3"]
+    for i, pid in enumerate(ids):
+        make_image(root / "ANU_data_small" / "streetview" / f"{pid}_grdView.jpg", seed=i)
+        make_image(root / "ANU_data_small" / "satview_polish" / f"{pid}_satView_polish.jpg", seed=5 + i)
+    scipy.io.savemat(root / "ACT_data.mat", {
+        "panoIds": np.array(ids, dtype=object),
+        "utm": np.array([[690000.0, 6090000.0], [690010.0, 6090020.0], [690500.0, 6090900.0]]),
+        "trainSet": {"trainInd": np.array([[1], [2]])},
+        "valSet": {"valInd": np.array([[3]])}})
+    ds = load_dataset("cvact", root)
+    assert len(ds.pairs) == 3
+    val = ds.select(split="val", view="panorama")
+    assert len(val) == 1 and val[0].path.name == "c3_grdView.jpg" and val[0].utm_north == 6090900.0
+
+
+def test_vigor_semi_positives(tmp_path):
+    root = tmp_path / "VIGOR"
+    for city in ("Chicago", "SanFrancisco"):
+        sats = [f"satellite_41.{i}_-87.{i}.png" for i in range(5)]
+        for j, s in enumerate(sats):
+            make_image(root / city / "satellite" / s, seed=j)
+        pano = "p1,41.05,-87.05,.jpg"
+        make_image(root / city / "panorama" / pano, seed=9)
+        (root / "splits" / city).mkdir(parents=True)
+        (root / "splits" / city / "satellite_list.txt").write_text("\n".join(sats) + "\n")
+        row = " ".join([pano] + [f"{s} 1.0 -2.0" for s in sats[1:5]])
+        (root / "splits" / city / "pano_label_balanced.txt").write_text(row + "\n")
+    ds = load_dataset("vigor", root, split="test", mode="cross")
+    q = ds.select(role="query")
+    assert len(q) == 2 and len(ds.select(role="gallery")) == 10
+    assert ds.items[q[0].label].path.name == "satellite_41.1_-87.1.png"
+    assert len(q[0].meta["semi_positives"]) == 3 and q[0].lat == 41.05
+
+
+def test_vpr_name_field_by_field():
+    name = "@0543256.96@4178906.70@10@S@037.77435@-122.51700@pano7@t3@270.5@0@@2.5@201907@night@.jpg"
+    f = parse_vpr_name("/data/a@b/" + name)  # folders with '@' must not shift the fields
+    assert (f["utm_east"], f["utm_north"], f["utm_zone"], f["utm_letter"]) == (543256.96, 4178906.70, "10", "S")
+    assert (f["lat"], f["lon"], f["pano_id"], f["tile"]) == (37.77435, -122.517, "pano7", "t3")
+    assert (f["heading"], f["pitch"], f["roll"], f["height"]) == (270.5, 0.0, None, 2.5)
+    assert (f["timestamp"], f["note"], f["n_fields"]) == ("201907", "night", 14)
+    short = parse_vpr_name("@1.5@2.5@@.jpg")
+    assert short["heading"] is None and short["n_fields"] == 3
+    with pytest.raises(ValueError, match="UTM"):
+        parse_vpr_name("@@2.5@.jpg")
+    with pytest.raises(ValueError, match="heading"):
+        parse_vpr_name("@1@2@@@@@@@north@.jpg")
+
+
+def test_vpr_query_folder_is_a_parameter(vpr_root):
+    with pytest.raises(DatasetError, match="queries_v1"):
+        load_dataset("vpr", vpr_root)  # default 'queries' is absent; the message lists what exists
+    ds = load_dataset("vpr", vpr_root, query_folder="queries_v1")
+    q, db = ds.select(role="query"), ds.select(role="gallery")
+    assert len(q) == 2 and len(db) == 4
+    assert db[1].heading == 90.0 and q[0].heading is None and db[0].utm_zone == "33T"
+    make_image(vpr_root / "test" / "queries_v1" / "no_fields.jpg")
+    ds = load_dataset("vpr", vpr_root, query_folder="queries_v1", strict=False)
+    assert any("no_fields.jpg" in p.path and "does not parse" in p.message for p in ds.errors)
+
+
+def test_folder_and_torch_dataset(tmp_path):
+    make_image(tmp_path / "a" / "x.png", mode="RGBA")
+    make_image(tmp_path / "b" / "y.JPG", mode="L")
+    ds = load_dataset("folder", tmp_path)
+    assert len(ds.items) == 2 and labels_of(ds.items).tolist() == [-1, -1]
+    torch_ds = ImageDataset(ds.items, default_transform(16))
+    x, i = torch_ds[1]
+    assert tuple(x.shape) == (3, 16, 16) and i == 1
+
+
+def test_quick_check_catches_cut_png(tmp_path):
+    from conftest import truncate
+    p = truncate(make_image(tmp_path / "c.png", size=(80, 80)), keep=0.6)
+    assert "truncated PNG" in quick_image_check(p)
+    assert quick_image_check(make_image(tmp_path / "ok.png")) is None
