@@ -1,0 +1,20 @@
+"""Every notebook runs under papermill with the smoke profile, in order, sharing one outputs root."""
+import json
+from pathlib import Path
+
+import pytest
+
+from geolib.paths import outputs_root
+from geolib.pipeline import discover, run_notebook
+
+NOTEBOOKS = discover()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_smoke(notebook: Path):
+    out = run_notebook(notebook, "smoke", progress=False)
+    executed = json.loads(out.read_text())
+    code = [c for c in executed["cells"] if c["cell_type"] == "code"]
+    assert code and all(c.get("execution_count") for c in code), "every code cell ran"
+    assert out.parent == outputs_root() / "smoke" / "notebooks"
