@@ -1,0 +1,332 @@
+"""Retrieval metrics and protocols (DESIGN.md §5), in bounded memory.
+
+Every number here is derived from one quantity: the 0-based rank of each true gallery item in the
+query's ranking. R@K is "the best true item ranks below K"; AP needs the ranks of all true items.
+Ranks are computed exactly by *counting*, for each true item, how many gallery items score above it,
+one (query chunk × gallery chunk) block at a time, so the Q×G score matrix never exists: peak extra
+memory is a few `chunk_size²` arrays, whatever Q and G are.
+
+Tie order (documented, deterministic): gallery items with exactly equal scores are ranked by
+gallery index, lower index first, i.e. the order a stable sort by descending score would give.
+The University-1652 reference uses numpy's unstable argsort, whose tie order is machine-dependent;
+scores from real embeddings almost never tie exactly, so the protocols agree in practice.
+
+Scores are inner products of the embeddings (cosine for L2-normalised ones), computed in float32.
+A score is always taken from the same block computation that ranks it, so a true item never
+competes with a re-rounded copy of itself.
+
+Protocols:
+- `university1652-official` (`retrieval_metrics`): true items share the query's label; junk
+  (label `junk_label`) is removed from the ranking; distractors stay; queries with no true item
+  stay in the denominator as AP 0 and a miss; AP is the trapezoid variant; R@1% is recall at
+  k = max(1, round(G/100)) with G the whole gallery as given (junk included, as the reference's
+  `len(gallery_label)`), Python rounding (half to even). The reference prints its "1%" figure at
+  k = round(G/100)+1; ours is the stated k.
+- `vpr-25m` (`vpr_recalls`): true items lie within `radius` metres (inclusive) in UTM; queries
+  with no database image in the radius stay in the denominator as misses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+PROTOCOL_UNIVERSITY = "university1652-official"
+PROTOCOL_UNIVERSITY_NO_DISTRACTORS = "university1652-no-distractors"
+PROTOCOL_VPR = "vpr-25m"
+
+
+@dataclass
+class Ranks:
+    """Per-query ranking outcome, enough to derive every retrieval metric and curve.
+
+    `first_rank[q]` is the 0-based rank of the best true item, or `n_ranked` when the query has
+    none (so it is a miss at every k). `ap[q]` is the trapezoid AP (0 without true items).
+    """
+
+    first_rank: np.ndarray
+    ap: np.ndarray
+    n_positives: np.ndarray
+    n_ranked: int
+    gallery_size: int
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def retrieval_metrics(query_emb: np.ndarray, query_labels: Sequence[int] | np.ndarray,
+                      gallery_emb: np.ndarray, gallery_labels: Sequence[int] | np.ndarray,
+                      ks: Iterable[int] = (1, 5, 10), chunk_size: int = 4096,
+                      junk_label: int | None = -1) -> dict[str, float]:
+    """R@k for each k, R@1% and AP, in percent, under the University-1652 official protocol."""
+    ranks = label_ranks(query_emb, query_labels, gallery_emb, gallery_labels,
+                        chunk_size=chunk_size, junk_label=junk_label)
+    return metrics_from_ranks(ranks, ks)
+
+
+def label_ranks(query_emb: np.ndarray, query_labels: Sequence[int] | np.ndarray,
+                gallery_emb: np.ndarray, gallery_labels: Sequence[int] | np.ndarray,
+                chunk_size: int = 4096, junk_label: int | None = -1) -> Ranks:
+    """Ranks of the same-label gallery items; the building block of `retrieval_metrics`."""
+    q_labels = np.asarray(query_labels).reshape(-1)
+    g_labels = np.asarray(gallery_labels).reshape(-1)
+    _check_shapes(query_emb, q_labels, gallery_emb, g_labels)
+    keep = np.ones(len(g_labels), bool) if junk_label is None else g_labels != junk_label
+    positives = label_positives(q_labels, g_labels, keep, junk_label)
+    return positive_ranks(query_emb, gallery_emb, positives, keep=keep, chunk_size=chunk_size)
+
+
+def vpr_recalls(query_utm: np.ndarray, db_utm: np.ndarray, query_emb: np.ndarray,
+                db_emb: np.ndarray, ks: Iterable[int] = (1, 5, 10, 20), radius: float = 25.0,
+                chunk_size: int = 4096) -> dict[str, float]:
+    """R@k in percent under `vpr-25m`: a database image within `radius` m (inclusive) is true."""
+    query_utm = np.asarray(query_utm, dtype=np.float64)
+    db_utm = np.asarray(db_utm, dtype=np.float64)
+    if len(query_utm) != len(query_emb) or len(db_utm) != len(db_emb):
+        raise ValueError(f"{len(query_utm)} query coordinates for {len(query_emb)} embeddings, "
+                         f"{len(db_utm)} database coordinates for {len(db_emb)} embeddings")
+    positives = vpr_positives(query_utm, db_utm, radius)
+    ranks = positive_ranks(query_emb, db_emb, positives, chunk_size=chunk_size)
+    return {f"R@{k}": recall_at(ranks, k) for k in ks}
+
+
+def vpr_positives(query_utm: np.ndarray, db_utm: np.ndarray, radius: float = 25.0) -> list[np.ndarray]:
+    """Database indices within `radius` of each query; sklearn's radius search is inclusive (≤)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    knn = NearestNeighbors(n_jobs=1).fit(np.asarray(db_utm, dtype=np.float64)[:, :2])
+    found = knn.radius_neighbors(np.asarray(query_utm, dtype=np.float64)[:, :2], radius=radius,
+                                 return_distance=False)
+    return [np.sort(p).astype(np.int64) for p in found]
+
+
+def metrics_from_ranks(ranks: Ranks, ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:
+    out = {f"R@{k}": recall_at(ranks, k) for k in ks}
+    out["R@1%"] = recall_at(ranks, one_percent_k(ranks.gallery_size))
+    out["AP"] = float(100.0 * ranks.ap.mean()) if len(ranks.ap) else 0.0
+    return out
+
+
+def one_percent_k(gallery_size: int) -> int:
+    """k of R@1%: max(1, round(G/100)), Python rounding."""
+    return max(1, round(gallery_size / 100))
+
+
+def recall_at(ranks: Ranks, k: int) -> float:
+    """Share of queries, in percent, whose best true item ranks in the top k."""
+    if len(ranks.first_rank) == 0:
+        return 0.0
+    return float(100.0 * np.mean(ranks.first_rank < k))
+
+
+def recall_curve(ranks: Ranks, max_k: int = 100) -> np.ndarray:
+    """R@1..R@max_k in percent (the CMC curve), for Recall@K plots."""
+    k = np.arange(1, max_k + 1)
+    if len(ranks.first_rank) == 0:
+        return np.zeros(max_k)
+    return 100.0 * (ranks.first_rank[:, None] < k[None, :]).mean(axis=0)
+
+
+def label_positives(query_labels: np.ndarray, gallery_labels: np.ndarray,
+                    keep: np.ndarray | None = None, junk_label: int | None = -1) -> list[np.ndarray]:
+    """Gallery indices sharing each query's label (junk never counts as true)."""
+    keep = np.ones(len(gallery_labels), bool) if keep is None else keep
+    kept = np.flatnonzero(keep)
+    order = kept[np.argsort(gallery_labels[kept], kind="stable")]
+    labels, starts = np.unique(gallery_labels[order], return_index=True)
+    groups = np.split(order, starts[1:])
+    by_label = {lab: np.sort(g) for lab, g in zip(labels.tolist(), groups)}
+    empty = np.zeros(0, np.int64)
+    return [empty if (junk_label is not None and lab == junk_label) else by_label.get(lab, empty)
+            for lab in query_labels.tolist()]
+
+
+def positive_ranks(query_emb: np.ndarray, gallery_emb: np.ndarray, positives: Sequence[np.ndarray],
+                   keep: np.ndarray | None = None, chunk_size: int = 4096) -> Ranks:
+    """Exact 0-based ranks of each query's true gallery items, among the kept gallery items.
+
+    `positives[q]` lists the gallery indices that are true for query q (all must be kept);
+    `keep` masks the gallery items that take part in the ranking (junk is not kept).
+    """
+    if len(positives) != len(query_emb):
+        raise ValueError(f"{len(positives)} positive lists for {len(query_emb)} queries")
+    if query_emb.ndim != 2 or gallery_emb.ndim != 2 or query_emb.shape[1] != gallery_emb.shape[1]:
+        raise ValueError(f"embeddings must be 2-D with one width: {query_emb.shape} vs {gallery_emb.shape}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    n_gallery = len(gallery_emb)
+    keep = np.ones(n_gallery, bool) if keep is None else np.asarray(keep, bool)
+    n_ranked = int(keep.sum())
+    first = np.full(len(query_emb), n_ranked, np.int64)
+    ap = np.zeros(len(query_emb), np.float64)
+    n_pos = np.array([len(p) for p in positives], np.int64)
+    for q0 in range(0, len(query_emb), chunk_size):
+        q1 = min(q0 + chunk_size, len(query_emb))
+        pos = _padded(positives[q0:q1])
+        if pos.shape[1] == 0:
+            continue
+        rank = _chunk_ranks(_as_f32(query_emb[q0:q1]), gallery_emb, keep, pos, chunk_size)
+        first[q0:q1], ap[q0:q1] = _first_and_ap(rank, pos >= 0, n_ranked)
+    return Ranks(first_rank=first, ap=ap, n_positives=n_pos, n_ranked=n_ranked, gallery_size=n_gallery)
+
+
+def topk_search(query_emb: np.ndarray, gallery_emb: np.ndarray, k: int,
+                chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k gallery (scores, indices) per query by inner product, one gallery chunk at a time.
+
+    For showing retrievals; the metrics above do not use it. faiss picks each chunk's top k; the
+    merge orders candidates by score, then gallery index. Which of several items tied exactly at
+    a chunk's k-th score faiss returns is faiss's choice.
+    """
+    import faiss
+
+    query_emb = _as_f32(query_emb)
+    k = min(k, len(gallery_emb))
+    best_s = np.full((len(query_emb), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(query_emb), 0), np.int64)
+    for g0 in range(0, len(gallery_emb), chunk_size):
+        chunk = _as_f32(gallery_emb[g0:g0 + chunk_size])
+        s, i = faiss.knn(query_emb, chunk, min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
+        best_s, best_i = _merge_topk(np.hstack([best_s, s]), np.hstack([best_i, i + g0]), k)
+    return best_s, best_i
+
+
+# --------------------------------------------------------------------------------------------
+# internals
+
+
+def _check_shapes(query_emb: np.ndarray, q_labels: np.ndarray, gallery_emb: np.ndarray,
+                  g_labels: np.ndarray) -> None:
+    if len(query_emb) != len(q_labels) or len(gallery_emb) != len(g_labels):
+        raise ValueError(f"{len(q_labels)} query labels for {len(query_emb)} embeddings, "
+                         f"{len(g_labels)} gallery labels for {len(gallery_emb)} embeddings")
+
+
+def _as_f32(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or inf; check the model output")
+    return x
+
+
+def _padded(positives: Sequence[np.ndarray]) -> np.ndarray:
+    """Ragged positive lists → (n, P) int64 with -1 padding."""
+    width = max((len(p) for p in positives), default=0)
+    out = np.full((len(positives), width), -1, np.int64)
+    for r, p in enumerate(positives):
+        out[r, :len(p)] = p
+    return out
+
+
+def _gallery_blocks(gallery_emb: np.ndarray, keep: np.ndarray,
+                    chunk_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(kept gallery indices, their embeddings) per chunk; junk never enters a score block."""
+    for g0 in range(0, len(gallery_emb), chunk_size):
+        idx = np.flatnonzero(keep[g0:g0 + chunk_size]) + g0
+        if len(idx):
+            yield idx, _as_f32(gallery_emb[idx])
+
+
+def _chunk_ranks(q: np.ndarray, gallery_emb: np.ndarray, keep: np.ndarray, pos: np.ndarray,
+                 chunk_size: int) -> np.ndarray:
+    """Ranks (n, P) of the padded positives `pos` for the query chunk `q`.
+
+    Pass 1 reads each positive's score out of its score block; pass 2 recomputes the same blocks
+    and counts, per positive, the items scoring strictly higher plus the tied items of lower index.
+    Identical blocks give identical float32 scores, so a positive always ties with itself.
+    """
+    valid = pos >= 0
+    pos_score = np.full(pos.shape, np.inf, np.float32)
+    for idx, g in _gallery_blocks(gallery_emb, keep, chunk_size):
+        hit = valid & (pos >= idx[0]) & (pos <= idx[-1])
+        if hit.any():
+            rows, cols = np.nonzero(hit)
+            local = np.searchsorted(idx, pos[rows, cols])
+            if not np.array_equal(idx[np.minimum(local, len(idx) - 1)], pos[rows, cols]):
+                raise ValueError("a true gallery item is marked junk or out of range")
+            pos_score[rows, cols] = _block_scores(q, g)[rows, local]
+    order = np.argsort(pos_score, axis=1, kind="stable")  # ascending; padding (+inf) last
+    sorted_score = np.take_along_axis(pos_score, order, axis=1)
+    sorted_index = np.take_along_axis(pos, order, axis=1)
+    above = np.zeros(pos.shape, np.int64)
+    for idx, g in _gallery_blocks(gallery_emb, keep, chunk_size):
+        above += _count_above(_block_scores(q, g), idx, sorted_score, sorted_index)
+    ranks = np.empty_like(above)
+    np.put_along_axis(ranks, order, above, axis=1)
+    return ranks
+
+
+def _block_scores(q: np.ndarray, g: np.ndarray) -> np.ndarray:
+    return q @ g.T
+
+
+def _count_above(scores: np.ndarray, idx: np.ndarray, sorted_score: np.ndarray,
+                 sorted_index: np.ndarray) -> np.ndarray:
+    """Per (query, sorted positive j): block items ranked above positive j.
+
+    `searchsorted` places each item between the query's sorted positive scores: an item with
+    `left` positives strictly below it scores above positives 0..left-1. Items tying a positive
+    exactly are rare (the positive itself, duplicates) and are resolved by gallery index.
+    """
+    n, p = sorted_score.shape
+    s = torch.from_numpy(scores)
+    seq = torch.from_numpy(sorted_score)
+    left = torch.searchsorted(seq, s, right=False, out_int32=True)
+    right = torch.searchsorted(seq, s, right=True, out_int32=True)
+    offsets = torch.arange(n, dtype=torch.int64)[:, None] * (p + 1)
+    hist = torch.bincount((left + offsets).reshape(-1), minlength=n * (p + 1)).reshape(n, p + 1)
+    # items with `left` = b lie above positives j < b: count for j = sum of hist[b] over b > j
+    above = hist.flip(1).cumsum(1).flip(1)[:, 1:].numpy().astype(np.int64)
+    rows, cols = torch.nonzero(right > left, as_tuple=True)
+    if len(rows):
+        above += _tied_before(rows.numpy(), idx[cols.numpy()], left[rows, cols].numpy(),
+                              right[rows, cols].numpy(), sorted_index, p)
+    return above
+
+
+def _tied_before(rows: np.ndarray, item: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                 sorted_index: np.ndarray, p: int) -> np.ndarray:
+    """Count, per (row, positive j in [lo, hi)), tied items whose gallery index is lower."""
+    span = (hi - lo).astype(np.int64)
+    r = np.repeat(rows, span)
+    it = np.repeat(item, span)
+    j = np.repeat(lo.astype(np.int64), span) + (np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span))
+    before = it < sorted_index[r, j]
+    out = np.zeros((sorted_index.shape[0], p), np.int64)
+    np.add.at(out, (r[before], j[before]), 1)
+    return out
+
+
+def _first_and_ap(rank: np.ndarray, valid: np.ndarray, n_ranked: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best rank and trapezoid AP per query from the ranks of its true items.
+
+    The i-th true item found (0-based) at rank r adds (1/n)·(p_before + p_at)/2 with
+    p_at = (i+1)/(r+1) and p_before = i/r, or 1 when r = 0 (University-1652's compute_mAP).
+    """
+    r = np.sort(np.where(valid, rank, np.iinfo(np.int64).max), axis=1)
+    n = valid.sum(axis=1)
+    first = np.where(n > 0, r[:, 0] if r.shape[1] else n_ranked, n_ranked)
+    i = np.arange(r.shape[1])[None, :].astype(np.float64)
+    ok = i < n[:, None]
+    rf = np.where(ok, r, 1).astype(np.float64)
+    p_at = (i + 1) / (rf + 1)
+    p_before = np.where(rf > 0, i / np.maximum(rf, 1), 1.0)
+    terms = np.where(ok, (p_at + p_before) / 2, 0.0)
+    ap = terms.sum(axis=1) / np.maximum(n, 1)
+    return first.astype(np.int64), ap
+
+
+def _merge_topk(scores: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the k best candidates per row, ordered by score then gallery index."""
+    order = _row_lexsort(scores, index)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(index, order, 1)
+
+
+def _row_lexsort(scores: np.ndarray, index: np.ndarray) -> np.ndarray:
+    by_index = np.argsort(index, axis=1, kind="stable")
+    s = np.take_along_axis(scores, by_index, 1)
+    by_score = np.argsort(-s, axis=1, kind="stable")
+    return np.take_along_axis(by_index, by_score, 1)
