@@ -1,0 +1,321 @@
+"""The training loop shared by every cross-view model (Phase 1, baselines, ablation rows).
+
+Compact on purpose, in the spirit of CosPlace: seeded, one `fit` function, resumable from its
+last checkpoint, per-epoch metrics written as records. What changes between systems (model,
+pairwise loss, extra loss terms, evaluation) is passed in, not copied.
+
+A training sample is one *place* with one image per view; a batch never holds one place twice,
+so every other item in the batch is a true negative for InfoNCE and triplet losses.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .datasets import GeoDataset, ImageItem, by_label
+from .images import load_image
+
+
+@dataclass
+class TrainConfig:
+    views: tuple[str, ...] = ("street", "drone", "satellite")
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup: float = 0.1  # share of all steps spent warming up
+    grad_clip: float = 1.0
+    amp: bool = False
+    device: str = "cpu"
+    seed: int = 0
+    num_workers: int = 0
+    sampling: str = "random"  # "random" or "gps" (Sample4Geo GPS-neighbour batches)
+    gps_near: int = 32
+    gps_random: int = 32
+    gps_pool: int = 128
+    eval_every: int = 1
+    resume: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["views"] = list(self.views)
+        return d
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- data
+
+class MultiViewPlaces(torch.utils.data.Dataset):
+    """Item i is place i: one image per view, drawn afresh each epoch, deterministic per (seed, epoch)."""
+
+    def __init__(self, items: Sequence[ImageItem], views: Sequence[str], transform: Callable,
+                 seed: int = 0):
+        grouped = {v: by_label(it for it in items if it.view == v) for v in views}
+        labels = set.intersection(*(set(g) for g in grouped.values())) if grouped else set()
+        if not labels:
+            have = {v: len(g) for v, g in grouped.items()}
+            raise ValueError(f"no place has images in every view {list(views)} (places per view: {have}); "
+                             "check the dataset root and the views option")
+        self.labels = sorted(labels)
+        self.views = list(views)
+        self.images = {v: [grouped[v][lab] for lab in self.labels] for v in views}
+        self.transform = transform
+        self.seed, self.epoch = seed, 0
+        first = {lab: grouped[views[0]][lab][0] for lab in self.labels}
+        self.utm = np.array([[first[lab].utm_east or np.nan, first[lab].utm_north or np.nan] for lab in self.labels])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        out = {}
+        for v in self.views:
+            choices = self.images[v][i]
+            out[v] = self.transform(load_image(choices[rng.integers(len(choices))].path))
+        return out, self.labels[i]
+
+
+def gps_neighbours(utm: np.ndarray, k: int = 128) -> np.ndarray:
+    """Indices of each place's k nearest other places, nearest first (Sample4Geo's GPS pool)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(utm) - 1)
+    nn_ = NearestNeighbors(n_neighbors=k + 1).fit(utm)
+    idx = nn_.kneighbors(utm, return_distance=False)
+    return np.array([row[row != i][:k] for i, row in enumerate(idx)])
+
+
+class PlaceBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of distinct places; each place once per epoch.
+
+    With `neighbours`, Sample4Geo sampling: an anchor brings its `near` nearest unused places and
+    `rand` random ones from the rest of its pool, so batches hold hard, nearby negatives.
+    Under DDP every rank iterates the same global batches and keeps its own slice.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, neighbours: np.ndarray | None = None,
+                 near: int = 32, rand: int = 32, rank: int = 0, world_size: int = 1):
+        if batch_size > n:
+            raise ValueError(f"batch size {batch_size} is larger than the {n} training places")
+        if batch_size % world_size:
+            raise ValueError(f"global batch {batch_size} does not split over {world_size} processes")
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+        self.neighbours, self.near, self.rand = neighbours, near, rand
+        self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+    def _global_batches(self) -> list[list[int]]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = rng.permutation(self.n)
+        if self.neighbours is None:
+            return [order[i:i + self.batch_size].tolist() for i in range(0, len(self) * self.batch_size, self.batch_size)]
+        used = np.zeros(self.n, bool)
+        batches, batch = [], []
+        for anchor in order:
+            if used[anchor]:
+                continue
+            pool = self.neighbours[anchor]
+            near, rest = pool[: self.near], pool[self.near:]
+            extra = rng.permutation(rest)[: self.rand] if len(rest) else rest
+            for idx in [anchor, *near, *extra]:
+                if not used[idx] and len(batch) < self.batch_size:
+                    used[idx] = True
+                    batch.append(int(idx))
+            if len(batch) == self.batch_size:
+                batches.append(batch)
+                batch = []
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_rank = self.batch_size // self.world_size
+        for batch in self._global_batches():
+            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+
+# --------------------------------------------------------------------------- optimisation
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(device: str, amp: bool):
+    if amp and device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def view_pairs(views: Sequence[str]) -> list[tuple[str, str]]:
+    return [(a, b) for i, a in enumerate(views) for b in views[i + 1:]]
+
+
+def multiview_loss(embeddings: dict[str, torch.Tensor], pair_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+    """Mean of the pairwise loss over view pairs (street–drone, street–satellite, drone–satellite)."""
+    return torch.stack([pair_loss(embeddings[a], embeddings[b]) for a, b in pairs]).mean()
+
+
+# --------------------------------------------------------------------------- embedding
+
+@torch.no_grad()
+def embed_items(model: nn.Module, items: Sequence[ImageItem], view: str, transform: Callable,
+                batch_size: int = 64, device: str = "cpu", flip: bool = False,
+                num_workers: int = 0, progress: bool = False) -> np.ndarray:
+    """L2-normalised float32 embeddings of `items` seen as `view`; `flip` averages a mirrored pass."""
+    from .datasets import ImageDataset
+
+    model.eval()
+    loader = torch.utils.data.DataLoader(ImageDataset(items, transform), batch_size=batch_size,
+                                         num_workers=num_workers)
+    out = []
+    for x, _ in tqdm(loader, desc=f"embed {view}", disable=not progress, leave=False):
+        x = x.to(device)
+        e = model(x, view=view)
+        if flip:
+            e = e + model(torch.flip(x, dims=[3]), view=view)
+        out.append(nn.functional.normalize(e.float(), dim=-1).cpu())
+    dim = out[0].shape[1] if out else 0
+    return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)
+
+
+# --------------------------------------------------------------------------- the loop
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_path: Path | None
+    last_path: Path
+    resumed_from: int
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir: str | Path,
+        pair_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
+        extra_loss: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
+        extra_modules: Sequence[nn.Module] = (), select_metric: str | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
+        max_minutes: float | None = None) -> FitResult:
+    """Train, evaluate every `cfg.eval_every` epochs, keep `best` and `last` checkpoints, resume.
+
+    `pair_loss(a, b)` scores two views' embeddings of the same places. `extra_loss(images,
+    embeddings, labels)` adds terms such as distillation or the instance loss; `extra_modules` are
+    trained with the model (loss temperature, projection heads) and checkpointed with it.
+    `max_minutes` stops cleanly after the epoch in which the time budget runs out.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = _distributed()
+    seed_everything(cfg.seed)
+    device = cfg.device
+    bundle = nn.ModuleDict({"model": model, **{f"extra{i}": m for i, m in enumerate(extra_modules)}}).to(device)
+    train_model = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)
+
+    neighbours = gps_neighbours(train_set.utm, cfg.gps_pool) if cfg.sampling == "gps" else None
+    sampler = PlaceBatchSampler(len(train_set), cfg.batch_size, cfg.seed, neighbours, cfg.gps_near,
+                                cfg.gps_random, rank, world)
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                         persistent_workers=cfg.num_workers > 0)
+    params = [p for p in bundle.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = max(1, cfg.epochs * len(sampler))
+    scheduler = cosine_with_warmup(optimizer, int(cfg.warmup * total), total)
+    pairs = view_pairs(cfg.views)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best = 0, -math.inf
+    last_path, best_path = out_dir / "last", out_dir / "best"
+    if cfg.resume and last_path.with_suffix(".json").exists():
+        meta = load_checkpoint(last_path, bundle, optimizer, scheduler, restore_rng=True)
+        start_epoch, history, best = meta["epoch"], meta.get("history", []), meta.get("best", -math.inf)
+        if progress and rank == 0:
+            print(f"resuming from {last_path}.json after epoch {start_epoch}")
+    resumed_from = start_epoch
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        bundle.train()
+        t0, losses = time.perf_counter(), []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank > 0, leave=False)
+        for images, labels in bar:
+            images = {v: x.to(device, non_blocking=True) for v, x in images.items()}
+            labels = labels.to(device)
+            with autocast(device, cfg.amp):
+                emb = {v: train_model(images[v], view=v) for v in cfg.views}
+                emb = _gather(emb) if world > 1 else emb
+                loss = multiview_loss(emb, pair_loss, pairs)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(images, emb, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+                               "seconds": round(time.perf_counter() - t0, 2), "lr": scheduler.get_last_lr()[0],
+                               "minutes_total": round((time.perf_counter() - t_start) / 60, 3)}
+        if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            row.update(evaluate(model, epoch + 1))
+        history.append(row)
+        if rank == 0:
+            score = row.get(select_metric, -row["loss"]) if select_metric else -row["loss"]
+            if score is not None and score > best:
+                best = score
+                save_checkpoint(best_path, bundle, epoch=epoch + 1, config=cfg.to_dict(), metrics=row)
+            save_checkpoint(last_path, bundle, optimizer, scheduler, epoch=epoch + 1, config=cfg.to_dict(),
+                            history=history, best=best)
+            if on_epoch:
+                on_epoch(row)
+        if max_minutes is not None and (time.perf_counter() - t_start) / 60 >= max_minutes:
+            break
+    return FitResult(history, best_path if best_path.with_suffix(".json").exists() else None, last_path, resumed_from)
+
+
+def _gather(emb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """All ranks see the global batch, so in-batch negatives match a single-process run."""
+    from torch.distributed.nn.functional import all_gather
+
+    return {v: torch.cat(all_gather(e), dim=0) for v, e in emb.items()}

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import make_image
+from geolib.datasets import default_transform, load_dataset
+from geolib.train import (MultiViewPlaces, PlaceBatchSampler, TrainConfig, cosine_with_warmup, fit,
+                          gps_neighbours)
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.heads = nn.ModuleDict({v: nn.Linear(8, 16) for v in ("street", "drone", "satellite")})
+
+    def forward(self, x, view):
+        f = self.conv(x).relu().mean(dim=(2, 3))
+        return nn.functional.normalize(self.heads[view](f), dim=-1)
+
+
+def _infonce(a, b):
+    logits = a @ b.T / 0.1
+    target = torch.arange(len(a))
+    return (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)) / 2
+
+
+@pytest.fixture
+def places(tmp_path):
+    root = tmp_path / "u"
+    for b in range(1, 9):
+        for v in ("street", "drone", "satellite"):
+            make_image(root / "train" / v / f"{b:04d}" / "a.jpg", seed=b * 10 + len(v), size=(16, 16))
+    (root / "locations.csv").write_text("label,utm_east,utm_north,utm_zone,lat,lon\n" + "".join(
+        f"{b},{500000 + 10 * b},{4600000},33T,,\n" for b in range(1, 9)))
+    ds = load_dataset("university1652", root)
+    return MultiViewPlaces(ds.select(split="train"), ("street", "drone", "satellite"), default_transform(16))
+
+
+def test_batches_never_repeat_a_place():
+    s = PlaceBatchSampler(50, 8, seed=1)
+    batches = list(s)
+    assert len(batches) == 6 and all(len(set(b)) == 8 for b in batches)
+    assert len({i for b in batches for i in b}) == 48
+
+
+def test_gps_batches_hold_neighbours_and_no_duplicates():
+    utm = np.stack([np.arange(64) * 10.0, np.zeros(64)], 1)
+    nb = gps_neighbours(utm, k=16)
+    assert nb[0, :2].tolist() == [1, 2] and 0 not in nb[0]
+    s = PlaceBatchSampler(64, 8, seed=0, neighbours=nb, near=3, rand=2)
+    for batch in s:
+        assert len(set(batch)) == len(batch) == 8
+    first = next(iter(s))
+    assert any(j in nb[first[0]][:3] for j in first[1:])  # the anchor brought its near neighbours
+
+
+def test_ddp_slices_cover_the_global_batch():
+    whole = list(PlaceBatchSampler(32, 8, seed=3))
+    r0 = list(PlaceBatchSampler(32, 8, seed=3, rank=0, world_size=2))
+    r1 = list(PlaceBatchSampler(32, 8, seed=3, rank=1, world_size=2))
+    assert [a + b for a, b in zip(r0, r1)] == whole
+
+
+def test_warmup_then_cosine():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = cosine_with_warmup(opt, 2, 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[-1] < 0.05 and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
+
+
+def test_dataset_needs_every_view(tmp_path):
+    make_image(tmp_path / "u" / "train" / "street" / "0001" / "a.jpg")
+    ds = load_dataset("university1652", tmp_path / "u")
+    with pytest.raises(ValueError, match="no place has images in every view"):
+        MultiViewPlaces(ds.items, ("street", "drone"), default_transform(8))
+
+
+def test_fit_resumes_where_it_stopped(places, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, warmup=0.2, seed=0)
+    torch.manual_seed(0)
+    straight = fit(TinyNet(), places, cfg, tmp_path / "a", _infonce, progress=False)
+    assert [r["epoch"] for r in straight.history] == [1, 2, 3]
+    torch.manual_seed(0)
+    model = TinyNet()
+    stopped = fit(model, places, TrainConfig(**{**cfg.__dict__, "epochs": 3}), tmp_path / "b", _infonce,
+                  progress=False, max_minutes=0)  # "killed" after epoch 1
+    assert len(stopped.history) == 1
+    torch.manual_seed(123)
+    resumed_model = TinyNet()
+    resumed = fit(resumed_model, places, cfg, tmp_path / "b", _infonce, progress=False)
+    assert resumed.resumed_from == 1 and [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    np.testing.assert_allclose([r["loss"] for r in resumed.history], [r["loss"] for r in straight.history], rtol=1e-5)
+    torch.manual_seed(0)
+    ref = TinyNet()
+    from geolib.checkpoint import load_checkpoint
+    bundle = nn.ModuleDict({"model": ref})
+    load_checkpoint(tmp_path / "a" / "last", bundle)
+    for p, q in zip(ref.parameters(), resumed_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
