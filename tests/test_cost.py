@@ -1,0 +1,27 @@
+import torch
+from torch import nn
+
+from geolib.cost import PeakMemory, count_gflops, count_params, model_cost
+
+
+def test_flops_are_counted_not_estimated():
+    lin = nn.Linear(100, 50)
+    assert count_params(lin) == 100 * 50 + 50
+    assert abs(count_gflops(lin, torch.randn(4, 100)) - 2 * 4 * 100 * 50 / 1e9) < 1e-12
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert abs(count_gflops(conv, torch.randn(1, 3, 10, 10)) - 2 * 8 * 3 * 9 * 100 / 1e9) < 1e-12
+
+
+def test_model_cost_fields():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    cost = model_cost(net, 32, runs=2)
+    assert set(cost) == {"params", "gflops", "ms_per_image", "images_per_s", "peak_mb"}
+    assert cost["params"] == 3 * 4 * 9 + 4 and cost["gflops"] > 0 and cost["ms_per_image"] > 0
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory() as mem:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MB
+        block += 1
+        del block
+    assert mem.peak_mb > 30
