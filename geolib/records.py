@@ -24,16 +24,19 @@ REQUIRED = ("task", "protocol", "dataset", "split", "query_view", "gallery_view"
 
 @lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
+    """The short commit, with `-dirty` when tracked files changed; None outside a checkout."""
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head is None or head.returncode != 0:
         return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                           capture_output=True, text=True, timeout=5).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    dirty = status is not None and bool(status.stdout.strip())
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def _clean(value: Any) -> Any:
