@@ -1,0 +1,232 @@
+"""Phase 1 cross-view model and a timm-style registry.
+
+`create_model("phase1", **options)` builds the published architecture (Swin-T, 224 px);
+`create_model("phase1-cpu")` the same architecture scaled down to train in minutes on 2 CPU cores.
+Every option is a plain JSON value, kept in `model.config`, so a checkpoint's JSON metadata can
+rebuild its model and an index can name the exact model it was built with (`config_hash`).
+
+One branch = timm backbone (multi-stage features) → layer-to-layer attention between consecutive
+stages (L2LTR) → multi-scale fusion → pooling (attention / GeM / MixVPR / avg) → Linear → L2.
+Views map to branches: `"university"` shares drone and satellite and gives street its own branch
+(University-1652's baseline); `"shared"` uses one branch for all; a dict sets any layout.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import AttentionPool, AvgPool, GeM, LayerToLayerAttention, MixVPRPool, MultiScaleFusion
+
+ModelFactory = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
+
+VIEW_LAYOUTS: dict[str, dict[str, str]] = {
+    "university": {"street": "ground", "drone": "aerial", "satellite": "aerial"},
+    "shared": {"street": "shared", "drone": "shared", "satellite": "shared"},
+    "separate": {"street": "street", "drone": "drone", "satellite": "satellite"},
+}
+POOLINGS = ("attention", "gem", "mixvpr", "avg")
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: make a factory available to `create_model(name, ...)`."""
+    def add(factory: ModelFactory) -> ModelFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+    return add
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **options: Any) -> nn.Module:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    return _REGISTRY[name](**options)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Short stable hash of a JSON config: names the model an index or cache was built with."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# backbone
+
+
+def create_backbone(name: str, pretrained: bool | str = False, img_size: int | None = None,
+                    out_indices: list[int] | None = None, **options: Any) -> nn.Module:
+    """A timm backbone returning multi-stage features.
+
+    `pretrained`: False; True (timm's weights, from the local cache when offline); or a path to a
+    local weights file. Weights that cannot be found raise one clear error: they are optional, so
+    the caller decides whether to go on without them.
+    """
+    import timm
+
+    kwargs: dict[str, Any] = dict(options, features_only=True)
+    if out_indices is not None:
+        kwargs["out_indices"] = tuple(out_indices)
+    if isinstance(pretrained, str):
+        kwargs["pretrained_cfg_overlay"] = {"file": pretrained}
+    if img_size is not None and _accepts_img_size(name):
+        kwargs["img_size"] = img_size
+    try:
+        return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+    except Exception as err:  # timm and huggingface_hub raise many types for "not found"
+        if not pretrained:
+            raise
+        where = pretrained if isinstance(pretrained, str) else "timm/Hugging Face cache (offline?)"
+        raise RuntimeError(f"pretrained weights for {name} not found in {where}: "
+                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+
+
+def _accepts_img_size(name: str) -> bool:
+    """Transformers fix their token grid at build time; CNNs take any size and reject the argument."""
+    import timm
+
+    cls_name = timm.models.get_pretrained_cfg_value(name, "architecture") or name
+    return any(k in cls_name for k in ("swin", "vit", "deit", "beit", "eva", "cait", "xcit", "maxvit",
+                                        "coatnet", "fastvit", "levit", "twins", "pvt"))
+
+
+def _channels_last_maps(features: list[Tensor], nhwc: bool) -> list[Tensor]:
+    return features if nhwc else [f.permute(0, 2, 3, 1) for f in features]
+
+
+# --------------------------------------------------------------------------------------------
+# model
+
+
+class Branch(nn.Module):
+    """One view branch: image → L2-normalised embedding."""
+
+    def __init__(self, backbone: str, img_size: int, pretrained: bool | str = False,
+                 backbone_options: Mapping[str, Any] | None = None, out_indices: list[int] | None = None,
+                 l2l: bool = True, l2l_heads: int = 4, fusion: bool = True, fusion_dim: int = 256,
+                 pooling: str = "attention", pool_heads: int = 4, gem_p: float = 3.0,
+                 mixvpr: Mapping[str, Any] | None = None, embed_dim: int = 512) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        self.backbone = create_backbone(backbone, pretrained, img_size, out_indices, **(backbone_options or {}))
+        self.nhwc = "NHWC" in str(getattr(self.backbone, "output_fmt", "NCHW"))
+        dims, grids = self._probe(img_size)
+        self.l2l = nn.ModuleList(LayerToLayerAttention(dims[i], dims[i - 1], l2l_heads)
+                                 for i in range(1, len(dims))) if l2l else None
+        grid = grids[-2] if len(grids) > 1 else grids[-1]
+        self.fusion = MultiScaleFusion(dims, fusion_dim, grid) if fusion else None
+        width = fusion_dim if fusion else dims[-1]
+        grid = grid if fusion else grids[-1]
+        self.pool = _make_pool(pooling, width, grid, pool_heads, gem_p, mixvpr or {})
+        pooled = self.pool.out_dim if isinstance(self.pool, MixVPRPool) else width
+        self.head = nn.Linear(pooled, embed_dim)
+
+    @torch.no_grad()
+    def _probe(self, img_size: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """Stage widths and grids, read from one dummy forward (timm's feature_info has no grids)."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        maps = _channels_last_maps(self.backbone(torch.zeros(1, 3, img_size, img_size)), self.nhwc)
+        self.backbone.train(was_training)
+        return [m.shape[-1] for m in maps], [tuple(m.shape[1:3]) for m in maps]
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The fused `(B, H, W, C)` map before pooling (for retrieval heat maps and MixVPR)."""
+        maps = _channels_last_maps(self.backbone(x), self.nhwc)
+        if self.l2l is not None:
+            refined = [maps[0]]
+            for attn, m in zip(self.l2l, maps[1:]):
+                refined.append(attn(m, refined[-1]))
+            maps = refined
+        return self.fusion(maps) if self.fusion is not None else maps[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.head(self.pool(self.feature_map(x))), dim=-1)
+
+
+def _make_pool(pooling: str, width: int, grid: tuple[int, int], heads: int, gem_p: float,
+               mixvpr: Mapping[str, Any]) -> nn.Module:
+    if pooling == "attention":
+        return AttentionPool(width, heads)
+    if pooling == "gem":
+        return GeM(p=gem_p)
+    if pooling == "mixvpr":
+        return MixVPRPool(width, grid[0], grid[1], **{"out_channels": 256, "out_rows": 4, **mixvpr})
+    return AvgPool()
+
+
+class CrossViewModel(nn.Module):
+    """Views → branches → embeddings. Views sharing a branch share every weight."""
+
+    def __init__(self, views: str | Mapping[str, str] = "university", name: str = "phase1",
+                 **branch_options: Any) -> None:
+        super().__init__()
+        layout = VIEW_LAYOUTS[views] if isinstance(views, str) and views in VIEW_LAYOUTS else views
+        if not isinstance(layout, Mapping) or not layout:
+            raise ValueError(f"views must be one of {', '.join(VIEW_LAYOUTS)} or a dict view → branch, got {views!r}")
+        self.views = dict(layout)
+        self.branches = nn.ModuleDict({b: Branch(**branch_options) for b in sorted(set(self.views.values()))})
+        self.embed_dim = int(branch_options.get("embed_dim", 512))
+        self.img_size = int(branch_options["img_size"])
+        self.config = {"name": name, "views": self.views, **_jsonable(branch_options)}
+
+    def branch(self, view: str) -> Branch:
+        if view not in self.views:
+            raise KeyError(f"unknown view {view!r}; this model has {', '.join(self.views)}")
+        return self.branches[self.views[view]]
+
+    def forward(self, x: Tensor, view: str) -> Tensor:
+        return self.branch(view)(x)
+
+    def embed_views(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {view: self(x, view) for view, x in batch.items()}
+
+
+def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(options), default=str))
+
+
+# --------------------------------------------------------------------------------------------
+# registered configurations
+
+PHASE1_DEFAULTS: dict[str, Any] = {
+    "backbone": "swin_tiny_patch4_window7_224", "img_size": 224, "pretrained": False,
+    "backbone_options": {}, "l2l": True, "fusion": True, "fusion_dim": 256,
+    "pooling": "attention", "embed_dim": 512, "views": "university",
+}
+
+# Same Swin architecture, scaled so that 128 px trains in minutes on 2 cores: window 4 divides
+# every stage grid (32, 16, 8, 4), width 32·2^stage.
+PHASE1_CPU_DEFAULTS: dict[str, Any] = {
+    **PHASE1_DEFAULTS, "img_size": 128, "fusion_dim": 128, "embed_dim": 256,
+    "backbone_options": {"window_size": 4, "embed_dim": 32, "depths": [2, 2, 2, 2],
+                         "num_heads": [1, 2, 4, 8], "drop_path_rate": 0.0},
+}
+
+
+@register_model("phase1")
+def phase1(**options: Any) -> CrossViewModel:
+    """The published Phase 1 configuration; any option overrides it."""
+    return CrossViewModel(name="phase1", **{**PHASE1_DEFAULTS, **options})
+
+
+@register_model("phase1-cpu")
+def phase1_cpu(**options: Any) -> CrossViewModel:
+    """Phase 1 scaled down for a CPU run on the synthetic world."""
+    backbone_options = {**PHASE1_CPU_DEFAULTS["backbone_options"], **options.pop("backbone_options", {})}
+    return CrossViewModel(name="phase1-cpu", **{**PHASE1_CPU_DEFAULTS, **options,
+                                                 "backbone_options": backbone_options})

@@ -1,0 +1,132 @@
+"""Phase 1 model: registry, switches, shapes, normalisation, branches, layers. Tiny and offline."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from geolib.layers import GeM, LayerToLayerAttention, MixVPR, MultiScaleFusion, resample
+from geolib.models import (config_hash, create_backbone, create_model, list_models, register_model)
+
+# A Swin small enough for unit tests: grids 16, 8, 4, 2 at 64 px; window 2 divides them all.
+TINY = {"img_size": 64, "fusion_dim": 16, "embed_dim": 24, "pool_heads": 2, "l2l_heads": 2,
+        "backbone_options": {"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1],
+                             "num_heads": [1, 1, 2, 2]}}
+
+
+def tiny(**options):
+    torch.manual_seed(0)
+    return create_model("phase1-cpu", **{**TINY, **options})
+
+
+@pytest.mark.parametrize("l2l,fusion,pooling",
+                         list(itertools.product([True, False], [True, False], ["attention", "gem", "mixvpr", "avg"])))
+def test_every_switch_combination_gives_unit_embeddings(l2l, fusion, pooling):
+    model = tiny(l2l=l2l, fusion=fusion, pooling=pooling, views="shared").eval()
+    x = torch.randn(3, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        emb = model(x, "street")
+    assert emb.shape == (3, 24)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert (model.branch("street").l2l is not None) == l2l
+    assert (model.branch("street").fusion is not None) == fusion
+
+
+def test_training_step_reaches_every_part():
+    model = tiny()
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    loss = (model(x, "street") * model(x, "drone")).sum()
+    loss.backward()
+    branch = model.branch("street")
+    for part in (branch.backbone, branch.l2l, branch.fusion, branch.pool, branch.head):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    assert branch.l2l[0].key_norm.weight.grad is not None
+
+
+def test_university_layout_shares_drone_and_satellite():
+    model = tiny()
+    assert model.branch("drone") is model.branch("satellite")
+    assert model.branch("street") is not model.branch("drone")
+    assert sorted(model.branches) == ["aerial", "ground"]
+    custom = tiny(views={"street": "a", "drone": "b", "satellite": "c"})
+    assert len(custom.branches) == 3
+    with pytest.raises(KeyError, match="unknown view 'panorama'"):
+        model(torch.zeros(1, 3, 64, 64), "panorama")
+    out = model.embed_views({"street": torch.randn(2, 3, 64, 64), "satellite": torch.randn(2, 3, 64, 64)})
+    assert set(out) == {"street", "satellite"}
+
+
+def test_registry_and_config():
+    assert {"phase1", "phase1-cpu"} <= set(list_models())
+    with pytest.raises(ValueError, match=r"unknown model 'swin_l2l'.*phase1, phase1-cpu"):
+        create_model("swin_l2l")
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("phase1")(lambda **kw: None)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        tiny(pooling="max")
+    model = tiny()
+    cfg = json.loads(json.dumps(model.config))
+    assert cfg["name"] == "phase1-cpu" and cfg["backbone"] == "swin_tiny_patch4_window7_224"
+    assert config_hash(cfg) == config_hash(dict(reversed(list(cfg.items()))))
+    assert config_hash(cfg) != config_hash({**cfg, "embed_dim": 32})
+
+
+def test_cnn_backbone_by_name():
+    torch.manual_seed(0)
+    model = create_model("phase1", backbone="resnet18", img_size=64, fusion_dim=16, embed_dim=8,
+                         views="shared", backbone_options={}, out_indices=[2, 3, 4]).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64), "drone").shape == (2, 8)
+
+
+def test_pretrained_from_local_file_and_clear_error(tmp_path):
+    import timm
+
+    opts = TINY["backbone_options"]
+    source = timm.create_model("swin_tiny_patch4_window7_224", img_size=64, **opts)
+    path = tmp_path / "swin.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    backbone = create_backbone("swin_tiny_patch4_window7_224", pretrained=str(path), img_size=64, **opts)
+    assert torch.equal(backbone.state_dict()["patch_embed.proj.weight"], source.patch_embed.proj.weight)
+    with pytest.raises(RuntimeError, match="pretrained weights for swin_tiny_patch4_window7_224 not found"):
+        create_backbone("swin_tiny_patch4_window7_224", pretrained=str(tmp_path / "missing.safetensors"),
+                        img_size=64, **opts)
+
+
+def test_l2l_keys_come_from_previous_stage():
+    torch.manual_seed(0)
+    attn = LayerToLayerAttention(8, prev_dim=4, heads=2, init_scale=1.0)
+    x, prev = torch.randn(2, 4, 4, 8), torch.randn(2, 8, 8, 4)
+    out = attn(x, prev)
+    assert out.shape == x.shape
+    assert not torch.allclose(out, attn(x, prev + torch.randn_like(prev)))  # keys matter
+    same = LayerToLayerAttention(8, heads=2)
+    assert same(x).shape == x.shape  # the first layer uses its own tokens as keys
+
+
+def test_gem_fusion_resample():
+    x = torch.rand(2, 3, 5, 4) + 0.1
+    gem = GeM()
+    assert gem.p.requires_grad and gem.p.item() == 3.0
+    assert torch.allclose(GeM(p=1.0, learn_p=False)(x), x.mean(dim=(1, 2)), atol=1e-6)
+    want = (x.pow(3).mean(dim=(1, 2))) ** (1 / 3)
+    assert torch.allclose(gem(x), want, atol=1e-6)
+    assert resample(torch.randn(1, 8, 8, 3), (4, 4)).shape == (1, 4, 4, 3)
+    assert resample(torch.randn(1, 2, 2, 3), (4, 4)).shape == (1, 4, 4, 3)
+    fusion = MultiScaleFusion([4, 8, 16], 6, (4, 4))
+    maps = [torch.randn(1, 8, 8, 4), torch.randn(1, 4, 4, 8), torch.randn(1, 2, 2, 16)]
+    assert fusion(maps).shape == (1, 4, 4, 6)
+
+
+def test_mixvpr_4096_setting():
+    torch.manual_seed(0)
+    mix = MixVPR(in_channels=64, in_h=5, in_w=5, out_channels=1024, mix_depth=4, out_rows=4)
+    out = mix(torch.randn(2, 64, 5, 5))
+    assert out.shape == (2, 4096) and mix.out_dim == 4096
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert len(mix.mix) == 4
+    with pytest.raises(ValueError, match="built for"):
+        mix(torch.randn(1, 64, 6, 6))
