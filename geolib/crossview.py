@@ -1,0 +1,152 @@
+"""Cross-view experiments on a University-1652-layout dataset: train, embed, evaluate, record.
+
+Notebooks 02 (Phase 1) and 03 (ablation rows) call these few functions, so every row of every
+table is produced by the same code path and recorded with its protocol.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .datasets import GeoDataset, ImageItem, default_transform, labels_of
+from .evaluate import PROTOCOL_UNIVERSITY, label_ranks, metrics_from_ranks, recall_curve, topk_search
+from .records import write_record
+
+if TYPE_CHECKING:
+    from .train import FitResult, TrainConfig
+
+DIRECTIONS: tuple[tuple[str, str], ...] = (("street", "drone"), ("street", "satellite"),
+                                           ("drone", "satellite"), ("satellite", "drone"))
+
+
+def direction_name(q: str, g: str) -> str:
+    return f"{q}→{g}"
+
+
+@dataclass
+class Embedded:
+    """Embeddings of one (role, view) set of a split, with what is needed to score and show them."""
+
+    items: list[ImageItem]
+    emb: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray:
+        return labels_of(self.items)
+
+
+@dataclass
+class DirectionResult:
+    query: str
+    gallery: str
+    metrics: dict[str, float]
+    curve: np.ndarray  # R@1..R@K in percent
+    n_queries: int
+    gallery_size: int
+
+
+@dataclass
+class Evaluation:
+    results: dict[str, DirectionResult] = field(default_factory=dict)
+    sets: dict[tuple[str, str], Embedded] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def table(self) -> list[dict[str, Any]]:
+        return [{"direction": k, "queries": r.n_queries, "gallery": r.gallery_size, **r.metrics}
+                for k, r in self.results.items()]
+
+
+@torch.no_grad()
+def embed_set(model: nn.Module, items: Sequence[ImageItem], view: str, image_size: int, device: str = "cpu",
+              batch_size: int = 64, flip: bool = False) -> Embedded:
+    from .train import embed_items
+
+    if not items:
+        return Embedded([], np.zeros((0, 1), np.float32))
+    emb = embed_items(model, items, view, default_transform(image_size), batch_size, device, flip)
+    return Embedded(list(items), emb)
+
+
+def evaluate_crossview(model: nn.Module, ds: GeoDataset, image_size: int,
+                       directions: Sequence[tuple[str, str]] = DIRECTIONS, device: str = "cpu",
+                       flip: bool = False, batch_size: int = 64, split: str = "test",
+                       max_k: int = 50) -> Evaluation:
+    """Every direction under the University-1652 official protocol (distractors stay in the gallery).
+
+    Each (role, view) set is embedded once, however many directions use it.
+    """
+    t0 = time.perf_counter()
+    ev = Evaluation()
+    for q, g in directions:
+        for role, view in (("query", q), ("gallery", g)):
+            if (role, view) not in ev.sets:
+                ev.sets[(role, view)] = embed_set(model, ds.select(view=view, split=split, role=role), view,
+                                                  image_size, device, batch_size, flip)
+        qs, gs = ev.sets[("query", q)], ev.sets[("gallery", g)]
+        if not qs.items or not gs.items:
+            continue
+        ev.results[direction_name(q, g)] = score_direction(qs, gs, q, g, max_k)
+    ev.seconds = time.perf_counter() - t0
+    return ev
+
+
+def score_direction(qs: Embedded, gs: Embedded, q: str, g: str, max_k: int = 50) -> DirectionResult:
+    ranks = label_ranks(qs.emb, qs.labels, gs.emb, gs.labels)
+    return DirectionResult(q, g, metrics_from_ranks(ranks), recall_curve(ranks, min(max_k, len(gs.items))),
+                           len(qs.items), len(gs.items))
+
+
+def record_evaluation(ev: Evaluation, *, source: str, model: str, dataset: str, profile: str, seed: int,
+                      config: dict[str, Any], protocol: str = PROTOCOL_UNIVERSITY, split: str = "test",
+                      task: str = "crossview", extra_metrics: dict[str, float] | None = None) -> list[dict]:
+    out = []
+    for r in ev.results.values():
+        out.append(write_record(source, task=task, protocol=protocol, dataset=dataset, split=split,
+                                query_view=r.query, gallery_view=r.gallery, model=model,
+                                metrics={**r.metrics, **(extra_metrics or {})}, profile=profile, seed=seed,
+                                config={**config, "n_queries": r.n_queries, "gallery_size": r.gallery_size}))
+    return out
+
+
+def top_matches(ev: Evaluation, q: str, g: str, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k gallery (scores, indices) for every query of a direction (for example figures)."""
+    qs, gs = ev.sets[("query", q)], ev.sets[("gallery", g)]
+    return topk_search(qs.emb, gs.emb, k)
+
+
+def dataset_name(data_root: str | None, preset: str | None) -> str:
+    return f"synthetic-{preset}" if data_root is None else "university1652"
+
+
+def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_dir: str | Path, *,
+                    image_size: int, loss: str = "infonce", loss_options: dict[str, Any] | None = None,
+                    eval_directions: Sequence[tuple[str, str]] = (("street", "drone"), ("street", "satellite")),
+                    extra_loss: Callable | None = None, extra_modules: Sequence[nn.Module] = (),
+                    max_minutes: float | None = None, progress: bool = True,
+                    on_epoch: Callable[[dict[str, Any]], None] | None = None) -> "FitResult":
+    """Train on the train split's places; after each epoch, R@1 of `eval_directions` on the test split.
+
+    The checkpoint kept as `best` is the one with the highest mean R@1 over those directions.
+    """
+    from .losses import make_pair_loss
+    from .train import MultiViewPlaces, fit
+
+    train_items = ds.select(split="train")
+    places = MultiViewPlaces(train_items, cfg.views, default_transform(image_size, train=True), seed=cfg.seed)
+    pair_loss = make_pair_loss(loss, **(loss_options or {}))
+
+    def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
+        ev = evaluate_crossview(m, ds, image_size, eval_directions, cfg.device)
+        row = {f"{k} R@1": r.metrics["R@1"] for k, r in ev.results.items()}
+        row["mean R@1"] = float(np.mean(list(row.values()))) if row else 0.0
+        return row
+
+    return fit(model, places, cfg, out_dir, pair_loss, evaluate=evaluate if eval_directions else None,
+               extra_loss=extra_loss, extra_modules=[pair_loss, *extra_modules], select_metric="mean R@1",
+               on_epoch=on_epoch, progress=progress, max_minutes=max_minutes)
