@@ -19,13 +19,16 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-@torch.no_grad()
 def count_gflops(model: nn.Module, example: torch.Tensor, **forward_kwargs: Any) -> float:
-    """GFLOPs of one forward pass on `example` (per batch as given)."""
+    """GFLOPs of one forward pass on `example` (per batch as given).
+
+    Runs with autograd on: the counter's module tracker fails under `no_grad` on modules that
+    take a parameter as input (attention pooling's learned query). Only the forward is counted.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
-    with FlopCounterMode(display=False) as counter:
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         model(example, **forward_kwargs)
     return counter.get_total_flops() / 1e9
 

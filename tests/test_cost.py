@@ -25,3 +25,16 @@ def test_peak_memory_sees_an_allocation():
         block += 1
         del block
     assert mem.peak_mb > 30
+
+
+def test_flops_of_a_module_fed_a_parameter():
+    class Pool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Parameter(torch.randn(1, 1, 8))
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(self.q.expand(len(x), -1, -1), x, x, need_weights=False)[0]
+
+    assert count_gflops(Pool(), torch.randn(2, 5, 8)) > 0
