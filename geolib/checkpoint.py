@@ -115,3 +115,16 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     if restore_rng:
         set_rng_state(_join_state(state["rng"], tensors))
     return doc["meta"]
+
+
+def load_weights(path: str | Path, module: torch.nn.Module, prefix: str = "model.") -> dict[str, Any]:
+    """Load only the `prefix` part of a checkpoint's model state (e.g. the network of a training
+    bundle that also holds loss parameters); returns the checkpoint's `meta`."""
+    doc, tensors = read_checkpoint(path)
+    state = _join_state(doc["state"]["model"], tensors)
+    picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not picked:
+        raise KeyError(f"{path}: no weights under {prefix!r}; keys start with "
+                       f"{sorted({k.split('.')[0] for k in state})}")
+    _unwrap(module).load_state_dict(picked)
+    return doc["meta"]

@@ -137,6 +137,8 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
     from .losses import make_pair_loss
     from .train import MultiViewPlaces, fit
 
+    if hasattr(model, "config"):
+        cfg.extra.setdefault("model", model.config)  # so the checkpoint can rebuild its model
     train_items = ds.select(split="train")
     places = MultiViewPlaces(train_items, cfg.views, default_transform(image_size, train=True), seed=cfg.seed)
     pair_loss = make_pair_loss(loss, **(loss_options or {}))
@@ -150,3 +152,19 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
     return fit(model, places, cfg, out_dir, pair_loss, evaluate=evaluate if eval_directions else None,
                extra_loss=extra_loss, extra_modules=[pair_loss, *extra_modules], select_metric="mean R@1",
                on_epoch=on_epoch, progress=progress, max_minutes=max_minutes)
+
+
+def load_trained_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a checkpoint written by `train_crossview` (its config names the model)."""
+    from .checkpoint import load_weights, read_checkpoint
+    from .models import create_model
+
+    doc, _ = read_checkpoint(checkpoint)
+    model_cfg = dict(doc["meta"].get("config", {}).get("extra", {}).get("model") or {})
+    if not model_cfg:
+        raise ValueError(f"{checkpoint}: the checkpoint does not say which model it holds "
+                         "(config.extra.model); was it written by train_crossview?")
+    name = model_cfg.pop("name")
+    model = create_model(name, **model_cfg)
+    meta = load_weights(checkpoint, model)
+    return model.to(device).eval(), meta

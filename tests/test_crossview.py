@@ -47,3 +47,17 @@ def test_training_runs_and_keeps_best(world, tmp_path):
     res = train_crossview(model, world, cfg, tmp_path / "ck", image_size=32, progress=False)
     assert [r["epoch"] for r in res.history] == [1, 2]
     assert "street→drone R@1" in res.history[0] and res.best_path is not None
+
+
+def test_trained_model_reloads_from_its_checkpoint(world, tmp_path):
+    import torch
+    from geolib.crossview import load_trained_model
+
+    model = create_model("phase1-cpu", **TINY)
+    res = train_crossview(model, world, TrainConfig(epochs=1, batch_size=4), tmp_path / "ck", image_size=32,
+                          progress=False, eval_directions=())
+    again, meta = load_trained_model(res.last_path)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(again(x, view="drone"), model(x, view="drone"))
+    assert meta["epoch"] == 1
