@@ -19,14 +19,29 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "common": {"seed": 0, "device": "auto", "amp": False, "num_workers": 0},
         "world": {"preset": "smoke"},
+        "phase1": {"preset": "smoke", "data_root": None, "model": "phase1-cpu", "image_size": 32,
+                   "model_options": {"embed_dim": 16, "fusion_dim": 16, "backbone_options": {"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}},
+                   "l2l": True, "fusion": True, "pooling": "attention", "loss": "infonce", "epochs": 1,
+                   "batch_size": 4, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.1, "minutes": None,
+                   "sampling": "random", "eval_every": 1, "flip_tta": False},
     },
     "default": {
         "common": {"seed": 0, "device": "auto", "amp": False, "num_workers": 0},
         "world": {"preset": "default"},
+        "phase1": {"preset": "default", "data_root": None, "model": "phase1-cpu", "image_size": 96,
+                   "model_options": {}, "l2l": True, "fusion": True, "pooling": "attention",
+                   "loss": "infonce", "epochs": 12, "batch_size": 32, "lr": 5e-4, "weight_decay": 0.05,
+                   "warmup": 0.1, "minutes": 5.0, "sampling": "random", "eval_every": 2, "flip_tta": False},
     },
     "full": {
         "common": {"seed": 0, "device": "auto", "amp": True, "num_workers": 8},
         "world": {"preset": "large"},
+        # The published configuration: Swin-T at 224 px, 100 epochs, GPU, real University-1652.
+        "phase1": {"preset": "large", "data_root": None, "model": "phase1", "image_size": 224,
+                   "model_options": {"pretrained": True}, "l2l": True, "fusion": True,
+                   "pooling": "attention", "loss": "infonce", "epochs": 100, "batch_size": 32, "lr": 1e-4,
+                   "weight_decay": 0.05, "warmup": 0.05, "minutes": None, "sampling": "gps",
+                   "eval_every": 5, "flip_tta": True},
     },
 }
 
