@@ -1,0 +1,438 @@
+"""CosPlace (Berton et al., CVPR 2022): train by classifying map cells × headings, then retrieve.
+
+The map is cut into classes of M metres × α degrees (DESIGN.md §4). Neighbouring classes look
+alike, so classes are split into groups whose members are N cells (and L heading bins) apart,
+and each group gets its own CosFace classifier; epoch k trains group k mod groups_num. At test
+time the classifiers are dropped and the descriptor is used for retrieval (positives ≤ 25 m).
+
+Differences from the reference code, each on purpose:
+- groups are ordered by size, largest first (ties by group id), so `groups_num` keeps the groups
+  with the most classes; the reference keeps them in file-name order, which is arbitrary;
+- headings are wrapped into [0°, 360°) first (−10° and 350° are the same direction), and images
+  without a heading are dropped and counted (the reference would crash on them);
+- nothing is cached to disk with pickle: the division is recomputed (it is a few numpy calls).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .datasets import ImageItem, load_dataset, utm_of
+from .evaluate import PROTOCOL_VPR, vpr_positives, vpr_recalls
+from .vpr_train import (Augment, ClassHead, ImageTensors, TrainResult, class_batches, embed_paths,
+                        load_batch, train)
+
+log = logging.getLogger(__name__)
+AGGREGATIONS = ("gem", "mixvpr", "attention")
+
+
+# --------------------------------------------------------------------------- classes and groups
+
+def class_and_group(east: np.ndarray, north: np.ndarray, heading: np.ndarray | None = None,
+                    M: float = 10, alpha: float = 30, N: int = 5, L: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the class `(⌊e/M⌋·M, ⌊n/M⌋·M[, ⌊h/α⌋·α])` and the group
+    `((e_r mod M·N)/M, (n_r mod M·N)/M[, (h_r mod α·L)/α])`; no heading gives D&C's 2-D cells.
+
+    Returns float64 class rows (exact for integer M, α) and int64 group rows. Headings are
+    wrapped into [0, 360) first; a NaN heading gives a NaN class row and a −1 group.
+    """
+    cols = [np.asarray(east, np.float64), np.asarray(north, np.float64)]
+    if heading is not None:
+        cols.append(np.mod(np.asarray(heading, np.float64), 360.0))
+    step, period = _steps(M, alpha, N, L, heading is not None)
+    rounded = np.floor_divide(np.stack(cols, axis=1), step) * step
+    return rounded, group_of(rounded, step, period)
+
+
+def _steps(M: float, alpha: float, N: int, L: int, with_heading: bool) -> tuple[np.ndarray, np.ndarray]:
+    if with_heading:
+        return np.array([M, M, alpha], np.float64), np.array([N, N, L], np.float64)
+    return np.array([M, M], np.float64), np.array([N, N], np.float64)
+
+
+def group_of(rounded: np.ndarray, step: np.ndarray, period: np.ndarray) -> np.ndarray:
+    """Group of rounded class values: `(r mod step·period) / step`, −1 where undefined."""
+    groups = np.floor_divide(np.mod(rounded, step * period), step)
+    return np.where(np.isfinite(groups), groups, -1).astype(np.int64)
+
+
+@dataclass
+class Division:
+    """Classes and groups of a training set.
+
+    `class_ids[c]` is class c's rounded (east, north[, heading]); `classes_per_group[g]` lists the
+    class indices of group g (groups largest first, ids in `group_ids`); `image_class[i]` is image
+    i's class, −1 when the image was dropped (its class was too small, or it had no heading).
+    """
+
+    class_ids: np.ndarray
+    group_ids: np.ndarray
+    classes_per_group: list[np.ndarray]
+    image_class: np.ndarray
+    M: float
+    alpha: float | None
+    N: int
+    L: int | None
+    min_images_per_class: int
+    dropped_classes: int = 0
+    dropped_images: int = 0
+    missing_heading: int = 0
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.classes_per_group)
+
+    def images_of(self, class_index: int) -> np.ndarray:
+        return np.flatnonzero(self.image_class == class_index)
+
+    def group_images(self, group: int) -> list[np.ndarray]:
+        """Image indices per class of `group`, in the group's local class order."""
+        order = np.argsort(self.image_class, kind="stable")
+        starts = np.searchsorted(self.image_class[order], self.classes_per_group[group])
+        ends = np.searchsorted(self.image_class[order], self.classes_per_group[group], side="right")
+        return [order[s:e] for s, e in zip(starts, ends)]
+
+    def centres(self, classes: np.ndarray | None = None) -> np.ndarray:
+        """Cell centres `(e_r + M/2, n_r + M/2)` of the classes (D&C's predicted positions)."""
+        ids = self.class_ids if classes is None else self.class_ids[classes]
+        return ids[:, :2] + self.M / 2.0
+
+    def summary(self) -> dict[str, Any]:
+        sizes = np.bincount(self.image_class[self.image_class >= 0], minlength=len(self.class_ids))
+        return {"classes": len(self.class_ids), "groups": self.num_groups,
+                "classes_per_group": [len(c) for c in self.classes_per_group],
+                "images_per_group": [int(sizes[c].sum()) for c in self.classes_per_group],
+                "images_kept": int((self.image_class >= 0).sum()), "dropped_classes": self.dropped_classes,
+                "dropped_images": self.dropped_images, "missing_heading": self.missing_heading}
+
+
+def divide(east: np.ndarray, north: np.ndarray, heading: np.ndarray | None = None, *, M: float = 10,
+           alpha: float = 30, N: int = 5, L: int = 2, min_images_per_class: int = 10) -> Division:
+    """CosPlace's division (or D&C's with `heading=None`); small classes are dropped and logged."""
+    rounded, _ = class_and_group(east, north, heading, M, alpha, N, L)
+    valid = np.isfinite(rounded).all(axis=1)
+    missing = int((~valid).sum())
+    class_ids, inverse, counts = np.unique(rounded[valid], axis=0, return_inverse=True, return_counts=True)
+    keep = counts >= min_images_per_class
+    new_index = np.cumsum(keep) - 1
+    image_class = np.full(len(rounded), -1, np.int64)
+    image_class[np.flatnonzero(valid)] = np.where(keep[inverse.reshape(-1)], new_index[inverse.reshape(-1)], -1)
+    class_ids = class_ids[keep]
+    class_group = group_of(class_ids, *_steps(M, alpha, N, L, heading is not None))
+    group_ids, group_of_class, group_sizes = np.unique(class_group, axis=0, return_inverse=True,
+                                                       return_counts=True)
+    order = sorted(range(len(group_ids)), key=lambda g: (-group_sizes[g], tuple(group_ids[g])))
+    group_of_class = group_of_class.reshape(-1)
+    division = Division(class_ids, group_ids[order] if order else group_ids,
+                        [np.flatnonzero(group_of_class == g) for g in order], image_class, float(M),
+                        None if heading is None else float(alpha), N, None if heading is None else L,
+                        min_images_per_class, dropped_classes=int((~keep).sum()),
+                        dropped_images=int(counts[~keep].sum()), missing_heading=missing)
+    log.info("division M=%s alpha=%s N=%s L=%s: %d classes in %d groups; dropped %d classes "
+             "(%d images) under %d images, %d images without heading", M, division.alpha, N,
+             division.L, len(class_ids), division.num_groups, division.dropped_classes,
+             division.dropped_images, min_images_per_class, missing)
+    return division
+
+
+def divide_items(items: Sequence[ImageItem], use_heading: bool = True, **options: Any) -> Division:
+    utm = utm_of(items)
+    heading = (np.array([np.nan if it.heading is None else it.heading for it in items], np.float64)
+               if use_heading else None)
+    return divide(utm[:, 0], utm[:, 1], heading, **options)
+
+
+# --------------------------------------------------------------------------- data
+
+def load_train_items(root: str | Path, split: str = "train", check: str = "quick") -> list[ImageItem]:
+    """Every @-named image under `<root>/<split>/`, whatever the sub-folders, as CosPlace's train
+    set (SF-XS keeps train images in nested folders, the synthetic export in database/queries).
+    Goes through the VPR loader, so bad names and truncated files fail here, all listed at once."""
+    ds = load_dataset("vpr", root, split=split, database_folder=".", query_folder=".", check=check)
+    return [it for it in ds.items if it.role == "gallery"]
+
+
+def load_test_items(root: str | Path, split: str = "test", query_folder: str = "queries",
+                    database_folder: str = "database") -> tuple[list[ImageItem], list[ImageItem]]:
+    """(database, queries) of a VPR split; the query folder name is a parameter (queries_v1...)."""
+    ds = load_dataset("vpr", root, split=split, query_folder=query_folder, database_folder=database_folder)
+    return ds.select(role="gallery"), ds.select(role="query")
+
+
+# --------------------------------------------------------------------------- model
+
+class PlaceNet(nn.Module):
+    """timm backbone (last stage) → aggregation → L2-normalised descriptor.
+
+    `gem` is CosPlace's head (L2 over channels, GeM, Linear to `out_dim`, L2); `mixvpr` is
+    DESIGN.md §4's MixVPR (descriptor `out_channels · out_rows`); `attention` a learned query over
+    the spatial tokens, then Linear to `out_dim`. Layers come from `geolib.layers`.
+    """
+
+    def __init__(self, backbone: str = "resnet18", aggregation: str = "gem", out_dim: int = 512,
+                 image_size: int = 224, pretrained: bool | str = False, mix_depth: int = 4,
+                 out_channels: int = 1024, out_rows: int = 4, attention_heads: int = 4) -> None:
+        super().__init__()
+        import timm
+
+        from .layers import GeM, AttentionPool, MixVPRPool
+
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+        kwargs: dict[str, Any] = {"features_only": True, "out_indices": (-1,)}
+        if isinstance(pretrained, str):
+            kwargs["pretrained_cfg_overlay"] = {"file": pretrained}
+        self.backbone = timm.create_model(backbone, pretrained=bool(pretrained), **kwargs)
+        self.nhwc = "NHWC" in str(getattr(self.backbone, "output_fmt", "NCHW"))
+        channels = self.backbone.feature_info.channels()[-1]
+        self.aggregation_name = aggregation
+        if aggregation == "gem":
+            self.pool, self.fc = GeM(), nn.Linear(channels, out_dim)
+        elif aggregation == "attention":
+            self.pool, self.fc = AttentionPool(channels, attention_heads), nn.Linear(channels, out_dim)
+        else:
+            h, w = self._grid(image_size)
+            self.pool = MixVPRPool(channels, h, w, out_channels=out_channels, mix_depth=mix_depth,
+                                   out_rows=out_rows)
+            self.fc = nn.Identity()
+            out_dim = out_channels * out_rows
+        self.out_dim = out_dim
+
+    @torch.no_grad()
+    def _grid(self, image_size: int) -> tuple[int, int]:
+        """MixVPR's Linear layers are sized by the map's H·W, so probe it once."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        maps = self.features(torch.zeros(1, 3, image_size, image_size))
+        self.backbone.train(was_training)
+        return int(maps.shape[1]), int(maps.shape[2])
+
+    def features(self, x: Tensor) -> Tensor:
+        """Last-stage map, channels-last `(B, H, W, C)`."""
+        maps = self.backbone(x)[-1]
+        return maps if self.nhwc else maps.permute(0, 2, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        maps = self.features(x)
+        if self.aggregation_name == "gem":
+            maps = F.normalize(maps, dim=-1)
+        return F.normalize(self.fc(self.pool(maps)), dim=-1)
+
+
+# --------------------------------------------------------------------------- training
+
+@dataclass
+class CosPlaceConfig:
+    """CosPlace's defaults (DESIGN.md §4 and its parser); a notebook shrinks sizes and counts."""
+
+    M: float = 10
+    alpha: float = 30
+    N: int = 5
+    L: int = 2
+    groups_num: int = 8
+    min_images_per_class: int = 10
+    backbone: str = "resnet18"
+    aggregation: str = "gem"
+    out_dim: int = 512
+    mix_depth: int = 4
+    out_channels: int = 1024
+    out_rows: int = 4
+    pretrained: bool | str = False
+    image_size: int = 224
+    head: str = "cosface"
+    scale: float = 30.0
+    margin: float = 0.40
+    batch_size: int = 32
+    epochs: int = 8
+    iterations_per_epoch: int = 100
+    backbone_lr: float = 1e-5
+    classifier_lr: float = 1e-2
+    brightness: float = 0.7
+    contrast: float = 0.7
+    saturation: float = 0.7
+    hue: float = 0.5
+    random_resized_crop: float = 0.5
+    seed: int = 0
+    device: str = "cpu"
+    num_workers: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def model_options(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "aggregation": self.aggregation, "out_dim": self.out_dim,
+                "image_size": self.image_size, "pretrained": self.pretrained, "mix_depth": self.mix_depth,
+                "out_channels": self.out_channels, "out_rows": self.out_rows}
+
+
+@dataclass
+class GroupTraining:
+    """A trained group classifier: the descriptor model, one head per group, the division used."""
+
+    model: PlaceNet
+    heads: nn.ModuleList
+    division: Division
+    result: TrainResult
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def build_heads(division: Division, groups_num: int, dim: int, kind: str, scale: float,
+                margin: float) -> nn.ModuleList:
+    if groups_num > division.num_groups:
+        raise ValueError(f"this division has only {division.num_groups} groups with classes "
+                         f"(sizes {[len(c) for c in division.classes_per_group]}); set groups_num "
+                         f"≤ {division.num_groups} or lower N/L/min_images_per_class")
+    return nn.ModuleList(ClassHead(dim, len(division.classes_per_group[g]), kind, scale, margin)
+                         for g in range(groups_num))
+
+
+def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, paths: Sequence[str | Path],
+                 cfg: CosPlaceConfig, out_dir: str | Path | None = None, progress: bool = True,
+                 desc: str = "cosplace") -> TrainResult:
+    """Epoch k trains group k mod len(heads): class-balanced batches, per-image augmentation,
+    backbone and aggregation at `backbone_lr`, classifiers at `classifier_lr`."""
+    device = cfg.device
+    bundle = nn.ModuleDict({"model": model, "heads": heads}).to(device)
+    images = ImageTensors(paths, cfg.image_size)
+    augment = Augment(cfg.image_size, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue,
+                      cfg.random_resized_crop)
+    per_group = [division.group_images(g) for g in range(len(heads))]
+
+    def plan(epoch: int, rng: np.random.Generator):
+        group = epoch % len(heads)
+        return [(group, b) for b in class_batches(per_group[group], cfg.iterations_per_epoch,
+                                                   cfg.batch_size, rng)]
+
+    def step(batch, epoch: int) -> Tensor:
+        group, (index, labels) = batch
+        x = augment(load_batch(images, index, cfg.num_workers).to(device))
+        return heads[group](model(x), torch.as_tensor(labels, device=device))
+
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.backbone_lr},
+              {"params": list(heads.parameters()), "lr": cfg.classifier_lr}]
+    return train(bundle, groups, step, plan, cfg.epochs, seed=cfg.seed, out_dir=out_dir,
+                 config=cfg.to_dict(), desc=desc, progress=progress)
+
+
+def train_cosplace(items: Sequence[ImageItem], cfg: CosPlaceConfig | None = None,
+                   out_dir: str | Path | None = None, progress: bool = True) -> GroupTraining:
+    """Divide `items` (train split only), build the model and one CosFace head per group, train."""
+    cfg = cfg or CosPlaceConfig()
+    division = divide_items(items, use_heading=True, M=cfg.M, alpha=cfg.alpha, N=cfg.N, L=cfg.L,
+                            min_images_per_class=cfg.min_images_per_class)
+    torch.manual_seed(cfg.seed)
+    model = PlaceNet(**cfg.model_options())
+    heads = build_heads(division, cfg.groups_num, model.out_dim, cfg.head, cfg.scale, cfg.margin)
+    result = train_groups(model, heads, division, [it.path for it in items], cfg, out_dir, progress)
+    return GroupTraining(model, heads, division, result, cfg.to_dict())
+
+
+# --------------------------------------------------------------------------- retrieval
+
+@dataclass
+class Retrieval:
+    """Recalls under `vpr-25m`, and each query's top-k database indices with their correctness."""
+
+    metrics: dict[str, float]
+    predictions: np.ndarray
+    correct: np.ndarray
+    positives: list[np.ndarray]
+
+
+def faiss_topk(query_emb: np.ndarray, db_emb: np.ndarray, k: int) -> np.ndarray:
+    """Exact inner-product top-k (FAISS flat index); descriptors are L2-normalised, so cosine."""
+    import faiss
+
+    index = faiss.IndexFlatIP(db_emb.shape[1])
+    index.add(np.ascontiguousarray(db_emb, dtype=np.float32))
+    _, found = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(k, len(db_emb)))
+    return found
+
+
+def retrieve(query_emb: np.ndarray, query_utm: np.ndarray, db_emb: np.ndarray, db_utm: np.ndarray,
+             ks: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0) -> Retrieval:
+    """R@k from `geolib.evaluate.vpr_recalls` (exact ranks; queries with no positive within
+    `radius` stay in the denominator as misses) and FAISS top-k lists for figures."""
+    metrics = vpr_recalls(query_utm, db_utm, query_emb, db_emb, ks=ks, radius=radius)
+    predictions = faiss_topk(query_emb, db_emb, max(ks))
+    positives = vpr_positives(query_utm, db_utm, radius)
+    correct = np.array([np.isin(p, pos) for p, pos in zip(predictions, positives)], dtype=bool)
+    return Retrieval(metrics, predictions, correct.reshape(predictions.shape), positives)
+
+
+def evaluate_retrieval(model: nn.Module, db_items: Sequence[ImageItem], query_items: Sequence[ImageItem],
+                       image_size: int, ks: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0,
+                       device: str = "cpu", batch_size: int = 64, num_workers: int = 0,
+                       progress: bool = False) -> Retrieval:
+    db = embed_paths(model, [it.path for it in db_items], image_size, batch_size, device, num_workers,
+                     progress, "embed database")
+    q = embed_paths(model, [it.path for it in query_items], image_size, batch_size, device, num_workers,
+                    progress, "embed queries")
+    return retrieve(q, utm_of(query_items), db, utm_of(db_items), ks, radius)
+
+
+def query_condition(item: ImageItem) -> str:
+    """Query condition (day, night, fog, ...) from the note field of the name; `day` if empty."""
+    note = (item.meta.get("note") or "").strip().lower()
+    return note or "day"
+
+
+# --------------------------------------------------------------------------- prediction strips
+
+def save_prediction_strips(query_paths: Sequence[str | Path], db_paths: Sequence[str | Path],
+                           predictions: np.ndarray, correct: np.ndarray, folder: str | Path,
+                           num_preds_to_save: int = 3, save_only_wrong: bool = False,
+                           tile: int = 128, border: int = 6) -> list[Path]:
+    """One PNG per query: the query, then its first `num_preds_to_save` predictions framed green
+    (within the radius) or red. `save_only_wrong` keeps the queries whose first prediction is
+    wrong, the ones worth looking at."""
+    from PIL import Image, ImageOps
+
+    from .images import load_image
+    from .paths import atomic_path
+
+    written: list[Path] = []
+    if num_preds_to_save <= 0:
+        return written
+    folder = Path(folder)
+    for q, (path, preds, ok) in enumerate(zip(query_paths, predictions, correct)):
+        if save_only_wrong and ok[0]:
+            continue
+        tiles = [ImageOps.expand(_tile(load_image(path), tile - 2 * border), border, fill=(255, 255, 255))]
+        for p, good in zip(preds[:num_preds_to_save], ok[:num_preds_to_save]):
+            color = (0, 170, 0) if good else (220, 0, 0)
+            tiles.append(ImageOps.expand(_tile(load_image(db_paths[p]), tile - 2 * border), border, fill=color))
+        strip = Image.new("RGB", (tile * len(tiles), tile), (255, 255, 255))
+        for i, t in enumerate(tiles):
+            strip.paste(t, (i * tile, 0))
+        target = folder / f"query_{q:05d}_{'correct' if ok[0] else 'wrong'}.png"
+        with atomic_path(target) as tmp:
+            strip.save(tmp, format="PNG")
+        written.append(target)
+    return written
+
+
+def _tile(img, size: int):
+    from PIL import Image
+
+    return img.resize((size, size), Image.Resampling.BILINEAR)
+
+
+# --------------------------------------------------------------------------- records
+
+def write_vpr_record(source: str, metrics: dict[str, float], *, dataset: str, profile: str, seed: int | None,
+                     model: str = "cosplace", split: str = "test", query_view: str = "query",
+                     config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A `vpr` / `vpr-25m` metrics record (database retrieval)."""
+    from .records import write_record
+
+    return write_record(source, task="vpr", protocol=PROTOCOL_VPR, dataset=dataset, split=split,
+                        query_view=query_view, gallery_view="database", model=model, metrics=metrics,
+                        profile=profile, seed=seed, config=config, **extra)
