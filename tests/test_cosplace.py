@@ -153,17 +153,18 @@ def test_train_cosplace_learns_toy_world(toy_root):
     assert training.result.history[-1]["loss"] < training.result.history[0]["loss"]
 
     db, queries = cosplace.load_test_items(toy_root)
-    retrieval = cosplace.evaluate_retrieval(training.model, db, queries, cfg.image_size)
-    assert set(retrieval.metrics) == {"R@1", "R@5", "R@10", "R@20"}
-    assert retrieval.metrics["R@1"] >= 50.0
-    # the group classifier itself beats chance (1/6) by a wide margin on the unseen day queries
-    from geolib.vpr_train import embed_paths
+    assert {cosplace.query_condition(q) for q in queries} == {"day", "night"}
     day = [q for q in queries if cosplace.query_condition(q) == "day"]
+    retrieval = cosplace.evaluate_retrieval(training.model, db, day, cfg.image_size)
+    assert set(retrieval.metrics) == {"R@1", "R@5", "R@10", "R@20"}
+    assert retrieval.metrics["R@1"] >= 80.0
+    # retrieval on this toy is easy even untrained, so check that the group classifier learnt:
+    # it beats chance (1/6) by a wide margin on the unseen day queries
+    from geolib.vpr_train import embed_paths
     emb = torch.as_tensor(embed_paths(training.model, [q.path for q in day], cfg.image_size))
     pred = training.heads[0].logits(emb).argmax(1).numpy()
     truth = [int(np.flatnonzero(training.division.class_ids[:, 0] == np.floor(q.utm_east / 10) * 10)[0]) for q in day]
-    assert np.mean(pred == np.array(truth)) >= 0.5
-    assert {cosplace.query_condition(q) for q in queries} == {"day", "night"}
+    assert np.mean(pred == np.array(truth)) >= 0.8
 
 
 # --------------------------------------------------------------------------- retrieval

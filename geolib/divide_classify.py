@@ -1,0 +1,118 @@
+"""Divide&Classify (Trivigno et al., ICCV 2023): localize by classifying map cells, no database.
+
+Cells are M × M metres (`class = (⌊e/M⌋·M, ⌊n/M⌋·M)`, no heading), split into N×N groups as in
+CosPlace, one classifier per group, epochs cycling over the groups. At inference every group's
+classifier scores the query, the scores are concatenated, and the top-N classes are read as their
+cell centres `(e_r + M/2, n_r + M/2)`. LR@N is the share of queries with one of the first N
+centres within 25 m (inclusive). The memory of the method is the classifiers' weights, however
+many database images the area has.
+
+Difference from the reference code, on purpose: classes of all groups are ranked by cosine
+(normalised class weights, the quantity the margin heads train); the reference ranks AAMC/LMCC
+classes by the raw inner product with unnormalised weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cosplace import (CosPlaceConfig, Division, GroupTraining, PlaceNet, build_heads, divide_items,
+                       train_groups)
+from .datasets import ImageItem, utm_of
+from .vpr_train import embed_paths, head_kind
+
+PROTOCOL_DC = "dc-lr-25m"
+
+
+def dc_config(head: str = "aamc", **overrides: Any) -> CosPlaceConfig:
+    """D&C's defaults on top of the shared config: M=20, N=2, all N² groups, AAMC with s=100,
+    m=0.2 (LMCC keeps s=30, m=0.4). Heading settings are unused."""
+    kind = head_kind(head)
+    scale, margin = (100.0, 0.2) if kind == "arcface" else (30.0, 0.40)
+    n = int(overrides.get("N", 2))
+    base = dict(M=20, N=n, groups_num=n * n, head=kind, scale=scale, margin=margin,
+                backbone="efficientnet_b0", random_resized_crop=0.34, brightness=0.0, contrast=0.0,
+                saturation=0.0, hue=0.0)
+    base.update(overrides)
+    return CosPlaceConfig(**base)
+
+
+def train_dc(items: Sequence[ImageItem], cfg: CosPlaceConfig | None = None,
+             out_dir: str | Path | None = None, progress: bool = True) -> GroupTraining:
+    """Cells without heading, one head per group (`groups_num`, all N² by default), then train."""
+    cfg = cfg or dc_config()
+    division = divide_items(items, use_heading=False, M=cfg.M, N=cfg.N,
+                            min_images_per_class=cfg.min_images_per_class)
+    torch.manual_seed(cfg.seed)
+    model = PlaceNet(**cfg.model_options())
+    heads = build_heads(division, min(cfg.groups_num, division.num_groups), model.out_dim, cfg.head,
+                        cfg.scale, cfg.margin)
+    result = train_groups(model, heads, division, [it.path for it in items], cfg, out_dir, progress,
+                          desc="divide&classify")
+    return GroupTraining(model, heads, division, result, cfg.to_dict())
+
+
+# --------------------------------------------------------------------------- inference
+
+@torch.no_grad()
+def predict_cells(query_emb: np.ndarray, heads: nn.ModuleList, division: Division, top: int = 20,
+                  device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Top-`top` classes over all groups' heads: (class indices, cell centres `(Q, top, 2)`)."""
+    emb = torch.as_tensor(query_emb, dtype=torch.float32, device=device)
+    heads = heads.to(device).eval()
+    scores = torch.cat([h.logits(emb) for h in heads], dim=1)
+    classes = torch.as_tensor(np.concatenate([division.classes_per_group[g] for g in range(len(heads))]),
+                              device=device)
+    best = scores.topk(min(top, scores.shape[1]), dim=1).indices
+    predicted = classes[best].cpu().numpy()
+    return predicted, division.centres(predicted.reshape(-1)).reshape(*predicted.shape, 2)
+
+
+def lr_at_n(query_utm: np.ndarray, centres: np.ndarray, ns: Sequence[int] = (1, 5, 10, 20),
+            radius: float = 25.0) -> dict[str, float]:
+    """LR@N in percent: a query counts when one of its first N predicted centres is within `radius`
+    metres (inclusive, UTM distance). Every query stays in the denominator."""
+    query_utm = np.asarray(query_utm, np.float64)[:, None, :2]
+    hit = np.linalg.norm(np.asarray(centres, np.float64) - query_utm, axis=-1) <= radius
+    first = np.where(hit.any(1), hit.argmax(1), np.iinfo(np.int64).max)
+    return {f"LR@{n}": float(100.0 * np.mean(first < n)) if len(first) else 0.0 for n in ns}
+
+
+@dataclass
+class Localization:
+    metrics: dict[str, float]
+    classes: np.ndarray
+    centres: np.ndarray
+    correct: np.ndarray
+    classifier_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_dc(training: GroupTraining, query_items: Sequence[ImageItem], image_size: int | None = None,
+                ns: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0, device: str = "cpu",
+                batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> Localization:
+    """Embed the queries, classify, score LR@N; no database is read."""
+    size = image_size or training.config.get("image_size", 224)
+    emb = embed_paths(training.model.to(device), [it.path for it in query_items], size, batch_size, device,
+                      num_workers, progress, "embed queries")
+    classes, centres = predict_cells(emb, training.heads, training.division, max(ns), device)
+    utm = utm_of(query_items)
+    correct = np.linalg.norm(centres - utm[:, None, :], axis=-1) <= radius
+    return Localization(lr_at_n(utm, centres, ns, radius), classes, centres, correct,
+                        sum(h.weight_bytes() for h in training.heads))
+
+
+def write_dc_record(source: str, metrics: dict[str, float], *, dataset: str, profile: str, seed: int | None,
+                    model: str = "dc-aamc", split: str = "test", query_view: str = "query",
+                    config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A `vpr` / `dc-lr-25m` record: classification localisation, no gallery."""
+    from .records import write_record
+
+    return write_record(source, task="vpr", protocol=PROTOCOL_DC, dataset=dataset, split=split,
+                        query_view=query_view, gallery_view=None, model=model, metrics=metrics,
+                        profile=profile, seed=seed, config=config, **extra)
