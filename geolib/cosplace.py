@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from .datasets import ImageItem, load_dataset, utm_of
 from .evaluate import PROTOCOL_VPR, vpr_positives, vpr_recalls
-from .vpr_train import (Augment, ClassHead, ImageTensors, TrainResult, class_batches, embed_paths,
-                        load_batch, train)
+from .vpr_train import (Augment, Batches, ClassHead, ImageTensors, TrainResult, class_batches,
+                        embed_paths, train)
 
 log = logging.getLogger(__name__)
 AGGREGATIONS = ("gem", "mixvpr", "attention")
@@ -305,15 +305,14 @@ def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, path
                       cfg.random_resized_crop)
     per_group = [division.group_images(g) for g in range(len(heads))]
 
-    def plan(epoch: int, rng: np.random.Generator):
-        group = epoch % len(heads)
-        return [(group, b) for b in class_batches(per_group[group], cfg.iterations_per_epoch,
-                                                   cfg.batch_size, rng)]
+    def plan(epoch: int, rng: np.random.Generator) -> Batches:
+        batches = class_batches(per_group[epoch % len(heads)], cfg.iterations_per_epoch, cfg.batch_size, rng)
+        return Batches(images, batches, cfg.num_workers)
 
-    def step(batch, epoch: int) -> Tensor:
-        group, (index, labels) = batch
-        x = augment(load_batch(images, index, cfg.num_workers).to(device))
-        return heads[group](model(x), torch.as_tensor(labels, device=device))
+    def step(batch: tuple[Tensor, np.ndarray], epoch: int) -> Tensor:
+        images_u8, labels = batch
+        x = augment(images_u8.to(device))
+        return heads[epoch % len(heads)](model(x), torch.as_tensor(labels, device=device))
 
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.backbone_lr},
               {"params": list(heads.parameters()), "lr": cfg.classifier_lr}]
@@ -344,6 +343,7 @@ class Retrieval:
     predictions: np.ndarray
     correct: np.ndarray
     positives: list[np.ndarray]
+    database_bytes: int = 0  # memory of the database descriptors, for the cost columns
 
 
 def faiss_topk(query_emb: np.ndarray, db_emb: np.ndarray, k: int) -> np.ndarray:
@@ -364,7 +364,8 @@ def retrieve(query_emb: np.ndarray, query_utm: np.ndarray, db_emb: np.ndarray, d
     predictions = faiss_topk(query_emb, db_emb, max(ks))
     positives = vpr_positives(query_utm, db_utm, radius)
     correct = np.array([np.isin(p, pos) for p, pos in zip(predictions, positives)], dtype=bool)
-    return Retrieval(metrics, predictions, correct.reshape(predictions.shape), positives)
+    return Retrieval(metrics, predictions, correct.reshape(predictions.shape), positives,
+                     int(np.asarray(db_emb).nbytes))
 
 
 def evaluate_retrieval(model: nn.Module, db_items: Sequence[ImageItem], query_items: Sequence[ImageItem],

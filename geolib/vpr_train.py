@@ -118,13 +118,20 @@ class ImageTensors(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
-def load_batch(images: ImageTensors, index: Sequence[int], num_workers: int = 0) -> Tensor:
-    """Decode a batch; with workers, through a DataLoader (order kept)."""
-    if num_workers <= 0:
-        return torch.stack([images[int(i)] for i in index])
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, [int(i) for i in index]),
-                                         batch_size=len(index), num_workers=num_workers)
-    return next(iter(loader))
+class Batches:
+    """An epoch's batches decoded by a DataLoader (worker processes when asked), in plan order:
+    yields (uint8 images, payload) for each (image indices, payload) of the plan."""
+
+    def __init__(self, images: ImageTensors, plan: Sequence[tuple[np.ndarray, Any]], num_workers: int = 0) -> None:
+        self.images, self.plan, self.num_workers = images, list(plan), num_workers
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self):
+        loader = torch.utils.data.DataLoader(self.images, batch_sampler=[p[0].tolist() for p in self.plan],
+                                             num_workers=self.num_workers)
+        return iter(zip(loader, (p[1] for p in self.plan)))
 
 
 @dataclass
@@ -205,7 +212,7 @@ def train(model: nn.Module, param_groups: list[dict[str, Any]],
         model.train()
         rng = np.random.default_rng([seed, epoch])
         losses = []
-        bar = tqdm(list(plan(epoch, rng)), desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress,
+        bar = tqdm(plan(epoch, rng), desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress,
                    leave=False)
         for batch in bar:
             loss = step(batch, epoch)

@@ -15,8 +15,8 @@ from geolib.vpr_train import class_batches
 from phase2_toy import build_toy_vpr
 
 torch.set_num_threads(1)
-TINY = dict(backbone="resnet10t", image_size=32, out_dim=16, batch_size=6, hue=0.0,
-            random_resized_crop=0.1, backbone_lr=1e-3, min_images_per_class=5)
+TINY = dict(backbone="resnet10t", image_size=32, out_dim=16, batch_size=6, brightness=0.3, contrast=0.3,
+            saturation=0.3, hue=0.0, random_resized_crop=0.1, backbone_lr=1e-3, min_images_per_class=5)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,19 @@ def test_class_batches_are_class_balanced():
 
 
 # --------------------------------------------------------------------------- data and model
+
+def test_batches_keep_plan_order_with_workers(tmp_path):
+    from geolib.vpr_train import Batches, ImageTensors
+    images = ImageTensors([make_image(tmp_path / f"{i}.png", seed=i) for i in range(5)], image_size=8)
+    plan = [(np.array([3, 1]), "a"), (np.array([0, 4, 2]), "b")]
+    serial = list(Batches(images, plan))
+    parallel = list(Batches(images, plan, num_workers=1))
+    assert [p for _, p in serial] == ["a", "b"] and len(Batches(images, plan)) == 2
+    for (x, _), (y, _) in zip(serial, parallel):
+        assert x.dtype == torch.uint8 and x.shape[1:] == (3, 8, 8)
+        assert torch.equal(x, y)
+    assert torch.equal(serial[0][0][0], images[3])
+
 
 def test_load_train_items_reads_every_subfolder(tmp_path):
     root = tmp_path / "sf"
@@ -188,6 +201,7 @@ def test_retrieve_matches_brute_force():
     np.testing.assert_array_equal(r.predictions, order[:, :20])
     np.testing.assert_array_equal(r.correct, hit[:, :20])
     assert 0 in r.positives[0] and len(r.positives[1]) == 0
+    assert r.database_bytes == db.nbytes
 
 
 def test_prediction_strips(tmp_path):
