@@ -163,6 +163,7 @@ def positive_ranks(query_emb: np.ndarray, gallery_emb: np.ndarray, positives: Se
     first = np.full(len(query_emb), n_ranked, np.int64)
     ap = np.zeros(len(query_emb), np.float64)
     n_pos = np.array([len(p) for p in positives], np.int64)
+    _check_positives(positives, keep)
     for q0 in range(0, len(query_emb), chunk_size):
         q1 = min(q0 + chunk_size, len(query_emb))
         pos = _padded(positives[q0:q1])
@@ -212,6 +213,15 @@ def _as_f32(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _check_positives(positives: Sequence[np.ndarray], keep: np.ndarray) -> None:
+    """Every true item must be a kept gallery item, else its score would never be read."""
+    flat = np.concatenate([np.asarray(p, np.int64).reshape(-1) for p in positives] or [np.zeros(0, np.int64)])
+    if len(flat) and (flat.min() < 0 or flat.max() >= len(keep)):
+        raise ValueError(f"true gallery indices must lie in [0, {len(keep)}), got {flat.min()}..{flat.max()}")
+    if len(flat) and not keep[flat].all():
+        raise ValueError("a true gallery item is marked junk; junk never counts as true")
+
+
 def _padded(positives: Sequence[np.ndarray]) -> np.ndarray:
     """Ragged positive lists → (n, P) int64 with -1 padding."""
     width = max((len(p) for p in positives), default=0)
@@ -245,8 +255,6 @@ def _chunk_ranks(q: np.ndarray, gallery_emb: np.ndarray, keep: np.ndarray, pos: 
         if hit.any():
             rows, cols = np.nonzero(hit)
             local = np.searchsorted(idx, pos[rows, cols])
-            if not np.array_equal(idx[np.minimum(local, len(idx) - 1)], pos[rows, cols]):
-                raise ValueError("a true gallery item is marked junk or out of range")
             pos_score[rows, cols] = _block_scores(q, g)[rows, local]
     order = np.argsort(pos_score, axis=1, kind="stable")  # ascending; padding (+inf) last
     sorted_score = np.take_along_axis(pos_score, order, axis=1)

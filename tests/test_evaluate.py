@@ -139,6 +139,10 @@ def test_bad_inputs_are_named():
         retrieval_metrics(q, [1], q, [1, 2])
     with pytest.raises(ValueError, match="NaN"):
         retrieval_metrics(np.full((1, 3), np.nan, np.float32), [1], q, [1, 2])
+    with pytest.raises(ValueError, match=r"in \[0, 2\)"):
+        positive_ranks(q, q, [np.array([2]), np.array([0])])
+    with pytest.raises(ValueError, match="junk"):
+        positive_ranks(q, q, [np.array([1]), np.array([0])], keep=np.array([True, False]))
     with pytest.raises(ValueError, match="width"):
         retrieval_metrics(q, [1, 2], np.zeros((2, 4), np.float32), [1, 2])
 
