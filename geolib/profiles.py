@@ -24,6 +24,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "l2l": True, "fusion": True, "pooling": "attention", "loss": "infonce", "epochs": 1,
                    "batch_size": 4, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.1, "minutes": None,
                    "sampling": "random", "eval_every": 1, "flip_tta": False},
+        "phase2": {"methods": ["hierarchical", "cosplace", "dc"], "data_root": None, "query_folder": "queries",
+                   "backbone": "resnet10t", "aggregation": "gem", "out_dim": 16, "image_size": 32,
+                   "M": 10, "alpha": 30, "N": 1, "L": 1, "groups_num": 1, "min_images_per_class": 2,
+                   "dc_M": 20, "dc_N": 1, "dc_head": "aamc", "epochs": 1, "iterations_per_epoch": 2,
+                   "batch_size": 8, "backbone_lr": 1e-3, "classifier_lr": 1e-2, "head": "softmax",
+                   "place_mode": "conditioned", "classifier_epochs": 2, "num_preds_to_save": 2},
     },
     "default": {
         "common": {"seed": 0, "device": "auto", "amp": False, "num_workers": 0},
@@ -32,6 +38,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "model_options": {}, "l2l": True, "fusion": True, "pooling": "attention",
                    "loss": "infonce", "epochs": 12, "batch_size": 32, "lr": 5e-4, "weight_decay": 0.05,
                    "warmup": 0.1, "minutes": 5.0, "sampling": "random", "eval_every": 2, "flip_tta": False},
+        # Tentative until the world's VPR export lands: sized for ~1.5 min per method on 2 cores.
+        "phase2": {"methods": ["hierarchical", "cosplace", "dc"], "data_root": None, "query_folder": "queries",
+                   "backbone": "resnet18", "aggregation": "gem", "out_dim": 128, "image_size": 64,
+                   "M": 10, "alpha": 30, "N": 5, "L": 2, "groups_num": 8, "min_images_per_class": 5,
+                   "dc_M": 20, "dc_N": 2, "dc_head": "aamc", "epochs": 8, "iterations_per_epoch": 8,
+                   "batch_size": 32, "backbone_lr": 1e-3, "classifier_lr": 1e-2, "head": "softmax",
+                   "place_mode": "conditioned", "classifier_epochs": 30, "num_preds_to_save": 3},
     },
     "full": {
         "common": {"seed": 0, "device": "auto", "amp": True, "num_workers": 8},
@@ -42,6 +55,15 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "pooling": "attention", "loss": "infonce", "epochs": 100, "batch_size": 32, "lr": 1e-4,
                    "weight_decay": 0.05, "warmup": 0.05, "minutes": None, "sampling": "gps",
                    "eval_every": 5, "flip_tta": True},
+        # The course project's CosPlace (ResNet-18 + GeM, 512-d, SF-XS train) and D&C's setting
+        # (EfficientNet-B0, M=20, N=2, AAMC); test on SF-XS queries_v1 and Tokyo-XS.
+        "phase2": {"methods": ["hierarchical", "cosplace", "dc"], "data_root": None, "query_folder": "queries_v1",
+                   "backbone": "resnet18", "aggregation": "gem", "out_dim": 512, "image_size": 512,
+                   "pretrained": True, "M": 10, "alpha": 30, "N": 5, "L": 2, "groups_num": 8,
+                   "min_images_per_class": 10, "dc_backbone": "efficientnet_b0", "dc_M": 20, "dc_N": 2,
+                   "dc_head": "aamc", "epochs": 50, "iterations_per_epoch": 10000, "batch_size": 32,
+                   "backbone_lr": 1e-5, "classifier_lr": 1e-2, "head": "cosface", "place_mode": "conditioned",
+                   "classifier_epochs": 50, "num_preds_to_save": 3},
     },
 }
 
