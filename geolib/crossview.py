@@ -168,3 +168,75 @@ def load_trained_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.
     model = create_model(name, **model_cfg)
     meta = load_weights(checkpoint, model)
     return model.to(device).eval(), meta
+
+
+# --------------------------------------------------------------------------- command line
+
+def build_parser():
+    import argparse
+
+    from .profiles import PROFILE_NAMES
+
+    p = argparse.ArgumentParser(prog="python -m geolib train",
+                                description="Train Phase 1 outside a notebook; under torchrun it runs DDP.")
+    p.add_argument("--profile", default="default", choices=PROFILE_NAMES)
+    p.add_argument("--data-root", help="University-1652 root; default: the synthetic world of the profile")
+    p.add_argument("--model", help="registry name (phase1, phase1-cpu)")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch, split over processes")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--loss", choices=("infonce", "triplet"))
+    p.add_argument("--minutes", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="checkpoint folder (default outputs/<profile>/checkpoints/phase1)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m geolib train …`; `torchrun --nproc_per_node N -m geolib train …` for DDP."""
+    import os
+
+    from .paths import profile_dir
+    from .profiles import resolve
+    from .train import TrainConfig
+
+    args = build_parser().parse_args(argv)
+    if args.data_root and not Path(args.data_root).is_dir():
+        print(f"error: --data-root {args.data_root} is not a folder")
+        return 2
+    cfg = resolve(args.profile, "phase1", data_root=args.data_root, model=args.model, image_size=args.image_size,
+                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
+                  minutes=args.minutes, seed=args.seed)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        backend = "nccl" if cfg["device"].startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+        if cfg["device"].startswith("cuda"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    rank = int(os.environ.get("RANK", "0"))
+    if cfg["data_root"]:
+        root = Path(cfg["data_root"])
+    else:
+        from .world import build_world
+        root = build_world(cfg["preset"], seed=cfg["seed"], profile=args.profile, progress=rank == 0) / "university1652"
+    from .datasets import load_dataset
+    from .models import create_model
+
+    ds = load_dataset("university1652", root)
+    net = create_model(cfg["model"], img_size=cfg["image_size"], l2l=cfg["l2l"], fusion=cfg["fusion"],
+                       pooling=cfg["pooling"], **cfg.get("model_options", {}))
+    train_cfg = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                            weight_decay=cfg["weight_decay"], warmup=cfg["warmup"], amp=cfg["amp"],
+                            device=cfg["device"], seed=cfg["seed"], num_workers=cfg["num_workers"],
+                            sampling=cfg["sampling"], eval_every=cfg["eval_every"])
+    out = Path(args.out) if args.out else profile_dir(args.profile, "checkpoints") / "phase1"
+    res = train_crossview(net, ds, train_cfg, out, image_size=cfg["image_size"], loss=cfg["loss"],
+                          max_minutes=cfg["minutes"], progress=rank == 0,
+                          eval_directions=(("street", "drone"), ("street", "satellite")) if rank == 0 or world_size == 1 else ())
+    if rank == 0:
+        print(f"trained {len(res.history)} epoch(s); last: {res.history[-1] if res.history else None}")
+        print(f"checkpoints in {out}")
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+    return 0
