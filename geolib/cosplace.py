@@ -104,8 +104,12 @@ class Division:
         ids = self.class_ids if classes is None else self.class_ids[classes]
         return ids[:, :2] + self.M / 2.0
 
+    def class_sizes(self) -> np.ndarray:
+        """Images per kept class (the label distribution the course project asks about)."""
+        return np.bincount(self.image_class[self.image_class >= 0], minlength=len(self.class_ids))
+
     def summary(self) -> dict[str, Any]:
-        sizes = np.bincount(self.image_class[self.image_class >= 0], minlength=len(self.class_ids))
+        sizes = self.class_sizes()
         return {"classes": len(self.class_ids), "groups": self.num_groups,
                 "classes_per_group": [len(c) for c in self.classes_per_group],
                 "images_per_group": [int(sizes[c].sum()) for c in self.classes_per_group],
@@ -285,6 +289,11 @@ class GroupTraining:
 
 def build_heads(division: Division, groups_num: int, dim: int, kind: str, scale: float,
                 margin: float) -> nn.ModuleList:
+    if division.num_groups == 0:
+        raise ValueError(f"no class has {division.min_images_per_class} images or more "
+                         f"({division.dropped_images} images in {division.dropped_classes} smaller classes, "
+                         f"{division.missing_heading} without heading); lower min_images_per_class or use "
+                         "more training images")
     if groups_num > division.num_groups:
         raise ValueError(f"this division has only {division.num_groups} groups with classes "
                          f"(sizes {[len(c) for c in division.classes_per_group]}); set groups_num "

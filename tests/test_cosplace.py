@@ -58,6 +58,9 @@ def test_divide_drops_small_classes_and_logs(caplog):
     # (0,0,0) and (50,0,180) both fall in group (0,0,0): one group of two classes
     assert d.group_ids.tolist() == [[0, 0, 0]] and d.classes_per_group[0].tolist() == [0, 1]
     assert [g.tolist() for g in d.group_images(0)] == [[0, 1, 2], [5, 6, 7, 8]]
+    assert d.class_sizes().tolist() == [3, 4]
+    with pytest.raises(ValueError, match="no class has 5 images"):
+        cosplace.build_heads(divide(east, np.zeros(10), heading, min_images_per_class=5), 1, 8, "cosface", 30, 0.4)
 
 
 def test_groups_are_ordered_largest_first():
