@@ -159,8 +159,8 @@ def load_train_items(root: str | Path, split: str = "train", check: str = "quick
     """Every @-named image under `<root>/<split>/`, whatever the sub-folders, as CosPlace's train
     set (SF-XS keeps train images in nested folders, the synthetic export in database/queries).
     Goes through the VPR loader, so bad names and truncated files fail here, all listed at once."""
-    ds = load_dataset("vpr", root, split=split, database_folder=".", query_folder=".", check=check)
-    return [it for it in ds.items if it.role == "gallery"]
+    ds = load_dataset("vpr", root, split=split, database_folder=".", query_folder=None, check=check)
+    return ds.items
 
 
 def load_test_items(root: str | Path, split: str = "test", query_folder: str = "queries",

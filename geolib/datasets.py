@@ -478,16 +478,18 @@ def parse_vpr_name(name: str) -> dict[str, Any]:
     return out
 
 
-def load_vpr(root: Path, split: str = "test", query_folder: str = "queries",
+def load_vpr(root: Path, split: str = "test", query_folder: str | None = "queries",
              database_folder: str = "database") -> GeoDataset:
     """`<split>/<database_folder>/` and `<split>/<query_folder>/` of @-named images.
 
     The query folder is a parameter: releases call it `queries`, `queries_v1`, or split it by
-    condition (`queries_night`).
+    condition (`queries_night`). A training split is read whole with `database_folder="."` and
+    `query_folder=None` (SF-XS keeps train images in nested folders).
     """
     ds = GeoDataset("vpr", root, [], options={"split": split, "query_folder": query_folder,
                                                  "database_folder": database_folder})
-    for folder, role in ((database_folder, "gallery"), (query_folder, "query")):
+    folders = [(database_folder, "gallery")] + ([(query_folder, "query")] if query_folder else [])
+    for folder, role in folders:
         path = root / split / folder
         if not path.is_dir():
             found = sorted(p.name for p in (root / split).iterdir() if p.is_dir()) if (root / split).is_dir() else []

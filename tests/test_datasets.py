@@ -157,3 +157,10 @@ def test_quick_check_catches_cut_png(tmp_path):
     p = truncate(make_image(tmp_path / "c.png", size=(80, 80)), keep=0.6)
     assert "truncated PNG" in quick_image_check(p)
     assert quick_image_check(make_image(tmp_path / "ok.png")) is None
+
+
+def test_vpr_train_split_read_whole(vpr_root):
+    make_image(vpr_root / "train" / "a" / vpr_name(500000, 4600000, 0.0), seed=1)
+    make_image(vpr_root / "train" / "b" / "c" / vpr_name(500010, 4600000, 30.0), seed=2)
+    ds = load_dataset("vpr", vpr_root, split="train", database_folder=".", query_folder=None)
+    assert len(ds.items) == 2 and {it.role for it in ds.items} == {"gallery"}
