@@ -163,10 +163,18 @@ def render_batch(world: World, shots: list[Shot]) -> tuple[np.ndarray, np.ndarra
     return R.to_uint8(out["rgb"]), out["bid"].numpy()
 
 
+def _group(s: Shot) -> tuple:
+    return (s.region, s.view, s.condition, s.pose.get("fov") or 0.0, s.pose.get("metres") or 0.0)
+
+
 def batches(shots: list[Shot]) -> Iterator[list[Shot]]:
-    """Consecutive runs of shots with the same region, view, condition and field of view."""
+    """Batches of shots with the same region, view, condition and field of view.
+
+    Shots are grouped first (a stable sort), because a renderer call costs about the same for one
+    camera as for dozens.
+    """
     run: list[Shot] = []
-    for s in shots:
+    for s in sorted(shots, key=_group):
         key = (s.region, s.view, s.condition, s.pose.get("fov"), s.pose.get("metres"))
         if run and (len(run) >= BATCH or key != (run[0].region, run[0].view, run[0].condition,
                                                    run[0].pose.get("fov"), run[0].pose.get("metres"))):

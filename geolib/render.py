@@ -124,7 +124,7 @@ def _hash01(*ints: torch.Tensor) -> torch.Tensor:
 
 
 def ray_distances(max_dist: float = 180.0, near: float = 0.3, fine: float = 0.25,
-                  fine_until: float = 30.0, growth: float = 1.012) -> torch.Tensor:
+                  fine_until: float = 20.0, growth: float = 1.014) -> torch.Tensor:
     """Sample distances along a ray: 0.25 m steps near the camera, then geometric growth."""
     d = list(np.arange(near, fine_until, fine))
     while d[-1] < max_dist:
@@ -151,51 +151,69 @@ def sky_colour(el_deg: torch.Tensor, condition: str) -> torch.Tensor:
     return lo * (1 - e) + hi * e
 
 
-def render_rays(scene: Scene, cams: torch.Tensor, az: torch.Tensor, el: torch.Tensor,
-                condition: str = "day", max_dist: float = 180.0) -> dict[str, torch.Tensor]:
-    """First hits of every (azimuth, elevation) ray of B cameras.
+def trace(scene: Scene, cams: torch.Tensor, az: torch.Tensor, pcol: torch.Tensor, pel: torch.Tensor,
+          condition: str = "day", max_dist: float = 180.0) -> dict[str, torch.Tensor]:
+    """First hits of B cameras' pixels; each pixel is (one of the camera's ray columns, elevation).
 
-    cams (B, 3) positions; az (B, Na) and el (B, Ne) in degrees. Returns `rgb` (B, Ne, Na, 3) in
-    [0, 1], `bid` (B, Ne, Na) building index (-1: none) and `depth` (B, Ne, Na) horizontal metres.
-    Only rays that hit something are shaded (flat index lists), sky is filled in one go.
+    cams (B, 3) positions; az (B, Na) column azimuths in degrees; pcol (B, P) the column of every
+    pixel and pel (B, P) its elevation in degrees. Returns `rgb` (B, P, 3) in [0, 1], `bid` (B, P)
+    building index (-1: none) and `depth` (B, P) horizontal metres.
+
+    All columns of all cameras are searched at once: keys `ray + 1/2 + 0.4995 slope/(1+|slope|)`
+    (x/(1+|x|) is monotone) are sorted across rays because each ray's running maximum is, so one `searchsorted` over the
+    flat array finds every pixel's first hit. Only hits are shaded; sky is filled in one go.
     """
     d = ray_distances(max_dist)
     n_s = d.numel()
     b, na = az.shape
-    ne = el.shape[1]
+    npx = pcol.shape[1]
     azr = torch.deg2rad(az)
     dx, dy = torch.sin(azr), torch.cos(azr)                                   # (B, Na)
     cell = _lookup(scene, cams[:, 0, None, None] + dx[..., None] * d,
-                   cams[:, 1, None, None] + dy[..., None] * d)                # (B, Na, S)
+                   cams[:, 1, None, None] + dy[..., None] * d).reshape(-1)    # (B*Na*S,)
     hs = scene.height[cell]
-    slope = torch.cummax((hs - cams[:, 2, None, None]) / d, dim=2).values
-    tan_el = torch.tan(torch.deg2rad(el.clamp(-89.5, 89.5)))                  # (B, Ne)
-    vals = tan_el[:, None, :].expand(b, na, ne).contiguous()
-    k = torch.searchsorted(slope, vals).reshape(-1)                           # (B*Na*Ne,)
-    rgb = sky_colour(el[:, None, :].expand(b, na, ne).reshape(-1), condition)
-    depth = torch.full((k.numel(),), float(max_dist))
-    bid = torch.full((k.numel(),), -1, dtype=torch.int64)
+    slope = torch.cummax((hs.reshape(b, na, n_s) - cams[:, 2, None, None]) / d, dim=2).values
+    ray_id = torch.arange(b * na, dtype=torch.float64).reshape(b, na, 1)
+    sd = slope.double()
+    keys = (ray_id + (sd / (1 + sd.abs()) * 0.4995 + 0.5)).reshape(-1)
+    tan_el = torch.tan(torch.deg2rad(pel.clamp(-89.5, 89.5)))                 # (B, P)
+    ray = (pcol + torch.arange(b).reshape(b, 1) * na).reshape(-1)             # (B*P,)
+    te = tan_el.double().reshape(-1)
+    vals = ray.double() + (te / (1 + te.abs()) * 0.4995 + 0.5)
+    k = torch.searchsorted(keys, vals) - ray * n_s
+    rgb = sky_colour(pel.reshape(-1), condition)
+    depth = torch.full((b * npx,), float(max_dist))
+    bid = torch.full((b * npx,), -1, dtype=torch.int64)
     hit = torch.nonzero(k < n_s).squeeze(1)
-    ray = hit // ne                                                           # flat (b, a) index
-    bi = ray // na
-    kh = k[hit]
-    flat = ray * n_s + kh
+    rh, kh = ray[hit], k[hit]
+    bi = rh // na
+    flat = rh * n_s + kh
     dk = d[kh]
     dprev = torch.where(kh > 0, d[(kh - 1).clamp(min=0)], torch.zeros_like(dk))
-    hk = hs.reshape(-1)[flat]
-    t = tan_el.reshape(-1)[bi * ne + hit % ne]
+    hk = hs[flat]
+    t = tan_el.reshape(-1)[hit]
     zc, cx, cy = cams[bi, 2], cams[bi, 0], cams[bi, 1]
-    rdx, rdy = dx.reshape(-1)[ray], dy.reshape(-1)[ray]
+    rdx, rdy = dx.reshape(-1)[rh], dy.reshape(-1)[rh]
     is_top = (zc + dk * t >= hk - t.abs() * (dk - dprev) - 1e-3) & (t < 0)
     dtop = torch.where(is_top, ((hk - zc) / t.clamp(max=-1e-6)).clamp(min=dprev, max=dk), dk)
-    cell_hit = torch.where(is_top, _lookup(scene, cx + rdx * dtop, cy + rdy * dtop), cell.reshape(-1)[flat])
+    cell_hit = torch.where(is_top, _lookup(scene, cx + rdx * dtop, cy + rdy * dtop), cell[flat])
     hb = scene.bid[cell_hit]
     c, dep = _shade(scene, condition, is_top, cell_hit, hb, dk, dtop, t, zc, cx, cy, rdx, rdy)
     c = _atmosphere(c, dep, torch.rad2deg(torch.atan(t)), condition)
     rgb[hit], depth[hit], bid[hit] = c, dep, hb
-    return {"rgb": rgb.reshape(b, na, ne, 3).permute(0, 2, 1, 3),
-            "bid": bid.reshape(b, na, ne).permute(0, 2, 1),
-            "depth": depth.reshape(b, na, ne).permute(0, 2, 1)}
+    return {"rgb": rgb.reshape(b, npx, 3), "bid": bid.reshape(b, npx), "depth": depth.reshape(b, npx)}
+
+
+def render_rays(scene: Scene, cams: torch.Tensor, az: torch.Tensor, el: torch.Tensor,
+                condition: str = "day", max_dist: float = 180.0) -> dict[str, torch.Tensor]:
+    """Every (azimuth, elevation) combination: a spherical grid, (B, Ne, Na[, 3]) outputs."""
+    b, na = az.shape
+    ne = el.shape[1]
+    pcol = torch.arange(na).reshape(1, 1, na).expand(b, ne, na).reshape(b, -1)
+    pel = el[:, :, None].expand(b, ne, na).reshape(b, -1)
+    out = trace(scene, cams, az, pcol, pel, condition, max_dist)
+    return {"rgb": out["rgb"].reshape(b, ne, na, 3), "bid": out["bid"].reshape(b, ne, na),
+            "depth": out["depth"].reshape(b, ne, na)}
 
 
 def _shade(scene: Scene, condition: str, is_top, cell, bid, dk, dtop, t, zc, cx, cy, dx, dy):
@@ -290,28 +308,22 @@ def camera_rays(heading: torch.Tensor, pitch: torch.Tensor, fov: float, size: in
 
 
 def render_perspective(scene: Scene, cams: torch.Tensor, heading: torch.Tensor, pitch: torch.Tensor,
-                       fov: float, size: int, condition: str = "day", oversample: float = 1.25
+                       fov: float, size: int, condition: str = "day", col_density: float = 1.2
                        ) -> dict[str, torch.Tensor]:
-    """Pinhole views: render a spherical grid covering each view, then resample it per pixel."""
+    """Pinhole views: each pixel traces its exact elevation along the nearest of a fan of columns."""
     az, el = camera_rays(heading, pitch, fov, size)
+    b = cams.shape[0]
     rel = torch.remainder(az - heading[:, None, None] + 180.0, 360.0) - 180.0
     amin, amax = rel.amin(dim=(1, 2)), rel.amax(dim=(1, 2))
-    emin, emax = el.amin(dim=(1, 2)), el.amax(dim=(1, 2))
     span = float((amax - amin).max())
-    na = int(min(6 * size, max(oversample * size, oversample * size * span / fov)))
-    ne = int(oversample * size)
-    ga = torch.linspace(0, 1, na)[None, :]
-    ge = torch.linspace(0, 1, ne)[None, :]
-    grid_az = heading[:, None] + amin[:, None] + (amax - amin)[:, None] * ga
-    grid_el = emin[:, None] + (emax - emin)[:, None] * ge
-    out = render_rays(scene, cams, grid_az, grid_el, condition)
-    gx = (rel - amin[:, None, None]) / (amax - amin).clamp(min=1e-6)[:, None, None] * 2 - 1
-    gy = (el - emin[:, None, None]) / (emax - emin).clamp(min=1e-6)[:, None, None] * 2 - 1
-    grid = torch.stack([gx, gy], dim=-1)
-    rgb = F.grid_sample(out["rgb"].permute(0, 3, 1, 2), grid, mode="bilinear", align_corners=True)
-    bid = F.grid_sample(out["bid"][:, None].float(), grid, mode="nearest", align_corners=True)
-    dep = F.grid_sample(out["depth"][:, None], grid, mode="nearest", align_corners=True)
-    return {"rgb": rgb.permute(0, 2, 3, 1), "bid": bid[:, 0].round().long(), "depth": dep[:, 0]}
+    na = int(min(4 * size, max(size, col_density * size * span / fov)))
+    frac = torch.linspace(0, 1, na)[None, :]
+    col_az = heading[:, None] + amin[:, None] + (amax - amin)[:, None] * frac
+    pos = (rel - amin[:, None, None]) / (amax - amin).clamp(min=1e-6)[:, None, None] * (na - 1)
+    pcol = pos.round().long().clamp(0, na - 1).reshape(b, -1)
+    out = trace(scene, cams, col_az, pcol, el.reshape(b, -1), condition)
+    return {"rgb": out["rgb"].reshape(b, size, size, 3), "bid": out["bid"].reshape(b, size, size),
+            "depth": out["depth"].reshape(b, size, size)}
 
 
 def panorama_azimuths(width: int, oversample: int = 1) -> torch.Tensor:
@@ -327,7 +339,7 @@ def panorama_azimuths(width: int, oversample: int = 1) -> torch.Tensor:
 
 def render_panorama(scene: Scene, cams: torch.Tensor, height: int, width: int,
                     el_range: tuple[float, float] = (-90.0, 45.0), condition: str = "day",
-                    oversample: int = 2) -> dict[str, torch.Tensor]:
+                    oversample: int = 1) -> dict[str, torch.Tensor]:
     """Equirectangular panoramas: row 0 at el_range[1], the bottom row at el_range[0]."""
     b = cams.shape[0]
     az = panorama_azimuths(width, oversample)[None].expand(b, -1)

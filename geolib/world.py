@@ -51,7 +51,7 @@ class WorldParams:
     street_views: int = 4
     drone_elevations: tuple[float, ...] = (30.0, 42.0, 55.0)
     drone_azimuths: int = 4
-    drone_distance: float = 52.0
+    drone_distance: float = 44.0
     drone_fov: float = 60.0
     street_fov: float = 90.0
     street_distance: tuple[float, float] = (15.0, 35.0)
@@ -417,10 +417,11 @@ def drone_cameras(region: Region, place: Place, params: WorldParams, rng: np.ran
     for li, elev in enumerate(params.drone_elevations):
         for a in range(n_az):
             beta0 = base + 360.0 * a / n_az + li * 360.0 / (n_az * n_el) + rng.uniform(-5, 5)
-            e = elev + rng.uniform(-3, 3)
+            el0 = elev + rng.uniform(-3, 3)
             d = params.drone_distance * rng.uniform(0.9, 1.1)
-            for shift in (0.0, 12.0, -12.0, 24.0, -24.0, 36.0):   # swing round a blocking neighbour
-                beta = beta0 + shift
+            tries = [(sh, up) for up in (0.0, 12.0, 24.0) for sh in (0.0, 12.0, -12.0, 24.0, -24.0)]
+            for shift, up in tries:        # swing round, then rise above, a blocking neighbour
+                beta, e = beta0 + shift, min(el0 + up, 80.0)
                 x = place.x + d * math.cos(math.radians(e)) * math.sin(math.radians(beta))
                 y = place.y + d * math.cos(math.radians(e)) * math.cos(math.radians(beta))
                 z = place.height / 2 + d * math.sin(math.radians(e))
