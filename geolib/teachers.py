@@ -22,13 +22,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .paths import atomic_path, atomic_write_json
+
+if TYPE_CHECKING:
+    from .losses import DistillationLoss
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -315,6 +318,61 @@ def _default_loader(size: int) -> Callable[[str], Tensor]:
     return lambda path: transform(load_image(path))
 
 
+class PlaceDistillation(nn.Module):
+    """Distillation as `train.fit`'s `extra_loss(images, embeddings, labels)`, from cached teachers.
+
+    The training set draws one random image per view and place each epoch, and `fit` passes place
+    labels, not paths; so each view's embedding is distilled toward the mean cached teacher
+    embedding of its place's images in that view (a place prototype), built once from the caches.
+    Pass the module in `extra_modules` too, so its projection heads are trained and checkpointed.
+    """
+
+    def __init__(self, loss: "DistillationLoss", targets: Mapping[str, Mapping[str, Tensor]],
+                 labels: Sequence[int], weight: float = 1.0) -> None:
+        super().__init__()
+        self.loss, self.weight = loss, weight
+        self.row = {int(lab): i for i, lab in enumerate(labels)}
+        for t, views in targets.items():
+            for v, tensor in views.items():
+                self.register_buffer(_buffer_name(t, v), tensor.float(), persistent=False)
+        self.targets = {t: list(views) for t, views in targets.items()}
+
+    @classmethod
+    def from_caches(cls, caches: Mapping[str, TeacherCache], items: Sequence[Any], views: Sequence[str],
+                    student_dim: int, kind: str = "cosine", weight: float = 1.0) -> "PlaceDistillation":
+        """`items`: the training `ImageItem`s (path, view, label) the caches were built over."""
+        from .losses import DistillationLoss
+
+        labels = sorted({int(it.label) for it in items if it.view in views})
+        row = {lab: i for i, lab in enumerate(labels)}
+        targets: dict[str, dict[str, Tensor]] = {}
+        for name, cache in caches.items():
+            dim = cache.embeddings.shape[1]
+            targets[name] = {}
+            for v in views:
+                chosen = [it for it in items if it.view == v]
+                emb = cache.lookup([str(it.path) for it in chosen]).float()
+                idx = torch.tensor([row[int(it.label)] for it in chosen], dtype=torch.long)
+                total = torch.zeros(len(labels), dim).index_add_(0, idx, emb)
+                count = torch.bincount(idx, minlength=len(labels)).clamp(min=1)
+                targets[name][v] = total / count[:, None]
+        loss = DistillationLoss(student_dim, {n: c.embeddings.shape[1] for n, c in caches.items()}, kind)
+        return cls(loss, targets, labels, weight)
+
+    def forward(self, images: Mapping[str, Tensor], embeddings: Mapping[str, Tensor], labels: Tensor) -> Tensor:
+        rows = torch.tensor([self.row[int(lab)] for lab in labels.tolist()], device=labels.device)
+        parts = []
+        for v, emb in embeddings.items():
+            wanted = {t: getattr(self, _buffer_name(t, v))[rows] for t, views in self.targets.items() if v in views}
+            if wanted:
+                parts.append(self.loss(emb, wanted))
+        return self.weight * torch.stack(parts).mean() if parts else embeddings[next(iter(embeddings))].sum() * 0
+
+
+def _buffer_name(teacher: str, view: str) -> str:
+    return f"target_{cache_key(teacher)}_{view}".replace(".", "_").replace("-", "_")
+
+
 def describe(teachers: Mapping[str, Teacher]) -> dict[str, dict[str, Any]]:
     """JSON-able summary for records and checkpoints."""
     return {n: {"dim": t.dim, "image_size": t.image_size,
@@ -323,4 +381,4 @@ def describe(teachers: Mapping[str, Teacher]) -> dict[str, dict[str, Any]]:
 
 __all__ = ["Teacher", "TeacherUnavailable", "TeacherCache", "create_teacher", "load_teachers",
            "build_teacher_cache", "clip_teacher", "dinov2_teacher", "timm_teacher",
-           "efficientnet_lite0_teacher", "checkpoint_teacher", "describe"]
+           "efficientnet_lite0_teacher", "checkpoint_teacher", "describe", "PlaceDistillation"]

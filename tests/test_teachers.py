@@ -129,3 +129,24 @@ def test_cache_default_loader_reads_images(tmp_path):
         paths.append(str(p))
     cache = build_teacher_cache(teacher, paths, tmp_path / "cache", progress=False)
     assert cache.lookup(paths[::-1]).shape == (3, 32)
+
+
+def test_place_distillation_targets_are_place_means():
+    from types import SimpleNamespace as Item
+
+    from geolib.teachers import PlaceDistillation
+
+    items = [Item(path=f"p{i}", view=v, label=lab) for i, (v, lab) in
+             enumerate([("drone", 5), ("drone", 5), ("drone", 9), ("street", 5), ("street", 9)])]
+    emb = torch.tensor([[1.0, 0], [3, 0], [0, 2], [0, 1], [1, 1]])
+    cache = TeacherCache("t", [it.path for it in items], emb)
+    term = PlaceDistillation.from_caches({"t": cache}, items, ["drone", "street"], student_dim=2)
+    assert torch.equal(term.target_t_drone, torch.tensor([[2.0, 0], [0, 2]]))  # label 5: mean of rows 0, 1
+    for head in term.loss.heads.values():
+        head.weight.data, head.bias.data = torch.eye(2), torch.zeros(2)
+    student = {"drone": torch.tensor([[1.0, 0], [0, 1]]), "street": torch.tensor([[0.0, 1], [1, 1]])}
+    # labels (5, 9): drone matches (2,0),(0,2) and street matches (0,1),(1,1): loss 0
+    assert term({}, student, torch.tensor([5, 9])).item() == pytest.approx(0.0, abs=1e-6)
+    # swapped places: drone 1 − cos = 1 each, street 1 − 1/√2 each; mean over views
+    want = (1.0 + (1 - 2 ** -0.5)) / 2
+    assert term({}, student, torch.tensor([9, 5])).item() == pytest.approx(want, rel=1e-5)
