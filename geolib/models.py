@@ -78,8 +78,6 @@ def create_backbone(name: str, pretrained: bool | str = False, img_size: int | N
     local weights file. Weights that cannot be found raise one clear error: they are optional, so
     the caller decides whether to go on without them.
     """
-    import timm
-
     if name == LITE0:
         return EfficientNetLite0Features(pretrained, out_indices, **options)
     kwargs: dict[str, Any] = dict(options, features_only=True)
@@ -87,16 +85,29 @@ def create_backbone(name: str, pretrained: bool | str = False, img_size: int | N
         kwargs["out_indices"] = tuple(out_indices)
     if isinstance(pretrained, str):
         kwargs["pretrained_cfg_overlay"] = {"file": pretrained}
-    if img_size is not None and _accepts_img_size(name):
-        kwargs["img_size"] = img_size
+    if img_size is not None:
+        kwargs["img_size"] = img_size  # transformers fix their token grid at build time
     try:
-        return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
-    except Exception as err:  # timm and huggingface_hub raise many types for "not found"
+        return _timm_create(name, bool(pretrained), kwargs)
+    except (OSError, RuntimeError, ValueError) as err:  # hub / file "not found" errors
         if not pretrained:
             raise
         where = pretrained if isinstance(pretrained, str) else "timm/Hugging Face cache (offline?)"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise RuntimeError(f"pretrained weights for {name} not found in {where}: "
-                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+                           f"{type(err).__name__}: {first}") from err
+
+
+def _timm_create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """CNNs take any input size and reject `img_size`; retry without it rather than keep a list."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as err:
+        if "img_size" not in kwargs or "img_size" not in str(err):
+            raise
+        return timm.create_model(name, pretrained=pretrained, **{k: v for k, v in kwargs.items() if k != "img_size"})
 
 
 LITE0 = "efficientnet-lite0"
@@ -148,15 +159,6 @@ def _lite0_weights(pretrained: bool | str) -> str:
     if not Path(path).exists():
         raise RuntimeError(f"pretrained weights for efficientnet-lite0 not found in {path}")
     return path
-
-
-def _accepts_img_size(name: str) -> bool:
-    """Transformers fix their token grid at build time; CNNs take any size and reject the argument."""
-    import timm
-
-    cls_name = timm.models.get_pretrained_cfg_value(name, "architecture") or name
-    return any(k in cls_name for k in ("swin", "vit", "deit", "beit", "eva", "cait", "xcit", "maxvit",
-                                        "coatnet", "fastvit", "levit", "twins", "pvt"))
 
 
 def _channels_last_maps(features: list[Tensor], nhwc: bool) -> list[Tensor]:
