@@ -119,6 +119,23 @@ class GalleryIndex:
         return [[self._hit(rank, int(i), float(s)) for rank, (i, s) in enumerate(zip(row_i, row_s)) if i >= 0]
                 for row_i, row_s in zip(idx, scores)]
 
+    def query_images(self, model, images, view: str, k: int = 5) -> list[list[Hit]]:
+        """Embed a batch of new images (already transformed, `(B, 3, H, W)`) and query."""
+        import torch
+
+        if self.meta.get("config_hash") and hasattr(model, "config"):
+            from .models import config_hash
+
+            if config_hash(model.config) != self.meta["config_hash"]:
+                raise ValueError(f"this index was built by model config {self.meta['config_hash']}, "
+                                 f"not by the given model ({config_hash(model.config)})")
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            emb = model(images, view=view).float().cpu().numpy()
+        model.train(was_training)
+        return self.query(emb, k)
+
     def _hit(self, rank: int, i: int, score: float) -> Hit:
         m = self.meta
         return Hit(rank=rank, gallery_index=i, score=score, path=m["paths"][i],

@@ -83,3 +83,23 @@ def test_approximate_factory_roundtrip(tmp_path):
     index = GalleryIndex.load(tmp_path / "h")
     assert index.meta["factory"] == "HNSW16,Flat"
     assert index.query(emb[:1], k=1)[0][0].gallery_index == 0
+
+
+def test_query_images_checks_the_model(tmp_path):
+    import torch
+
+    from geolib.models import config_hash, create_model
+    from test_models import TINY
+
+    torch.manual_seed(0)
+    model = create_model("phase1-cpu", **TINY).eval()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        emb = model(images, "satellite").numpy()
+    index = GalleryIndex.build(emb, [f"s{i}.jpg" for i in range(4)], places=[10, 11, 12, 13],
+                               model="phase1-cpu", config_hash=config_hash(model.config))
+    hits = index.query_images(model, images[[2]], view="satellite", k=2)
+    assert hits[0][0].place == 12 and hits[0][0].score == pytest.approx(1.0, abs=1e-5)
+    other = create_model("phase1-cpu", **{**TINY, "embed_dim": 24, "fusion_dim": 8})
+    with pytest.raises(ValueError, match="built by model config"):
+        index.query_images(other, images[:1], view="street")
