@@ -295,7 +295,7 @@ def _query_trace(r: Retrievals, q: int, o: np.ndarray) -> dict[str, Any]:
     x, y = r.queries.xy[q] - o
     return dict(type="scatter", mode="markers", name=QUERY_NAME, x=[float(x)], y=[float(y)],
                 hovertext=[f"query {q}: place {r.queries.places[q]}"], hoverinfo="text",
-                marker=dict(size=18, symbol="star", color="black", line=dict(width=1, color="white")))
+                marker=dict(size=20, symbol="star-open", color="black", line=dict(width=2, color="black")))
 
 
 def map_layout(r: Retrievals, q: int = 0, height: int = 430) -> dict[str, Any]:
@@ -389,7 +389,8 @@ def _scatter_mpl(ax, t: dict[str, Any]) -> None:
             ax.annotate(s, (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7,
                         annotation_clip=True)
     else:
-        ax.scatter(t["x"], t["y"], s=260, marker="*", c="black", label=t["name"], zorder=2)
+        ax.scatter(t["x"], t["y"], s=300, marker="*", facecolors="none", edgecolors="black", linewidths=1.5,
+                   label=t["name"], zorder=4)
 
 
 def recall_figure(results: ExplorerResults, max_k: int = 50):
@@ -419,7 +420,7 @@ def region_confusion_figure(results: ExplorerResults, run: str):
     fig, axes = plt.subplots(1, len(dirs), figsize=(3.3 * len(dirs), 3.3), squeeze=False)
     for ax, d in zip(axes[0], dirs):
         labels, m = region_confusion(results.get(run, d))
-        ax.imshow(m, cmap="Blues")
+        ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1, int(m.max())))
         for (i, j), v in np.ndenumerate(m):
             ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
                     color="white" if v > m.max() / 2 else "black")
@@ -674,3 +675,65 @@ def _places_table(places: list) -> str:
                    for p in places)
     return ("<table style='font-size:12px'><tr><th>rank</th><th>place</th><th>score</th><th>UTM east</th>"
             f"<th>UTM north</th></tr>{rows}</table>")
+
+
+# --------------------------------------------------------------------------- notebook 05 helpers
+
+def saved_checkpoint(profile: str) -> Path | None:
+    """Notebook 02's Phase 1 checkpoint (best, else last), or None when 02 has not run."""
+    from .paths import outputs_root
+
+    folder = outputs_root() / profile / "checkpoints" / "phase1"
+    for name in ("best", "last"):
+        if (folder / f"{name}.json").exists() and (folder / f"{name}.safetensors").exists():
+            return folder / name
+    return None
+
+
+def world_regions(export_root: str | os.PathLike) -> dict[str, str]:
+    """Absolute image path → region, from a synthetic export's `world.json` ({} for real data)."""
+    import json
+
+    export_root = Path(export_root)
+    meta = export_root / "world.json"
+    if not meta.exists():
+        return {}
+    doc = json.loads(meta.read_text(encoding="utf-8"))
+    return {str((export_root / im["path"]).resolve()): str(im["region"])
+            for im in doc.get("images", []) if im.get("region") is not None}
+
+
+def summary_table(results: ExplorerResults):
+    """One row per (run, direction): sizes and the metrics the retrievals were scored with."""
+    import pandas as pd
+
+    rows = [{"run": r.run, "direction": r.direction, "protocol": r.protocol, "queries": r.n_queries,
+             "gallery": len(r.gallery), **{m: r.metrics.get(m) for m in ("R@1", "R@5", "R@10", "AP")},
+             "top-1 wrong": len(r.wrong())} for r in results]
+    return pd.DataFrame(rows)
+
+
+def error_profile(r: Retrievals) -> dict[str, float]:
+    """How the top-1 goes wrong: in the right region or not, and how far the top-1 lands."""
+    wrong = r.wrong()
+    d1 = r.distances()[:, 0]
+    same = [r.gallery.regions[r.index[q, 0]] == r.queries.regions[q] for q in wrong]
+    finite = d1[np.isfinite(d1)]
+    return {"queries": r.n_queries, "wrong": len(wrong),
+            "wrong_same_region_pct": 100.0 * float(np.mean(same)) if len(same) else float("nan"),
+            "median_top1_m": float(np.median(finite)) if len(finite) else float("nan"),
+            "within_25m_pct": 100.0 * float(np.mean(finite <= 25.0)) if len(finite) else float("nan")}
+
+
+def findings(results: ExplorerResults, run: str) -> list[str]:
+    """Markdown bullets from the measured numbers, one per direction of `run`."""
+    lines = []
+    for d in results.directions(run):
+        r, e = results.get(run, d), error_profile(results.get(run, d))
+        r1 = r.metrics.get("R@1", 100.0 * (1 - e["wrong"] / max(1, e["queries"])))
+        where = (f"{e['wrong_same_region_pct']:.0f}% of the wrong top-1s are in the query's own region"
+                 if e["wrong"] else "no top-1 is wrong")
+        lines.append(f"- **{d}** ({r.protocol}): R@1 {r1:.1f}% over {e['queries']} queries; {where}; "
+                     f"the top-1 lands a median {e['median_top1_m']:.0f} m from the truth "
+                     f"({e['within_25m_pct']:.0f}% within 25 m).")
+    return lines

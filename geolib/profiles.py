@@ -30,6 +30,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "dc_M": 20, "dc_N": 1, "dc_head": "aamc", "epochs": 1, "iterations_per_epoch": 2,
                    "batch_size": 8, "backbone_lr": 1e-3, "classifier_lr": 1e-2, "head": "softmax",
                    "place_mode": "conditioned", "classifier_epochs": 2, "num_preds_to_save": 2},
+        # Notebook 05: top-k kept per query, example rows, and a fallback model when 02 has not run.
+        "explorer": {"k": 10, "n_examples": 3, "grid_k": 5, "interactive": "auto", "fallback_epochs": 1},
     },
     "default": {
         "common": {"seed": 0, "device": "auto", "amp": False, "num_workers": 0},
@@ -45,6 +47,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "dc_M": 20, "dc_N": 2, "dc_head": "aamc", "epochs": 8, "iterations_per_epoch": 8,
                    "batch_size": 32, "backbone_lr": 1e-3, "classifier_lr": 1e-2, "head": "softmax",
                    "place_mode": "conditioned", "classifier_epochs": 30, "num_preds_to_save": 3},
+        "explorer": {"k": 10, "n_examples": 6, "grid_k": 5, "interactive": "auto", "fallback_epochs": 2},
     },
     "full": {
         "common": {"seed": 0, "device": "auto", "amp": True, "num_workers": 8},
@@ -64,6 +67,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "dc_head": "aamc", "epochs": 50, "iterations_per_epoch": 10000, "batch_size": 32,
                    "backbone_lr": 1e-5, "classifier_lr": 1e-2, "head": "cosface", "place_mode": "conditioned",
                    "classifier_epochs": 50, "num_preds_to_save": 3},
+        "explorer": {"k": 20, "n_examples": 8, "grid_k": 5, "interactive": "auto", "fallback_epochs": 0},
     },
 }
 
