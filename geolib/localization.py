@@ -58,8 +58,10 @@ def decode_upload(data: bytes, name: str = "upload") -> tuple["Image.Image", lis
     try:
         with Image.open(io.BytesIO(data)) as probe:
             mode, (w, h) = probe.mode, probe.size
-    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError):
         raise ImageError(f"{name}: not an image that can be read; upload a JPEG or PNG photo") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{name}: unreadable or truncated image ({err}); upload the file again") from None
     if w * h > MAX_UPLOAD_PIXELS:
         raise ImageError(f"{name}: {w}×{h} pixels is huge (limit {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels); "
                          "downscale the photo first")
@@ -81,11 +83,6 @@ def _decode_via_file(data: bytes, name: str) -> "Image.Image":
             raise ImageError(str(err).replace(tmp, name)) from None
     finally:
         os.unlink(tmp)
-
-
-def _short(err: Exception) -> str:
-    text = str(err)
-    return text if len(text) < 120 else text[:117] + "…"
 
 
 def as_image(image_or_path: Any) -> "Image.Image":

@@ -1,0 +1,147 @@
+"""`geolib.localize`: a photo in, the top-k places out; odd uploads give sentences, not tracebacks."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import geolib
+from conftest import make_image
+from geolib import localization as loc
+from geolib.checkpoint import save_checkpoint
+from geolib.datasets import ImageItem, default_transform
+from geolib.images import ImageError
+from geolib.index import GalleryIndex
+from geolib.models import config_hash, create_model
+from geolib.train import embed_items
+
+TINY = dict(img_size=32, embed_dim=16, fusion_dim=16,
+            backbone_options={"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]})
+
+
+def _png(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _street_gallery(root: Path) -> list[ImageItem]:
+    """Five places, two street photos each (a drone-like gallery: several images per place)."""
+    items = []
+    for p in range(1, 6):
+        for j in range(2):
+            path = make_image(root / f"{p:04d}" / f"street-{j}.jpg", seed=10 * p + j, size=(48, 40))
+            items.append(ImageItem(path, "street", "test", "gallery", p, utm_east=480000.0 + 30 * p,
+                                   utm_north=5020000.0 + 7 * p, meta={"region": "0"}))
+    return items
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny Phase 1 model saved as notebook 02 saves it, and a street gallery index naming it."""
+    import torch
+
+    root = tmp_path_factory.mktemp("localize")
+    torch.manual_seed(0)
+    model = create_model("phase1-cpu", **TINY).eval()
+    bundle = torch.nn.ModuleDict({"model": model})  # what train_crossview saves: the network under "model."
+    ckpt = save_checkpoint(root / "ck" / "best", bundle, epoch=1, config={"extra": {"model": model.config}})
+    items = _street_gallery(root / "gallery")
+    emb = embed_items(model, items, "street", default_transform(32))
+    index = GalleryIndex.build(emb, [it.path for it in items], places=[it.label for it in items],
+                               coords=[[it.utm_east, it.utm_north] for it in items], model="phase1",
+                               config_hash=config_hash(model.config),
+                               extra={"view": "street", "checkpoint": str(ckpt.with_suffix(""))})
+    index_dir = index.save(root / "index" / "phase1_street")
+    return {"model": model, "items": items, "index_dir": index_dir, "ckpt": ckpt}
+
+
+def test_a_photo_of_a_gallery_place_comes_back_first_with_its_coordinates(saved):
+    for it in saved["items"][::2]:
+        places = geolib.localize(it.path, saved["index_dir"], k=3)  # the model comes from the index's checkpoint
+        assert places[0].place == it.label and places[0].rank == 1
+        assert (places[0].east, places[0].north) == pytest.approx((it.utm_east, it.utm_north))
+        assert places[0].score == pytest.approx(1.0, abs=1e-4)
+        assert len({p.place for p in places}) == 3 and [p.rank for p in places] == [1, 2, 3]
+        assert all(a.score >= b.score for a, b in zip(places, places[1:]))
+
+
+def test_bytes_and_pil_images_give_the_same_answer_as_the_path(saved):
+    it = saved["items"][4]
+    by_path = loc.localize(it.path, saved["index_dir"], model=saved["model"], k=2)
+    by_bytes = loc.localize(it.path.read_bytes(), saved["index_dir"], model=saved["model"], k=2)
+    by_pil = loc.localize(Image.open(it.path), GalleryIndex.load(saved["index_dir"]), model=saved["model"], k=2)
+    assert [p.place for p in by_path] == [p.place for p in by_bytes] == [p.place for p in by_pil]
+    assert by_path[0].score == pytest.approx(by_bytes[0].score, abs=1e-6)
+
+
+def test_geolib_localize_stays_the_function_after_the_module_is_imported():
+    import geolib.localization  # noqa: F401
+
+    assert geolib.localize is loc.localize and callable(geolib.localize)
+
+
+def test_a_model_that_did_not_build_the_index_is_refused(saved):
+    other = create_model("phase1-cpu", **{**TINY, "embed_dim": 8})
+    with pytest.raises(ValueError, match="did not build this index"):
+        loc.localize(saved["items"][0].path, saved["index_dir"], model=other)
+    with pytest.raises(FileNotFoundError, match="notebook 02"):
+        loc.localize(saved["items"][0].path, saved["index_dir"], model=saved["ckpt"].parent / "missing")
+
+
+@pytest.mark.parametrize("mode, note", [("L", "grayscale"), ("CMYK", "CMYK"), ("RGBA", "transparency"),
+                                        ("P", "palette")])
+def test_odd_modes_are_converted_with_a_note(mode, note):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    img, notes = loc.decode_upload(_png(rgb.convert(mode), fmt), f"photo.{fmt.lower()}")
+    assert img.mode == "RGB" and img.size == (40, 30)
+    assert len(notes) == 1 and note in notes[0]
+
+
+def test_bad_uploads_name_the_problem(monkeypatch):
+    with pytest.raises(ImageError, match="empty"):
+        loc.decode_upload(b"", "a.jpg")
+    with pytest.raises(ImageError, match="not an image"):
+        loc.decode_upload(b"%PDF-1.4 hello", "scan.pdf")
+    huge = _png(Image.new("L", (8000, 6000)))
+    with pytest.raises(ImageError, match="huge"):
+        loc.decode_upload(huge, "panorama.png")
+    jpeg = _png(Image.new("RGB", (64, 64), (200, 10, 10)), "JPEG")
+    with pytest.raises(ImageError, match="truncated.jpg: unreadable or truncated"):
+        loc.decode_upload(jpeg[: len(jpeg) // 2], "truncated.jpg")
+    monkeypatch.setattr(loc, "MAX_UPLOAD_BYTES", 100)
+    with pytest.raises(ImageError, match="too large"):
+        loc.decode_upload(jpeg, "big.jpg")
+
+
+def test_explorer_upload_localizes_or_explains(saved, tmp_path):
+    from geolib import explorer as ex
+    from geolib.crossview import Embedded, Evaluation, score_direction
+
+    items = saved["items"]
+    emb = embed_items(saved["model"], items, "street", default_transform(32))
+    qs, gs = Embedded(items[::2], emb[::2]), Embedded(items[1::2], emb[1::2])
+    ev = Evaluation(sets={("query", "street"): qs, ("gallery", "satellite"): gs})
+    ev.results["street→satellite"] = score_direction(qs, gs, "street", "satellite")
+    app = ex.explore(ex.ExplorerResults.from_evaluation("tiny", ev, k=3), index=saved["index_dir"],
+                     model=saved["model"], k=3)
+    assert not app.upload.disabled
+    cmyk = Image.open(items[2].path).convert("CMYK")
+    places = app.handle_upload(_png(cmyk, "JPEG"), "cmyk.jpg")
+    assert places and "CMYK image converted to RGB" in app.upload_message.value
+    assert f"<td>{places[0].place}</td>" in app.upload_results.value
+    assert sum(t.name == ex.LOCALIZED_NAME for t in app.map.data) == 2
+    for data, name, words in ((b"GIF89a broken", "x.gif", "not an image"),
+                              (_png(Image.new("L", (8000, 6000))), "huge.png", "huge"),
+                              (b"", "empty.jpg", "empty")):
+        assert app.handle_upload(data, name) is None
+        assert words in app.upload_message.value and "Traceback" not in app.upload_message.value
+    import datetime
+
+    app.upload.value = ({"name": "up.png", "type": "image/png", "size": 4, "content": memoryview(b"nope"),
+                         "last_modified": datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)},)
+    assert "not an image" in app.upload_message.value
