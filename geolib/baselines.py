@@ -79,18 +79,28 @@ def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
 def colour_cue(image: np.ndarray, mask: np.ndarray, hue_shift: float = 0.0) -> np.ndarray:
     """Robust (hue, saturation) of the masked surface as a point (s cos h, s sin h).
 
-    Windows, frames and shadows are grey or dark; the most saturated half of the masked pixels is
-    the painted surface, whose hue and saturation survive any grey lighting.
+    Windows, frames and shadows are grey, dark or another hue; the painted surface is the peak of
+    the saturation-weighted hue histogram. Hue and saturation survive any grey lighting.
     """
     hsv = rgb_to_hsv(image.astype(np.float32) / 255.0)[mask]
+    hsv = hsv[(hsv[:, 2] > 0.08) & (hsv[:, 1] > 0.05)]
     if len(hsv) == 0:
         return np.zeros(2, np.float32)
-    keep = hsv[:, 1] >= np.median(hsv[:, 1])
-    h = np.radians(hsv[keep, 0] - hue_shift)
-    s = hsv[keep, 1]
-    ang = np.arctan2(np.sin(h).mean(), np.cos(h).mean())
-    sat = float(np.median(s))
+    w = hsv[:, 1] * hsv[:, 2]
+    hist = np.bincount((hsv[:, 0] // 3).astype(np.int64) % 120, weights=w, minlength=120)
+    smooth = hist + np.roll(hist, 1) + np.roll(hist, -1)
+    peak = (np.argmax(smooth) + 0.5) * 3.0
+    near = np.abs((hsv[:, 0] - peak + 180) % 360 - 180) < 12
+    h = np.radians(hsv[near, 0])
+    ang = np.arctan2((np.sin(h) * w[near]).sum(), (np.cos(h) * w[near]).sum()) - np.radians(hue_shift)
+    sat = float(np.median(hsv[near, 1]))
     return np.array([sat * np.cos(ang), sat * np.sin(ang)], np.float32)
+
+
+def _cue(image: np.ndarray, mask: np.ndarray, light: np.ndarray, hue_shift: float = 0.0) -> np.ndarray:
+    """The colour cue after undoing the camera's recorded white balance and exposure."""
+    balanced = np.clip(image.astype(np.float32) / np.asarray(light, np.float32), 0, 255)
+    return colour_cue(balanced, mask, hue_shift)
 
 
 def distance_embeddings(q: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,8 +122,11 @@ def _metrics(q, ql, g, gl) -> dict[str, float]:
     return retrieval_metrics(q, ql, g, gl, ks=(1, 5, 10))
 
 
-def run_all(root: Path, masks: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Baselines in the three directions, chance levels, and (with masks) the oracle."""
+def run_all(root: Path, masks: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
+    """Baselines in the three directions, chance levels, and (with masks) the oracle.
+
+    `masks` maps an image path (as `university1652/test/...`) to its target mask and camera light.
+    """
     root = Path(root)
     results: list[dict[str, Any]] = []
     cache: dict[str, tuple[list[Path], np.ndarray, list[np.ndarray], list[np.ndarray]]] = {}
@@ -140,8 +153,8 @@ def oracle(root: Path, cache: dict, masks: dict[str, np.ndarray]) -> dict[str, A
     qp, ql, qfull, _ = cache["query_street"]
     gp, gl, gfull, _ = cache["gallery_satellite"]
     rel = lambda p: "university1652/" + p.relative_to(root).as_posix()  # noqa: E731
-    q = np.stack([colour_cue(im, masks[rel(p)], FACADE_HUE_SHIFT) for p, im in zip(qp, qfull)])
-    g = np.stack([colour_cue(im, masks[rel(p)]) for p, im in zip(gp, gfull)])
+    q = np.stack([_cue(im, *masks[rel(p)], FACADE_HUE_SHIFT) for p, im in zip(qp, qfull)])
+    g = np.stack([_cue(im, *masks[rel(p)]) for p, im in zip(gp, gfull)])
     qe, ge = distance_embeddings(q, g)
     return {"protocol": PROTOCOL, "query_view": "street", "gallery_view": "satellite", "model": "oracle",
             "config": {"cue": f"facade hue - {FACADE_HUE_SHIFT:g} deg and saturation vs roof",

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from . import render as R
-from .world import (UTM_LETTER, UTM_ZONE, Place, World, drone_cameras, road_points,
+from .world import (UTM_LETTER, UTM_ZONE, Place, World, camera_light, drone_cameras, road_points,
                     utm_to_latlon, vpr_database_points)
 
 BATCH = 64
@@ -129,7 +129,8 @@ def plan_vpr(world: World) -> list[Shot]:
                     cy = y - 2.0 * math.sin(math.radians(head))
                     name = vpr_name(world, ri, cx, cy, f"r{ri:02d}d{k:05d}", head, "day")
                     shots.append(Shot(ri, "vpr", {"x": cx, "y": cy, "z": R.EYE_HEIGHT, "heading": head,
-                                                  "pitch": 0.0, "fov": p.street_fov}, "day",
+                                                  "pitch": 0.0, "fov": p.street_fov,
+                                                  "light": camera_light(rng, p)}, "day",
                                       [f"{VPR}/{split}/database/{name}"]))
             for cond, folder in (("day", "queries"), ("night", "queries_night"), ("fog", "queries_fog")):
                 for k, (x, y, direction) in enumerate(road_points(region, p.vpr_queries, p, rng)):
@@ -137,7 +138,8 @@ def plan_vpr(world: World) -> list[Shot]:
                     pitch = float(rng.uniform(-3, 6))
                     name = vpr_name(world, ri, x, y, f"r{ri:02d}{cond[0]}{k:05d}", None, cond)
                     shots.append(Shot(ri, "vpr", {"x": x, "y": y, "z": R.EYE_HEIGHT, "heading": head,
-                                                  "pitch": pitch, "fov": p.street_fov}, cond,
+                                                  "pitch": pitch, "fov": p.street_fov,
+                                                  "light": camera_light(rng, p)}, cond,
                                       [f"{VPR}/{split}/{folder}/{name}"]))
     return shots
 
@@ -160,7 +162,10 @@ def render_batch(world: World, shots: list[Shot]) -> tuple[np.ndarray, np.ndarra
         head = torch.tensor([s.pose["heading"] for s in shots], dtype=torch.float32)
         pitch = torch.tensor([s.pose["pitch"] for s in shots], dtype=torch.float32)
         out = R.render_perspective(scene, cams, head, pitch, shots[0].pose["fov"], p.image_size, cond)
-    return R.to_uint8(out["rgb"]), out["bid"].numpy()
+    rgb = out["rgb"]
+    light = torch.tensor([s.pose.get("light", [1.0, 1.0, 1.0]) for s in shots], dtype=torch.float32)
+    rgb = rgb * light.reshape(-1, *([1] * (rgb.ndim - 2)), 3)
+    return R.to_uint8(rgb), out["bid"].numpy()
 
 
 def _group(s: Shot) -> tuple:
@@ -187,7 +192,7 @@ def batches(shots: list[Shot]) -> Iterator[list[Shot]]:
 
 def jpeg_bytes(img: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality, subsampling=0)
     return buf.getvalue()
 
 
@@ -211,7 +216,7 @@ def render_and_write(world: World, shots: list[Shot], root: Path,
                 path.write_bytes(data)
             if keep_mask(shot):
                 for rel in shot.paths:
-                    masks[rel] = bid == shot.target
+                    masks[rel] = (bid == shot.target, np.asarray(shot.pose.get("light", [1.0, 1.0, 1.0])))
         n += len(run)
         if progress:
             progress(len(run))

@@ -281,7 +281,7 @@ def _facades(scene: Scene, night: bool, bid, dk, t, zc, cx, cy, dx, dy):
 
 
 def _atmosphere(rgb: torch.Tensor, depth: torch.Tensor, el: torch.Tensor, condition: str) -> torch.Tensor:
-    scale = {"fog": 32.0, "night": 250.0}.get(condition, 450.0)
+    scale = {"fog": 32.0, "night": 250.0}.get(condition, 1500.0)
     keep = torch.exp(-depth / scale)[:, None]
     return rgb * keep + sky_colour(el, condition) * (1 - keep)
 

@@ -49,10 +49,10 @@ class WorldParams:
     max_places: int = 36            # per region
     min_street_views: int = 2
     street_views: int = 4
-    drone_elevations: tuple[float, ...] = (30.0, 42.0, 55.0)
+    drone_elevations: tuple[float, ...] = (34.0, 43.0, 52.0)
     drone_azimuths: int = 4
     drone_distance: float = 44.0
-    drone_fov: float = 60.0
+    drone_fov: float = 56.0
     street_fov: float = 90.0
     street_distance: tuple[float, float] = (15.0, 35.0)
     heading_jitter: float = 10.0
@@ -67,11 +67,14 @@ class WorldParams:
     vpr_spacing: float = 12.0
     vpr_queries: int = 40           # per region and condition
     jpeg_quality: int = 92
+    white_balance: float = 0.15     # street/drone/VPR cameras: per-image gains (1+w, 1+v, 1-w), |w| <= this
+    tint: float = 0.06              # |v| <= this (green-magenta)
+    exposure: float = 0.25          # and an exposure factor within 1 +- this (satellites stay neutral)
 
 
 PRESETS: dict[str, WorldParams] = {
     "smoke": WorldParams(regions=4, region_size=70.0, margin=35.0, max_places=6, street_views=2,
-                         drone_elevations=(35.0, 50.0), drone_azimuths=2, image_size=64,
+                         drone_elevations=(36.0, 50.0), drone_azimuths=2, image_size=64,
                          pano_size=(32, 128), cvusa_pairs=6, vpr_regions=(1, 1, 1), vpr_spacing=15.0,
                          vpr_queries=4, distractor_fraction=0.34),
     "default": WorldParams(),
@@ -152,7 +155,7 @@ def region_style(rng: np.random.Generator) -> dict[str, Any]:
         "floor_height": float(rng.uniform(2.9, 3.6)),
         "footprint": [float(rng.uniform(9, 12)), float(rng.uniform(16, 24))],
         "roof_hue": float(rng.uniform(0, 360)), "roof_hue_spread": float(rng.uniform(60, 110)),
-        "roof_sat": float(rng.uniform(0.4, 0.7)), "roof_val": float(rng.uniform(0.55, 0.8)),
+        "roof_sat": float(rng.uniform(0.25, 0.5)), "roof_val": float(rng.uniform(0.55, 0.8)),
         "window_spacing": [float(rng.uniform(2.3, 3.0)), float(rng.uniform(3.2, 4.2))],
         "window_width": float(rng.uniform(0.35, 0.65)),
         "window_height": float(rng.uniform(0.35, 0.6)),
@@ -264,7 +267,7 @@ def _rasterise(rng: np.random.Generator, st: dict[str, Any], n: int, res: float,
         h = floors * st["floor_height"] + 0.6
         height[rs, cs][m], kind[rs, cs][m], bid[rs, cs][m] = h, R.BUILDING, i
         roof = (st["roof_hue"] + rng.normal(0, st["roof_hue_spread"]),
-                float(np.clip(rng.normal(st["roof_sat"], 0.15), 0.2, 0.9)),
+                float(np.clip(rng.normal(st["roof_sat"], 0.12), 0.12, 0.7)),
                 float(np.clip(rng.normal(st["roof_val"], 0.12), 0.4, 0.95)))
         table["center"].append((cx, cy)); table["half"].append((hx, hy))
         table["height"].append(h); table["floors"].append(floors)
@@ -404,8 +407,21 @@ def street_cameras(region: Region, i: int, params: WorldParams, rng: np.random.G
         bearing = math.degrees(math.atan2(cx - px[k], cy - py[k])) % 360
         cams.append({"x": float(px[k]), "y": float(py[k]), "z": R.EYE_HEIGHT,
                      "heading": float((bearing + rng.uniform(-1, 1) * params.heading_jitter) % 360),
-                     "pitch": float(rng.uniform(2, 9)), "fov": params.street_fov})
+                     "pitch": float(rng.uniform(2, 9)), "fov": params.street_fov,
+                     "light": camera_light(rng, params)})
     return cams
+
+
+def camera_light(rng: np.random.Generator, params: WorldParams) -> list[float]:
+    """Per-image white balance and exposure: the camera, not the world, decides these.
+
+    Real photos of one place never share exact colours; without this a colour histogram matches
+    street to drone views. Satellite tiles stay neutral (they are colour-corrected products).
+    """
+    w = rng.uniform(-params.white_balance, params.white_balance)
+    v = rng.uniform(-params.tint, params.tint)
+    e = rng.uniform(1 - params.exposure, 1 + params.exposure)
+    return [e * (1 + w), e * (1 + v), e * (1 - w)]
 
 
 def drone_cameras(region: Region, place: Place, params: WorldParams, rng: np.random.Generator
@@ -419,9 +435,9 @@ def drone_cameras(region: Region, place: Place, params: WorldParams, rng: np.ran
             beta0 = base + 360.0 * a / n_az + li * 360.0 / (n_az * n_el) + rng.uniform(-5, 5)
             el0 = elev + rng.uniform(-3, 3)
             d = params.drone_distance * rng.uniform(0.9, 1.1)
-            tries = [(sh, up) for up in (0.0, 12.0, 24.0) for sh in (0.0, 12.0, -12.0, 24.0, -24.0)]
+            tries = [(sh, up) for up in (0.0, 6.0, 12.0) for sh in (0.0, 12.0, -12.0, 24.0, -24.0)]
             for shift, up in tries:        # swing round, then rise above, a blocking neighbour
-                beta, e = beta0 + shift, min(el0 + up, 80.0)
+                beta, e = beta0 + shift, min(el0 + up, 56.0)   # keep the view's bottom off the nadir
                 x = place.x + d * math.cos(math.radians(e)) * math.sin(math.radians(beta))
                 y = place.y + d * math.cos(math.radians(e)) * math.cos(math.radians(beta))
                 z = place.height / 2 + d * math.sin(math.radians(e))
@@ -429,7 +445,7 @@ def drone_cameras(region: Region, place: Place, params: WorldParams, rng: np.ran
                     break
             pitch = -math.degrees(math.atan2(z - place.height / 2, math.hypot(x - place.x, y - place.y)))
             cams.append({"x": x, "y": y, "z": z, "heading": (beta + 180.0) % 360, "pitch": pitch,
-                         "fov": params.drone_fov})
+                         "fov": params.drone_fov, "light": camera_light(rng, params)})
     return cams
 
 
