@@ -11,6 +11,15 @@ gallery index, lower index first, i.e. the order a stable sort by descending sco
 The University-1652 reference uses numpy's unstable argsort, whose tie order is machine-dependent;
 scores from real embeddings almost never tie exactly, so the protocols agree in practice.
 
+Streaming from disk: every function here reads embeddings only through `x[a:b]` / `x[rows]`, one
+chunk at a time, so arrays, `np.load(..., mmap_mode="r")` memmaps and `geolib.embcache.NpyRows`
+readers all work. `streaming_label_ranks` / `streaming_retrieval_metrics` / `streaming_topk` take
+`.npy` paths (e.g. `EmbeddingCache` entries) and read both queries and gallery in chunks with plain
+file reads, so neither is ever resident whole; float16 files are converted chunk by chunk. Their
+ranks equal the in-memory path's bit for bit at the same `chunk_size` (same blocks, same float32
+products). Peak extra memory is set by `chunk_size` (about 12·chunk_size² bytes for the score
+block and its rank counters, ~200 MB at 4096), not by Q×G.
+
 Scores are inner products of the embeddings (cosine for L2-normalised ones), computed in float32.
 A score is always taken from the same block computation that ranks it, so a true item never
 competes with a re-rounded copy of itself.
@@ -28,7 +37,8 @@ Protocols:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from os import PathLike
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -36,6 +46,9 @@ import torch
 PROTOCOL_UNIVERSITY = "university1652-official"
 PROTOCOL_UNIVERSITY_NO_DISTRACTORS = "university1652-no-distractors"
 PROTOCOL_VPR = "vpr-25m"
+
+# an in-memory array, a memmap, a geolib.embcache.NpyRows reader, or the path of a 2-D .npy file
+EmbeddingSource = Union[np.ndarray, str, PathLike]
 
 
 @dataclass
@@ -77,6 +90,37 @@ def label_ranks(query_emb: np.ndarray, query_labels: Sequence[int] | np.ndarray,
     keep = np.ones(len(g_labels), bool) if junk_label is None else g_labels != junk_label
     positives = label_positives(q_labels, g_labels, keep, junk_label)
     return positive_ranks(query_emb, gallery_emb, positives, keep=keep, chunk_size=chunk_size)
+
+
+def streaming_label_ranks(query: EmbeddingSource, query_labels: Sequence[int] | np.ndarray,
+                          gallery: EmbeddingSource, gallery_labels: Sequence[int] | np.ndarray,
+                          chunk_size: int = 4096, junk_label: int | None = -1) -> Ranks:
+    """`label_ranks` with queries and gallery read from `.npy` files chunk by chunk (see module doc)."""
+    from .embcache import open_rows
+
+    return label_ranks(open_rows(query), query_labels, open_rows(gallery), gallery_labels,
+                       chunk_size=chunk_size, junk_label=junk_label)
+
+
+def streaming_retrieval_metrics(query: EmbeddingSource, query_labels: Sequence[int] | np.ndarray,
+                                gallery: EmbeddingSource, gallery_labels: Sequence[int] | np.ndarray,
+                                ks: Iterable[int] = (1, 5, 10), chunk_size: int = 4096,
+                                junk_label: int | None = -1) -> dict[str, float]:
+    """`retrieval_metrics` over on-disk embeddings: a VIGOR-size evaluation in bounded memory."""
+    ranks = streaming_label_ranks(query, query_labels, gallery, gallery_labels, chunk_size, junk_label)
+    return metrics_from_ranks(ranks, ks)
+
+
+def streaming_topk(query: EmbeddingSource, gallery: EmbeddingSource, k: int,
+                   chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """`topk_search` one query chunk at a time; only the (Q, k) answer is held whole."""
+    from .embcache import open_rows
+
+    q, g = open_rows(query), open_rows(gallery)
+    parts = [topk_search(q[q0:q0 + chunk_size], g, k, chunk_size) for q0 in range(0, len(q), chunk_size)]
+    if not parts:
+        return np.zeros((0, min(k, len(g))), np.float32), np.zeros((0, min(k, len(g))), np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def vpr_recalls(query_utm: np.ndarray, db_utm: np.ndarray, query_emb: np.ndarray,

@@ -6,14 +6,36 @@ embeddings, the count, the width and the index file's SHA-256. Loading checks al
 the index, so a gallery re-embedded by another model, or an index and metadata from two different
 runs, fail loudly instead of returning plausible wrong places.
 
-Embeddings are compared by inner product (cosine for L2-normalised ones). `factory` takes a faiss
-index-factory string; the default `"Flat"` is exact search.
+Embeddings are compared by inner product (cosine for L2-normalised ones).
+
+Index choice (`kind`), because exact search stops being interactive somewhere past 10⁵ items on a
+CPU and a million-image gallery (SF-XL) no longer fits comfortably in float32:
+
+| kind | faiss | parameters (defaults) | when |
+|---|---|---|---|
+| `flat` | `IndexFlatIP` | — | exact; every gallery up to ~5·10⁴ |
+| `ivf-flat` | `IVF<nlist>,Flat` | `nlist` (≈4√N, power of 2), `nprobe` (nlist/64, ≥ 8) | 5·10⁴ … 2·10⁶: exact scores inside the probed lists |
+| `ivf-pq` | `IVF<nlist>,PQ<m>x<nbits>` | `nlist`, `nprobe`, `m` (dim/8), `nbits` (8) | > 2·10⁶ or tight memory: m·nbits/8 bytes per item, lower recall |
+| `hnsw` | `IndexHNSWFlat` | `m` (32), `ef_construction` (80), `ef_search` (128) | fast queries, but slow to build on few cores |
+| `auto` | one of the above by gallery size (`resolve_spec`) | | |
+
+`auto` picks IVF rather than HNSW for large galleries because on a 2-core machine HNSW takes tens of
+minutes to build at 10⁶ × 512 while IVF-Flat takes a minute or two; `python -m geolib bench` measures
+both. IVF and PQ are trained on a seeded random sample (`train_size`, default 64·nlist, at least
+10⁴ for PQ codebooks), never on the whole gallery, and items are added in chunks, so a
+memory-mapped or float16 gallery is never copied whole. The kind and its parameters are saved in the
+JSON metadata and `nprobe` / `ef_search` are set again on load. With `faiss-gpu` installed and a GPU
+visible, flat and IVF indexes are moved to the GPU for search (`gpu="auto"`); HNSW has no GPU
+version in faiss and stays on the CPU. Saving always writes the CPU form.
+
+`factory` (a faiss index-factory string) is still accepted for other layouts.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +46,199 @@ from .paths import atomic_path, atomic_write_json
 INDEX_FILE = "index.faiss"
 META_FILE = "index.json"
 FORMAT_VERSION = 1
+
+KIND_PARAMS: dict[str, tuple[str, ...]] = {
+    "flat": (),
+    "ivf-flat": ("nlist", "nprobe"),
+    "ivf-pq": ("nlist", "nprobe", "m", "nbits"),
+    "hnsw": ("m", "ef_construction", "ef_search"),
+}
+KINDS = (*KIND_PARAMS, "auto")
+GPU_KINDS = ("flat", "ivf-flat", "ivf-pq")  # faiss has no GPU HNSW
+AUTO_FLAT_MAX = 50_000       # exact search of 1,000 queries stays well under a second below this
+AUTO_IVF_FLAT_MAX = 2_000_000  # beyond: float32 copies (8 GB at 512-d) no longer fit a laptop
+_FAISS_PARAM = {"nprobe": "nprobe", "ef_search": "efSearch"}
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """A resolved index choice: the kind and every parameter, so the JSON metadata can rebuild it."""
+
+    kind: str
+    params: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def factory(self) -> str:
+        p = self.params
+        return {"flat": "Flat", "ivf-flat": f"IVF{p.get('nlist')},Flat",
+                "ivf-pq": f"IVF{p.get('nlist')},PQ{p.get('m')}x{p.get('nbits')}",
+                "hnsw": f"HNSW{p.get('m')},Flat"}[self.kind]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "params": dict(self.params)}
+
+
+def auto_kind(n: int) -> str:
+    """Exact below 5·10⁴ items, IVF-Flat to 2·10⁶, IVF-PQ beyond (memory, not speed, decides)."""
+    if n <= AUTO_FLAT_MAX:
+        return "flat"
+    return "ivf-flat" if n <= AUTO_IVF_FLAT_MAX else "ivf-pq"
+
+
+def default_nlist(n: int) -> int:
+    """≈4√N rounded to a power of two (faiss's guideline), capped so every list trains on ≥39 points."""
+    target = 2 ** round(math.log2(max(4 * math.sqrt(max(n, 1)), 1)))
+    cap = 2 ** int(math.log2(max(n // 39, 1)))
+    return int(max(1, min(target, cap)))
+
+
+def resolve_spec(kind: str = "auto", n: int | None = None, dim: int | None = None,
+                 **params: int) -> IndexSpec:
+    """Fill in defaults and validate names, so a typo ("nprobes") fails before a long build."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "auto":
+        if n is None:
+            raise ValueError("index kind 'auto' needs the gallery size n")
+        kind = auto_kind(n)
+        params = {k: v for k, v in params.items() if k in KIND_PARAMS[kind]}
+    unknown = sorted(set(params) - set(KIND_PARAMS[kind]))
+    if unknown:
+        allowed = ", ".join(KIND_PARAMS[kind]) or "none"
+        raise ValueError(f"index kind {kind!r} has no parameter {', '.join(unknown)} (allowed: {allowed})")
+    p = {k: int(v) for k, v in params.items() if v is not None}
+    if kind in ("ivf-flat", "ivf-pq"):
+        if "nlist" not in p and n is None:
+            raise ValueError(f"{kind}: give nlist or the gallery size n")
+        p.setdefault("nlist", default_nlist(n or 0))
+        p.setdefault("nprobe", max(8, p["nlist"] // 64))
+        p["nprobe"] = min(p["nprobe"], p["nlist"])
+        if n is not None and p["nlist"] > n:
+            raise ValueError(f"{kind}: nlist {p['nlist']} exceeds the {n} gallery items")
+    if kind == "ivf-pq":
+        if "m" not in p and dim is None:
+            raise ValueError("ivf-pq: give m or the dimension dim")
+        p.setdefault("m", _pq_m(dim or 0))
+        p.setdefault("nbits", 8)
+        if dim is not None and dim % p["m"]:
+            raise ValueError(f"ivf-pq: m={p['m']} must divide the dimension {dim}")
+    if kind == "hnsw":
+        p.setdefault("m", 32)
+        p.setdefault("ef_construction", 80)
+        p.setdefault("ef_search", 128)
+    return IndexSpec(kind, dict(sorted(p.items())))
+
+
+def _pq_m(dim: int) -> int:
+    """Largest divisor of dim not above dim/8: about one byte per 8 dimensions."""
+    for m in range(max(dim // 8, 1), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+def gpu_available(faiss_module=None) -> bool:
+    """True only with a faiss-gpu build and at least one visible GPU (a CPU wheel has neither)."""
+    faiss = faiss_module or _faiss()
+    if not hasattr(faiss, "StandardGpuResources") or not hasattr(faiss, "get_num_gpus"):
+        return False
+    return int(faiss.get_num_gpus()) > 0
+
+
+def wants_gpu(kind: str, gpu: bool | str = "auto", faiss_module=None) -> bool:
+    """Whether an index of `kind` goes to the GPU: `auto` when faiss-gpu sees a GPU, never for HNSW."""
+    if gpu not in (True, False, "auto"):
+        raise ValueError(f"gpu must be True, False or 'auto', got {gpu!r}")
+    if gpu is False:
+        return False
+    supported, available = kind in GPU_KINDS, gpu_available(faiss_module)
+    if gpu is True and not (supported and available):
+        why = f"faiss has no GPU {kind} index" if not supported else "no faiss-gpu build or no visible GPU"
+        raise ValueError(f"gpu=True but {why}")
+    return supported and available
+
+
+def make_index(embeddings: np.ndarray, kind: str = "auto", params: Mapping[str, int] | None = None, *,
+               train_size: int | None = None, seed: int = 0, gpu: bool | str = "auto",
+               chunk_size: int = 65536) -> tuple[Any, IndexSpec, bool]:
+    """Build a faiss index of (N, D) embeddings (array or memmap, any float dtype).
+
+    Returns the index, the resolved spec and whether the index lives on the GPU.
+    """
+    n, dim = _shape2(embeddings)
+    spec = resolve_spec(kind, n=n, dim=dim, **dict(params or {}))
+    faiss = _faiss()
+    index = _empty_index(spec, dim)
+    on_gpu = wants_gpu(spec.kind, gpu, faiss)
+    if on_gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
+    if not index.is_trained:
+        index.train(_train_sample(embeddings, spec, train_size, seed))
+    for i in range(0, n, chunk_size):
+        index.add(_f32(embeddings[i:i + chunk_size]))
+    apply_search_params(index, spec.params, on_gpu)
+    return index, spec, on_gpu
+
+
+def apply_search_params(index, params: Mapping[str, int], on_gpu: bool = False) -> None:
+    """Set the query-time knobs (nprobe, efSearch); the build-time ones live in the index itself."""
+    faiss = _faiss()
+    space = faiss.GpuParameterSpace() if on_gpu else faiss.ParameterSpace()
+    for key, name in _FAISS_PARAM.items():
+        if key in params and (key != "ef_search" or hasattr(index, "hnsw")) and \
+                (key != "nprobe" or _is_ivf(index)):
+            space.set_index_parameter(index, name, int(params[key]))
+
+
+def _is_ivf(index) -> bool:
+    try:
+        return _faiss().extract_index_ivf(index) is not None
+    except (RuntimeError, AttributeError):
+        return False
+
+
+def _empty_index(spec: IndexSpec, dim: int):
+    faiss = _faiss()
+    if spec.kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if spec.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, spec.params["m"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = spec.params["ef_construction"]
+        return index
+    return faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+
+
+def _train_sample(embeddings: np.ndarray, spec: IndexSpec, train_size: int | None, seed: int) -> np.ndarray:
+    """A seeded sample (sorted, so a memmap is read front to back) large enough for k-means."""
+    n = len(embeddings)
+    if train_size is None:
+        train_size = 64 * spec.params.get("nlist", 1)
+        if spec.kind == "ivf-pq":
+            train_size = max(train_size, 40 * 2 ** spec.params["nbits"])
+    size = min(n, int(train_size))
+    if size < spec.params.get("nlist", 1):
+        raise ValueError(f"{spec.kind}: {size} training points for nlist {spec.params.get('nlist')}")
+    if size == n:
+        return _f32(embeddings[:])
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    return _f32(embeddings[idx])
+
+
+def _shape2(embeddings: np.ndarray) -> tuple[int, int]:
+    shape = tuple(getattr(embeddings, "shape", ()))
+    if len(shape) != 2 or shape[0] == 0:
+        raise ValueError(f"need non-empty (N, D) embeddings, got shape {shape}")
+    return int(shape[0]), int(shape[1])
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _faiss():
+    import faiss
+
+    return faiss
 
 
 @dataclass
@@ -39,35 +254,59 @@ class Hit:
 class GalleryIndex:
     """Gallery embeddings in a faiss index plus, per item, path, place and coordinates."""
 
-    def __init__(self, index, meta: dict[str, Any]) -> None:
+    def __init__(self, index, meta: dict[str, Any], on_gpu: bool = False) -> None:
         self.index = index
         self.meta = meta
+        self.on_gpu = on_gpu
         _check(index, meta, source="index")
 
     @classmethod
     def build(cls, embeddings: np.ndarray, paths: Sequence[str | Path],
               places: Sequence[Any] | None = None, coords: np.ndarray | Sequence | None = None,
               model: str | None = None, config_hash: str | None = None,
-              factory: str = "Flat", extra: Mapping[str, Any] | None = None) -> "GalleryIndex":
-        """Index `embeddings` (N, D) float32 with one path (and optionally place, coordinates) each."""
-        import faiss
+              factory: str = "Flat", extra: Mapping[str, Any] | None = None, *,
+              kind: str | None = None, params: Mapping[str, int] | None = None,
+              train_size: int | None = None, seed: int = 0, gpu: bool | str = "auto") -> "GalleryIndex":
+        """Index `embeddings` (N, D) with one path (and optionally place, coordinates) each.
 
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if emb.ndim != 2 or len(emb) != len(paths):
-            raise ValueError(f"need (N, D) embeddings and N paths; got {emb.shape} and {len(paths)} paths")
-        index = faiss.index_factory(emb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-        if not index.is_trained:
-            index.train(emb)
-        index.add(emb)
+        `kind` (`flat`, `ivf-flat`, `ivf-pq`, `hnsw`, `auto`) with `params` chooses the index by
+        name (see the module docstring); without it, `factory` is a raw faiss factory string.
+        """
+        n = len(embeddings)
+        if getattr(embeddings, "ndim", 0) != 2 or n != len(paths):
+            raise ValueError(f"need (N, D) embeddings and N paths; got {np.shape(embeddings)} and {len(paths)} paths")
+        if kind is not None:
+            index, spec, on_gpu = make_index(embeddings, kind, params, train_size=train_size, seed=seed, gpu=gpu)
+            factory, choice = spec.factory, {**spec.to_json(), "requested": kind, "train_size": train_size,
+                                             "seed": seed}
+        else:
+            index, on_gpu, choice = _factory_index(embeddings, factory), False, None
         meta = {
             "format": FORMAT_VERSION, "factory": factory, "metric": "inner_product",
             "count": int(index.ntotal), "dim": int(index.d), "model": model, "config_hash": config_hash,
+            "index": choice,
             "paths": [str(p) for p in paths],
             "places": _json_list(places, len(paths), "places"),
             "coords": _json_coords(coords, len(paths)),
             "extra": dict(extra or {}),
         }
-        return cls(index, meta)
+        return cls(index, meta, on_gpu)
+
+    @property
+    def spec(self) -> IndexSpec | None:
+        choice = self.meta.get("index")
+        return IndexSpec(choice["kind"], dict(choice["params"])) if choice else None
+
+    def set_search_params(self, **params: int) -> None:
+        """Change nprobe / ef_search after building or loading; `save` keeps the new values."""
+        spec = self.spec
+        if spec is None:
+            raise ValueError("this index was built from a factory string; set faiss parameters directly")
+        bad = sorted(set(params) - set(_FAISS_PARAM) | (set(params) - set(KIND_PARAMS[spec.kind])))
+        if bad:
+            raise ValueError(f"{spec.kind}: {', '.join(bad)} cannot be changed at query time")
+        apply_search_params(self.index, params, self.on_gpu)
+        self.meta["index"]["params"].update({k: int(v) for k, v in params.items()})
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -78,15 +317,20 @@ class GalleryIndex:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        cpu_index = faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
         with atomic_path(directory / INDEX_FILE) as tmp:
-            faiss.write_index(self.index, str(tmp))
+            faiss.write_index(cpu_index, str(tmp))
             self.meta["sha256"] = _sha256(tmp)
         atomic_write_json(directory / META_FILE, self.meta, sort_keys=False, indent=None)
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, expect_config_hash: str | None = None) -> "GalleryIndex":
-        """Read an index back; raise ValueError naming the mismatch if metadata and index disagree."""
+    def load(cls, directory: str | Path, expect_config_hash: str | None = None,
+             gpu: bool | str = "auto") -> "GalleryIndex":
+        """Read an index back; raise ValueError naming the mismatch if metadata and index disagree.
+
+        The saved nprobe / ef_search are set again, and the index moves to the GPU as in `build`.
+        """
         import faiss
 
         directory = Path(directory)
@@ -104,7 +348,12 @@ class GalleryIndex:
                              f"not {expect_config_hash}; rebuild the index for this model")
         index = faiss.read_index(str(index_path))
         _check(index, meta, source=str(directory))
-        return cls(index, meta)
+        choice, on_gpu = meta.get("index"), False
+        if choice:
+            on_gpu = wants_gpu(choice["kind"], gpu, faiss)
+            index = faiss.index_cpu_to_all_gpus(index) if on_gpu else index
+            apply_search_params(index, choice["params"], on_gpu)
+        return cls(index, meta, on_gpu)
 
     def search(self, query_emb: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """(scores, gallery indices), each (Q, k); missing neighbours are -1 (fewer than k items)."""
@@ -148,6 +397,17 @@ def hits_table(hits: list[list[Hit]]):
     import pandas as pd
 
     return pd.DataFrame([{"query": q, **asdict(h)} for q, row in enumerate(hits) for h in row])
+
+
+def _factory_index(embeddings: np.ndarray, factory: str):
+    import faiss
+
+    emb = _f32(embeddings)
+    index = faiss.index_factory(emb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        index.train(emb)
+    index.add(emb)
+    return index
 
 
 def _check(index, meta: Mapping[str, Any], source: str) -> None:

@@ -193,3 +193,43 @@ def test_memory_mapped_embeddings_stream_from_disk(tmp_path):
     qm, gm = np.load(tmp_path / "q.npy", mmap_mode="r"), np.load(tmp_path / "g.npy", mmap_mode="r")
     a, b = label_ranks(qm, ql, gm, gl, chunk_size=16), label_ranks(q, ql, g, gl, chunk_size=4096)
     assert np.array_equal(a.first_rank, b.first_rank) and np.allclose(a.ap, b.ap)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_streaming_from_npy_equals_in_memory_bit_for_bit(tmp_path, dtype):
+    from geolib.embcache import NpyRows
+    from geolib.evaluate import streaming_label_ranks, streaming_retrieval_metrics, streaming_topk
+
+    rng = np.random.default_rng(11)
+    q, g = normed(rng, 70, 16).astype(dtype), normed(rng, 300, 16).astype(dtype)
+    g[5] = g[9]  # an exact duplicate: a tie broken by gallery index
+    ql, gl = rng.integers(0, 40, 70), rng.integers(-1, 45, 300)
+    np.save(tmp_path / "q.npy", q)
+    np.save(tmp_path / "g.npy", g)
+    for chunk in (32, 4096):
+        disk = streaming_label_ranks(tmp_path / "q.npy", ql, tmp_path / "g.npy", gl, chunk_size=chunk)
+        mem = label_ranks(q, ql, g, gl, chunk_size=chunk)
+        assert np.array_equal(disk.first_rank, mem.first_rank)
+        assert np.array_equal(disk.ap, mem.ap)  # identical float64, not merely close
+    assert isinstance(NpyRows(tmp_path / "g.npy")[np.array([3, 1])], np.ndarray)
+    want = brute_force(q.astype(np.float32), ql, g.astype(np.float32), gl)
+    assert_same(streaming_retrieval_metrics(tmp_path / "q.npy", ql, tmp_path / "g.npy", gl, chunk_size=50), want)
+    s_disk, i_disk = streaming_topk(tmp_path / "q.npy", tmp_path / "g.npy", k=5, chunk_size=32)
+    s_mem, i_mem = topk_search(q, g, k=5, chunk_size=32)
+    assert np.array_equal(i_disk, i_mem) and np.array_equal(s_disk, s_mem)
+
+
+def test_npy_rows_reads_only_what_is_asked(tmp_path):
+    from geolib.embcache import NpyRows, save_npy
+
+    a = np.arange(40, dtype=np.float32).reshape(10, 4)
+    save_npy(tmp_path / "a.npy", a)
+    rows = NpyRows(tmp_path / "a.npy")
+    assert rows.shape == (10, 4) and len(rows) == 10 and rows.dtype == np.float32
+    assert np.array_equal(rows[2:5], a[2:5]) and np.array_equal(rows[np.array([7, 2])], a[[7, 2]])
+    assert np.array_equal(rows[-1], a[-1]) and np.array_equal(np.asarray(rows), a)
+    with pytest.raises(IndexError):
+        rows[np.array([3, 10])]
+    np.save(tmp_path / "v.npy", np.zeros(5))
+    with pytest.raises(ValueError, match="2-D"):
+        NpyRows(tmp_path / "v.npy")

@@ -103,3 +103,127 @@ def test_query_images_checks_the_model(tmp_path):
     other = create_model("phase1-cpu", **{**TINY, "embed_dim": 24, "fusion_dim": 8})
     with pytest.raises(ValueError, match="built by model config"):
         index.query_images(other, images[:1], view="street")
+
+
+# ----------------------------------------------------------------------------- index choice
+
+from geolib.index import (AUTO_FLAT_MAX, AUTO_IVF_FLAT_MAX, IndexSpec, default_nlist, make_index,  # noqa: E402
+                          resolve_spec, wants_gpu)
+
+EASY_PARAMS = {"flat": {}, "ivf-flat": {"nlist": 16, "nprobe": 4},
+               "ivf-pq": {"nlist": 16, "nprobe": 4, "m": 8, "nbits": 6},
+               "hnsw": {"m": 8, "ef_construction": 40, "ef_search": 24}}
+
+
+def easy_set(n=1500, d=32, nq=60, seed=4):
+    """Well separated items, each query a small perturbation of one item: every index should find it."""
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    truth = rng.choice(n, nq, replace=False)
+    q = emb[truth] + 0.02 * rng.normal(size=(nq, d)).astype(np.float32)
+    return emb, q / np.linalg.norm(q, axis=1, keepdims=True), truth
+
+
+@pytest.mark.parametrize("kind", list(EASY_PARAMS))
+def test_every_kind_builds_saves_loads_and_finds(tmp_path, kind):
+    emb, q, truth = easy_set()
+    paths = [f"g/{i}.jpg" for i in range(len(emb))]
+    built = GalleryIndex.build(emb, paths, kind=kind, params=EASY_PARAMS[kind], model="m", config_hash="h")
+    assert built.spec == resolve_spec(kind, n=len(emb), dim=32, **EASY_PARAMS[kind])
+    assert built.meta["index"]["kind"] == kind and built.meta["factory"] == built.spec.factory
+    _, idx = built.search(q, k=1)
+    assert np.mean(idx[:, 0] == truth) >= 0.9
+    if kind in ("ivf-flat", "ivf-pq", "hnsw"):
+        knob = "nprobe" if kind != "hnsw" else "ef_search"
+        built.set_search_params(**{knob: 7})
+    built.save(tmp_path / kind)
+    loaded = GalleryIndex.load(tmp_path / kind)
+    assert loaded.meta["index"]["params"] == built.meta["index"]["params"]
+    if kind in ("ivf-flat", "ivf-pq"):
+        import faiss
+        assert faiss.extract_index_ivf(loaded.index).nprobe == 7
+        assert faiss.extract_index_ivf(loaded.index).nlist == 16
+    if kind == "hnsw":
+        assert loaded.index.hnsw.efSearch == 7
+    _, again = loaded.search(q, k=1)
+    assert np.mean(again[:, 0] == truth) >= 0.9
+
+
+def test_search_params_survive_a_file_that_forgot_them(tmp_path):
+    """Load sets nprobe from the JSON even when the faiss file holds another value."""
+    import faiss
+
+    emb, q, _ = easy_set()
+    built = GalleryIndex.build(emb, [str(i) for i in range(len(emb))], kind="ivf-flat",
+                               params={"nlist": 16, "nprobe": 5})
+    faiss.extract_index_ivf(built.index).nprobe = 1  # as if the file had been written elsewhere
+    built.save(tmp_path / "i")
+    assert faiss.extract_index_ivf(GalleryIndex.load(tmp_path / "i").index).nprobe == 5
+
+
+def test_auto_choice_by_gallery_size():
+    assert resolve_spec("auto", n=1000, dim=512).kind == "flat"
+    assert resolve_spec("auto", n=AUTO_FLAT_MAX, dim=512).kind == "flat"
+    mid = resolve_spec("auto", n=100_000, dim=512)
+    assert mid == IndexSpec("ivf-flat", {"nlist": 1024, "nprobe": 16})
+    assert resolve_spec("auto", n=1_000_000, dim=512).params["nlist"] == 4096
+    big = resolve_spec("auto", n=AUTO_IVF_FLAT_MAX + 1, dim=512)
+    assert big.kind == "ivf-pq" and big.params["m"] == 64 and big.params["nbits"] == 8
+    # auto keeps only the parameters that apply to what it picked
+    assert resolve_spec("auto", n=100, dim=8, nprobe=3).params == {}
+    assert resolve_spec("auto", n=100_000, dim=8, nprobe=3).params["nprobe"] == 3
+    assert default_nlist(1000) == 16  # capped: each list trains on at least 39 points
+    index, spec, on_gpu = make_index(easy_set(n=300)[0], "auto")
+    assert spec.kind == "flat" and index.ntotal == 300 and on_gpu is False
+
+
+def test_bad_index_choices_fail_before_building():
+    with pytest.raises(ValueError, match="unknown index kind"):
+        resolve_spec("ivf", n=10)
+    with pytest.raises(ValueError, match="no parameter nprobes"):
+        resolve_spec("ivf-flat", n=10_000, nprobes=4)
+    with pytest.raises(ValueError, match="must divide"):
+        resolve_spec("ivf-pq", n=10_000, dim=30, m=8)
+    with pytest.raises(ValueError, match="exceeds"):
+        resolve_spec("ivf-flat", n=100, nlist=256)
+    built = GalleryIndex.build(*easy_set(n=200)[:1], [str(i) for i in range(200)], kind="hnsw")
+    with pytest.raises(ValueError, match="query time"):
+        built.set_search_params(m=4)
+
+
+class FakeFaiss:
+    def __init__(self, gpus, gpu_build=True):
+        self.gpus = gpus
+        if gpu_build:
+            self.StandardGpuResources = object
+
+    def get_num_gpus(self):
+        return self.gpus
+
+
+def test_gpu_path_is_chosen_only_where_it_exists():
+    import faiss
+
+    assert wants_gpu("flat", "auto", faiss) is (faiss.get_num_gpus() > 0 and hasattr(faiss, "StandardGpuResources"))
+    assert wants_gpu("ivf-flat", "auto", FakeFaiss(2)) is True
+    assert wants_gpu("ivf-pq", "auto", FakeFaiss(1)) is True
+    assert wants_gpu("hnsw", "auto", FakeFaiss(1)) is False  # faiss has no GPU HNSW
+    assert wants_gpu("flat", "auto", FakeFaiss(0)) is False
+    assert wants_gpu("flat", "auto", FakeFaiss(4, gpu_build=False)) is False
+    assert wants_gpu("flat", False, FakeFaiss(4)) is False
+    with pytest.raises(ValueError, match="no GPU hnsw"):
+        wants_gpu("hnsw", True, FakeFaiss(1))
+    with pytest.raises(ValueError, match="no faiss-gpu"):
+        wants_gpu("flat", True, FakeFaiss(0))
+
+
+def test_memory_mapped_float16_gallery_builds_in_chunks(tmp_path):
+    emb, q, truth = easy_set()
+    np.save(tmp_path / "g.npy", emb.astype(np.float16))
+    from geolib.embcache import NpyRows
+
+    for source in (np.load(tmp_path / "g.npy", mmap_mode="r"), NpyRows(tmp_path / "g.npy")):
+        index, spec, _ = make_index(source, "ivf-flat", {"nlist": 16, "nprobe": 16}, chunk_size=100)
+        assert index.ntotal == len(emb)
+        assert np.mean(index.search(q, 1)[1][:, 0] == truth) >= 0.9

@@ -1,0 +1,269 @@
+"""Embeddings on disk: a cache keyed by model and data, and a reader that streams `.npy` rows.
+
+Embedding a gallery is the slow part of every retrieval notebook, and notebooks 02-05 embed the
+same gallery with the same model again and again. `EmbeddingCache.get_or_compute` embeds once and
+reuses the result anywhere the same model (config hash *and* weights hash: a retrained model with
+an unchanged config must not hit a stale entry), the same items (paths, labels, file sizes and
+modification times) and the same view, image size, flip and dtype ask again.
+
+Layout: `<root>/<model config hash>/<key>/embeddings.npy` (float32 or float16, numpy's own format,
+no pickle) and `meta.json`. The array is written batch by batch into a memory-mapped temporary file
+and renamed, then the JSON is written; an entry counts only when both exist and agree, so an
+interrupted run leaves nothing that a later run would trust. Entries above `mmap_mb` are returned
+memory-mapped read-only, so a million-image gallery costs page cache, not process memory.
+
+`NpyRows` reads row ranges of a `.npy` file with plain file reads (no memory map, so the resident
+memory is only the chunk being read): the streaming evaluation (`geolib.evaluate.streaming_*`)
+uses it to keep queries and gallery on disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .paths import atomic_path, atomic_write_json, outputs_root
+
+ARRAY_FILE = "embeddings.npy"
+META_FILE = "meta.json"
+CACHE_FORMAT = 1
+DTYPES = ("float32", "float16")
+
+
+# ----------------------------------------------------------------------------- .npy on disk
+
+class NpyRows:
+    """Array-like rows of a C-order 2-D `.npy` file, read on demand with file reads.
+
+    Supports `len`, `shape`, `ndim`, `dtype`, `x[i]`, `x[a:b]` and `x[index_array]` (one read of
+    the spanned range), which is all the chunked evaluation and index building need.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+            self.offset = fh.tell()
+        if fortran or len(shape) != 2:
+            raise ValueError(f"{self.path}: need a C-order 2-D array, got shape {shape} (fortran={fortran})")
+        self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        self.ndim = 2
+        self._row_bytes = self.shape[1] * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"NpyRows({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._read(0, self.shape[0])
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self.shape[0] if key < 0 else 0)
+            if not 0 <= i < self.shape[0]:
+                raise IndexError(f"row {key} out of range for {self.shape[0]} rows")
+            return self._read(i, i + 1)[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            rows = self._read(start, max(start, stop)) if step > 0 else self._read(0, 0)
+            return rows if step == 1 else rows[::step]
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64).reshape(-1)
+        if len(idx) == 0:
+            return np.zeros((0, self.shape[1]), self.dtype)
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        if lo < 0 or hi > self.shape[0]:
+            raise IndexError(f"rows {lo}..{hi - 1} out of range for {self.shape[0]} rows")
+        return self._read(lo, hi)[idx - lo]
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        count = (stop - start) * self.shape[1]
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + start * self._row_bytes)
+            out = np.fromfile(fh, dtype=self.dtype, count=count)
+        if out.size != count:
+            raise ValueError(f"{self.path} is truncated: rows {start}..{stop} not all present")
+        return out.reshape(stop - start, self.shape[1])
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray, chunk_size: int = 65536) -> Path:
+    """Write (N, D) rows atomically, chunk by chunk, so a memmap or `NpyRows` source is never loaded whole."""
+    n, d = int(array.shape[0]), int(array.shape[1])
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(array.dtype), shape=(n, d))
+        for i in range(0, n, chunk_size):
+            out[i:i + chunk_size] = array[i:i + chunk_size]
+        out.flush()
+        del out
+    return Path(path)
+
+
+def open_rows(source: str | os.PathLike | np.ndarray | NpyRows) -> np.ndarray | NpyRows:
+    """A path to a `.npy` becomes an `NpyRows` reader; arrays, memmaps and readers pass through."""
+    if isinstance(source, (str, os.PathLike)):
+        return NpyRows(source)
+    return source
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+def weights_hash(model: Any) -> str:
+    """SHA-256 over every parameter and buffer (name, dtype, shape, bytes): what the model *is* now."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def model_config_hash(model: Any) -> str:
+    """The model's config hash (geolib models), else its class name: the cache's first directory level."""
+    from .models import config_hash
+
+    config = getattr(model, "config", None)
+    return config_hash(config) if isinstance(config, Mapping) else type(model).__name__
+
+
+def items_hash(items: Sequence[Any]) -> str:
+    """Paths, labels, sizes and modification times: a re-exported or edited image changes the hash."""
+    h = hashlib.sha256()
+    for it in items:
+        path = Path(it.path)
+        try:
+            st = path.stat()
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{path}|{getattr(it, 'label', None)}|{getattr(it, 'view', None)}|{stamp}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- the cache
+
+class EmbeddingCache:
+    """Gallery (or query) embeddings computed once per model, data and settings; see the module doc."""
+
+    def __init__(self, root: str | os.PathLike | None = None, dtype: str = "float32",
+                 mmap_mb: float = 256.0) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        self.root = Path(root) if root is not None else outputs_root() / "cache" / "embeddings"
+        self.dtype, self.mmap_mb = dtype, mmap_mb
+        self.hits = self.misses = 0
+
+    def describe(self, model: Any, items: Sequence[Any], view: str, image_size: int | None = None,
+                 flip: bool = False, transform_name: str | None = None) -> dict[str, Any]:
+        """Everything the embeddings depend on; its hash is the entry's key."""
+        size = image_size if image_size is not None else getattr(model, "img_size", None)
+        return {"format": CACHE_FORMAT, "model_config": model_config_hash(model),
+                "weights": weights_hash(model), "items": items_hash(items), "count": len(items),
+                "view": view, "image_size": size, "flip": bool(flip), "dtype": self.dtype,
+                "transform": transform_name or "default_transform"}
+
+    def entry_dir(self, desc: Mapping[str, Any]) -> Path:
+        key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
+        return self.root / str(desc["model_config"]) / key
+
+    def lookup(self, desc: Mapping[str, Any]) -> np.ndarray | None:
+        """The stored embeddings for `desc`, or None when absent or incomplete."""
+        d = self.entry_dir(desc)
+        meta_path, arr_path = d / META_FILE, d / ARRAY_FILE
+        if not (meta_path.exists() and arr_path.exists()):
+            return None
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("describe") != dict(desc):
+            return None
+        big = arr_path.stat().st_size >= self.mmap_mb * 2**20
+        arr = np.load(arr_path, mmap_mode="r" if big else None, allow_pickle=False)
+        if arr.shape != tuple(meta["shape"]):
+            return None
+        return arr
+
+    def get_or_compute(self, model: Any, items: Sequence[Any], view: str, *, image_size: int | None = None,
+                       flip: bool = False, batch_size: int = 64, device: str = "cpu", num_workers: int = 0,
+                       transform: Callable | None = None, transform_name: str | None = None,
+                       progress: bool = False) -> np.ndarray:
+        """Embeddings of `items` seen as `view`: read from the cache, or computed, stored and returned.
+
+        Computed exactly as `geolib.train.embed_items` (L2-normalised, optional flip average). A
+        custom `transform` needs a `transform_name` that changes whenever the transform does.
+        """
+        if transform is not None and not transform_name:
+            raise ValueError("a custom transform needs a transform_name, or the cache could not tell two apart")
+        desc = self.describe(model, items, view, image_size, flip, transform_name)
+        found = self.lookup(desc)
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        if transform is None:
+            from .datasets import default_transform
+
+            transform = default_transform(desc["image_size"])
+        d = self.entry_dir(desc)
+        shape = _embed_to_npy(model, items, view, transform, d / ARRAY_FILE, np.dtype(self.dtype),
+                              batch_size, device, flip, num_workers, progress)
+        atomic_write_json(d / META_FILE, {"describe": desc, "shape": list(shape), "view": view})
+        return self.lookup(desc)
+
+    def clear(self) -> None:
+        """Delete every entry (they are all recomputable)."""
+        import shutil
+
+        if self.root.exists():
+            shutil.rmtree(self.root)
+
+
+def _embed_to_npy(model: Any, items: Sequence[Any], view: str, transform: Callable, path: Path,
+                  dtype: np.dtype, batch_size: int, device: str, flip: bool, num_workers: int,
+                  progress: bool) -> tuple[int, int]:
+    """Embed batch by batch straight into a memory-mapped temporary `.npy`, then rename it."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .datasets import ImageDataset
+
+    loader = torch.utils.data.DataLoader(ImageDataset(items, transform), batch_size=batch_size,
+                                         num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    out, row = None, 0
+    with atomic_path(path) as tmp, torch.no_grad():
+        for x, _ in tqdm(loader, desc=f"embed {view}", disable=not progress, leave=False):
+            e = _embed_batch(model, x.to(device), view, flip)
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(items), e.shape[1]))
+            out[row:row + len(e)] = e
+            row += len(e)
+        if out is None:
+            dim = int(getattr(model, "embed_dim", 0))
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(0, dim))
+        shape = out.shape
+        out.flush()
+        del out
+    model.train(was_training)
+    return shape
+
+
+def _embed_batch(model: Any, x: Any, view: str, flip: bool) -> np.ndarray:
+    import torch
+    from torch import nn
+
+    e = model(x, view=view)
+    if flip:
+        e = e + model(torch.flip(x, dims=[3]), view=view)
+    return nn.functional.normalize(e.float(), dim=-1).cpu().numpy()
