@@ -32,6 +32,7 @@ DIRECTION_ORDER = ("street→drone", "street→satellite", "drone→satellite", 
 UNKNOWN_REGION = "unknown"
 TOPK_NAME, QUERY_NAME, LOCALIZED_NAME = "top-k", "query (truth)", "your photo: top places"
 _DATA_KEYS = ("x", "y", "text", "hovertext", "marker")
+_CAPTION = "font-size:11px;line-height:1.3"
 PALETTE = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
            "#aec7e8", "#ffbb78", "#c5b0d5", "#c49c94", "#f7b6d2", "#9edae5", "#dbdb8d", "#393b79")
 
@@ -588,7 +589,7 @@ class Explorer(_explorer_base()):  # type: ignore[misc]
         box, img, cap = self.query_tile
         box.layout.display = ""
         img.value = thumbnail_png(r.queries.paths[q], self.thumb)
-        cap.value = f"<span style='font-size:11px'><b>query {q}</b><br>place {r.queries.places[q]}</span>"
+        cap.value = f"<div style='{_CAPTION}'><b>query {q}</b><br>place {r.queries.places[q]}<br>region {r.queries.regions[q]}</div>"
         for j, (box, img, cap) in enumerate(self.rank_tiles):
             if j >= len(self.shown):
                 box.layout.display = "none"
@@ -597,8 +598,8 @@ class Explorer(_explorer_base()):  # type: ignore[misc]
             box.layout.display = ""
             img.value = thumbnail_png(row["path"], self.thumb)
             img.layout.border = f"4px solid {row['colour']}"
-            cap.value = (f"<span style='font-size:11px;color:{row['colour']}'><b>#{row['rank']}</b> "
-                         f"place {row['place']}<br>score {row['score']:.3f} · {_metres(row['distance_m'])}</span>")
+            cap.value = (f"<div style='{_CAPTION};color:{row['colour']}'><b>#{row['rank']}</b> place {row['place']}"
+                         f"<br>score {row['score']:.3f}<br>{_metres(row['distance_m'])} from truth</div>")
 
     def _redraw_map_base(self) -> None:
         r = self.current
