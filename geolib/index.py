@@ -16,14 +16,18 @@ CPU and a million-image gallery (SF-XL) no longer fits comfortably in float32:
 | `flat` | `IndexFlatIP` | — | exact; every gallery up to ~5·10⁴ |
 | `ivf-flat` | `IVF<nlist>,Flat` | `nlist` (≈4√N, power of 2), `nprobe` (nlist/64, ≥ 8) | 5·10⁴ … 2·10⁶: exact scores inside the probed lists |
 | `ivf-pq` | `IVF<nlist>,PQ<m>x<nbits>` | `nlist`, `nprobe`, `m` (dim/8), `nbits` (8) | > 2·10⁶ or tight memory: m·nbits/8 bytes per item, lower recall |
-| `hnsw` | `IndexHNSWFlat` | `m` (32), `ef_construction` (80), `ef_search` (128) | fast queries, but slow to build on few cores |
+| `hnsw` | `IndexHNSWFlat` | `m` (32), `ef_construction` (40), `ef_search` (128) | fastest queries; slowest to build, full float32 copy |
 | `auto` | one of the above by gallery size (`resolve_spec`) | | |
 
 `auto` picks IVF rather than HNSW for large galleries because on a 2-core machine HNSW takes tens of
 minutes to build at 10⁶ × 512 while IVF-Flat takes a minute or two; `python -m geolib bench` measures
-both. IVF and PQ are trained on a seeded random sample (`train_size`, default 64·nlist, at least
-10⁴ for PQ codebooks), never on the whole gallery, and items are added in chunks, so a
-memory-mapped or float16 gallery is never copied whole. The kind and its parameters are saved in the
+both. IVF and PQ are trained on a seeded random sample (`train_size`, default 20·nlist, at least
+8,192 for PQ codebooks, which see at most 32 points per centroid and 10 k-means iterations),
+never on the whole gallery: k-means cost grows with sample × nlist, and faiss's PQ defaults
+(256 points, 25 iterations, 64 slices) took over a minute even at 10⁴ items on 2 cores. Items are added in
+chunks, so a memory-mapped or float16 gallery is never copied whole. IVF-PQ skips faiss's
+polysemous training (it only serves Hamming pre-filtering, which geolib does not use, and took
+minutes). The kind and its parameters are saved in the
 JSON metadata and `nprobe` / `ef_search` are set again on load. With `faiss-gpu` installed and a GPU
 visible, flat and IVF indexes are moved to the GPU for search (`gpu="auto"`); HNSW has no GPU
 version in faiss and stays on the CPU. Saving always writes the CPU form.
@@ -58,6 +62,10 @@ GPU_KINDS = ("flat", "ivf-flat", "ivf-pq")  # faiss has no GPU HNSW
 AUTO_FLAT_MAX = 50_000       # exact search of 1,000 queries stays well under a second below this
 AUTO_IVF_FLAT_MAX = 2_000_000  # beyond: float32 copies (8 GB at 512-d) no longer fit a laptop
 _FAISS_PARAM = {"nprobe": "nprobe", "ef_search": "efSearch"}
+TRAIN_PER_LIST = 20       # k-means sample per IVF list
+PQ_POINTS_PER_CODE = 32   # PQ codebook sample per centroid (faiss: 256)
+PQ_ITERATIONS = 10        # k-means iterations per PQ slice (faiss: 25)
+MIN_POINTS = 5            # faiss warns below 39 points per centroid; ours are chosen on purpose
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,7 @@ class IndexSpec:
     def factory(self) -> str:
         p = self.params
         return {"flat": "Flat", "ivf-flat": f"IVF{p.get('nlist')},Flat",
-                "ivf-pq": f"IVF{p.get('nlist')},PQ{p.get('m')}x{p.get('nbits')}",
+                "ivf-pq": f"IVF{p.get('nlist')},PQ{p.get('m')}x{p.get('nbits')}np",
                 "hnsw": f"HNSW{p.get('m')},Flat"}[self.kind]
 
     def to_json(self) -> dict[str, Any]:
@@ -124,7 +132,7 @@ def resolve_spec(kind: str = "auto", n: int | None = None, dim: int | None = Non
             raise ValueError(f"ivf-pq: m={p['m']} must divide the dimension {dim}")
     if kind == "hnsw":
         p.setdefault("m", 32)
-        p.setdefault("ef_construction", 80)
+        p.setdefault("ef_construction", 40)
         p.setdefault("ef_search", 128)
     return IndexSpec(kind, dict(sorted(p.items())))
 
@@ -205,16 +213,23 @@ def _empty_index(spec: IndexSpec, dim: int):
         index = faiss.IndexHNSWFlat(dim, spec.params["m"], faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = spec.params["ef_construction"]
         return index
-    return faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    # the sample sizes are chosen above; faiss would warn below 39 points per centroid
+    faiss.extract_index_ivf(index).cp.min_points_per_centroid = MIN_POINTS
+    if spec.kind == "ivf-pq":
+        pq = faiss.downcast_index(index).pq
+        pq.cp.max_points_per_centroid, pq.cp.niter = PQ_POINTS_PER_CODE, PQ_ITERATIONS
+        pq.cp.min_points_per_centroid = MIN_POINTS
+    return index
 
 
 def _train_sample(embeddings: np.ndarray, spec: IndexSpec, train_size: int | None, seed: int) -> np.ndarray:
     """A seeded sample (sorted, so a memmap is read front to back) large enough for k-means."""
     n = len(embeddings)
     if train_size is None:
-        train_size = 64 * spec.params.get("nlist", 1)
+        train_size = TRAIN_PER_LIST * spec.params.get("nlist", 1)
         if spec.kind == "ivf-pq":
-            train_size = max(train_size, 40 * 2 ** spec.params["nbits"])
+            train_size = max(train_size, PQ_POINTS_PER_CODE * 2 ** spec.params["nbits"])
     size = min(n, int(train_size))
     if size < spec.params.get("nlist", 1):
         raise ValueError(f"{spec.kind}: {size} training points for nlist {spec.params.get('nlist')}")
