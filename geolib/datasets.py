@@ -568,9 +568,24 @@ def load_dataset(fmt: str, root: str | os.PathLike, *, check: str = "quick", str
 
 # --------------------------------------------------------------------------- torch side
 
+class GrayWorld:
+    """Scale each colour channel so that its image mean is `target`.
+
+    A camera's white balance and exposure multiply each channel by a constant; gray-world
+    normalisation cancels such gains, so views taken by differently set cameras agree on hue.
+    """
+
+    def __init__(self, target: float = 0.45):
+        self.target = target
+
+    def __call__(self, x):
+        means = x.mean(dim=(-2, -1), keepdim=True).clamp(min=1e-3)
+        return (x * (self.target / means)).clamp(0, 1)
+
+
 def default_transform(size: int | tuple[int, int], train: bool = False,
                       mean: Sequence[float] = (0.485, 0.456, 0.406),
-                      std: Sequence[float] = (0.229, 0.224, 0.225)):
+                      std: Sequence[float] = (0.229, 0.224, 0.225), gray_world: bool = False):
     """Resize + normalise (torchvision.transforms.v2); training adds mild colour and crop jitter."""
     import torch
     from torchvision.transforms import v2
@@ -582,7 +597,10 @@ def default_transform(size: int | tuple[int, int], train: bool = False,
                 v2.ColorJitter(0.2, 0.2, 0.1, 0.0)]
     else:
         ops += [v2.Resize(size, antialias=True)]
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    ops += [v2.ToDtype(torch.float32, scale=True)]
+    if gray_world:
+        ops.append(GrayWorld())
+    ops.append(v2.Normalize(mean, std))
     return v2.Compose(ops)
 
 

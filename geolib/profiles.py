@@ -36,8 +36,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {
         "common": {"seed": 0, "device": "auto", "amp": False, "num_workers": 0},
         "world": {"preset": "default"},
+        # GeM, not attention pooling, on CPU: from scratch, attention (and average) pooling over
+        # the tiny Swin's tokens collapsed every embedding to one point within 10 steps (measured).
         "phase1": {"preset": "default", "data_root": None, "model": "phase1-cpu", "image_size": 96,
-                   "model_options": {}, "l2l": True, "fusion": True, "pooling": "attention",
+                   "model_options": {}, "l2l": True, "fusion": True, "pooling": "gem",
                    "loss": "infonce", "epochs": 12, "batch_size": 32, "lr": 5e-4, "weight_decay": 0.05,
                    "warmup": 0.1, "minutes": 5.0, "sampling": "random", "eval_every": 2, "flip_tta": False},
         # Tentative until the world's VPR export lands: sized for ~1.5 min per method on 2 cores.

@@ -164,3 +164,12 @@ def test_vpr_train_split_read_whole(vpr_root):
     make_image(vpr_root / "train" / "b" / "c" / vpr_name(500010, 4600000, 30.0), seed=2)
     ds = load_dataset("vpr", vpr_root, split="train", database_folder=".", query_folder=None)
     assert len(ds.items) == 2 and {it.role for it in ds.items} == {"gallery"}
+
+
+def test_gray_world_cancels_a_white_balance():
+    import torch
+    from geolib.datasets import GrayWorld
+
+    x = torch.rand(3, 8, 8) * 0.5
+    gains = torch.tensor([1.3, 1.0, 0.7]).view(3, 1, 1)
+    torch.testing.assert_close(GrayWorld()(x * gains), GrayWorld()(x), rtol=1e-5, atol=1e-5)
