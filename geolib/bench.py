@@ -65,7 +65,8 @@ class Plan:
     eval_chunk: int = 4096
     train_profiles: tuple[str, ...] = ("smoke", "default", "full")
     train_steps: int = 3
-    compile_profiles: tuple[str, ...] = ("smoke", "default")
+    train_min_s: float = 3.0  # small models: time enough steps for a stable median
+    compile_profiles: tuple[str, ...] = ("smoke",)  # a cold compile takes minutes on 2 cores
     render_presets: tuple[str, ...] = ("smoke", "default")
     render_shots: int = 64
     pq: dict[str, int] = field(default_factory=dict)  # overrides of the IVF-PQ defaults
@@ -76,11 +77,11 @@ PLANS = {
     "full": Plan("full"),
     "quick": Plan("quick", sizes=(10_000, 100_000), ivf_nprobes=(8, 32), hnsw_ef=(64,),
                   eval_queries=5_000, eval_gallery=20_000, train_profiles=("smoke", "default"),
-                  train_steps=2, compile_profiles=("smoke",), render_presets=("smoke",), render_shots=32),
+                  train_steps=2, compile_profiles=(), render_presets=("smoke",), render_shots=32),
     "tiny": Plan("tiny", sizes=(2_000,), queries=50, dim=32, ivf_nprobes=(4,), hnsw_ef=(32,),
                  eval_queries=200, eval_gallery=1_000, eval_chunk=128, train_profiles=("smoke",),
                  train_steps=1, compile_profiles=(), render_presets=("smoke",), render_shots=4,
-                 pq={"nbits": 4}, build_world=False),
+                 pq={"nbits": 4}, build_world=False, train_min_s=0.0),
 }
 
 
@@ -363,6 +364,7 @@ def bench_eval(rec: Recorder, plan: Plan) -> None:
 
 # ----------------------------------------------------------------------------- training
 
+MAX_STEPS = 30
 TRAIN_BATCH_CAP = {"full": 8}  # Swin-T at 224 px: a 32-place step takes ~half a minute on 2 cores
 
 
@@ -372,18 +374,18 @@ def bench_train(rec: Recorder, plan: Plan) -> None:
         setup = _train_setup(profile)
         base = {k: setup[k] for k in ("profile", "model", "image_size", "batch_size", "profile_batch_size",
                                       "views", "num_workers", "params")}
-        eager = _train_rate(setup, plan.train_steps, variant="eager")
+        eager = _train_rate(setup, plan.train_steps, "eager", plan.train_min_s)
         data = _data_rate(setup, plan.train_steps, plan.build_world)
         share = data["data_s_per_step"] / (data["data_s_per_step"] + eager["step_s"]) if data else None
         metrics = {**eager, **(data or {}), **({"data_share": share} if share is not None else {})}
         rec.add("train", f"{setup['model']} eager", {**base, "variant": "eager",
                                                      "data_preset": (data or {}).get("preset")},
                 {k: v for k, v in metrics.items() if k != "preset"})
-        cl = _train_rate(setup, plan.train_steps, variant="channels_last")
+        cl = _train_rate(setup, plan.train_steps, "channels_last", plan.train_min_s)
         rec.add("train", f"{setup['model']} channels_last", {**base, "variant": "channels_last"},
                 {**cl, "speedup_vs_eager": cl["images_per_s"] / eager["images_per_s"]})
         if profile in plan.compile_profiles:
-            comp = _train_rate(setup, plan.train_steps, variant="compile")
+            comp = _train_rate(setup, plan.train_steps, "compile", plan.train_min_s)
             if "images_per_s" in comp:
                 comp["speedup_vs_eager"] = comp["images_per_s"] / eager["images_per_s"]
             rec.add("train", f"{setup['model']} compile", {**base, "variant": "compile",
@@ -413,7 +415,7 @@ def _train_setup(profile: str) -> dict[str, Any]:
             "preset": cfg["preset"], "build": build, "params": sum(p.numel() for p in model.parameters())}
 
 
-def _train_rate(setup: dict[str, Any], steps: int, variant: str) -> dict[str, Any]:
+def _train_rate(setup: dict[str, Any], steps: int, variant: str, min_s: float = 0.0) -> dict[str, Any]:
     """Images/s of full training steps on random tensors (compute only; data loading is separate)."""
     import torch
 
@@ -431,6 +433,9 @@ def _train_rate(setup: dict[str, Any], steps: int, variant: str) -> dict[str, An
     compile_s = None
     if variant == "compile":
         try:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.force_disable_caches = True  # time a cold compile, as a first run pays it
             forward = torch.compile(model)
         except Exception as err:  # noqa: BLE001 - recorded, not hidden
             return {"compile_ok": False, "error": f"{type(err).__name__}: {err}"[:300]}
@@ -446,8 +451,9 @@ def _train_rate(setup: dict[str, Any], steps: int, variant: str) -> dict[str, An
         t0 = time.perf_counter()
         step()  # warm-up (and, compiled, the compilation)
         first = time.perf_counter() - t0
-        times = []
-        for _ in range(steps):
+        step()  # lazy one-time work (allocator, optimizer state, kernel selection) also lands here
+        times: list[float] = []
+        while len(times) < steps or (sum(times) < min_s and len(times) < MAX_STEPS):
             t0 = time.perf_counter()
             step()
             times.append(time.perf_counter() - t0)
