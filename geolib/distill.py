@@ -1,0 +1,279 @@
+"""Distill4Geo: lightweight per-view students taught by a frozen weight-sharing teacher.
+
+Loss: dual cosine embedding (DESIGN.md §4), the mean over views of `1 − cos(student, teacher)`,
+with the student projected to the teacher's width. No negatives, so batches can be small.
+
+Teacher embeddings are computed once (`TeacherEmbeddings`) and looked up by image. With "marginal
+perturbation" on, the cache holds `copies` independently perturbed teacher views of every image and
+the student sees its own fresh perturbation, so teacher and student never see the same pixels.
+A trained `StudentModel` runs without the teacher: deployment needs only its checkpoint.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .datasets import ImageDataset, ImageItem, default_transform
+
+
+def dual_cosine_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> Tensor:
+    """Mean over views of the batch mean of `1 − cos(student_v, teacher_v)`."""
+    if not student:
+        raise ValueError("no views to distil")
+    return torch.stack([(1 - F.cosine_similarity(student[v], teacher[v].to(student[v]), dim=-1)).mean()
+                        for v in student]).mean()
+
+
+def perturbation_transform(size: int, strength: float = 1.0):
+    """Mild marginal perturbation: small shift/scale (affine) and colour change, then normalise."""
+    from torchvision.transforms import v2
+
+    s = float(strength)
+    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True),
+                       v2.RandomAffine(degrees=0, translate=(0.05 * s, 0.05 * s), scale=(1 - 0.08 * s, 1 + 0.08 * s)),
+                       v2.ColorJitter(0.15 * s, 0.15 * s, 0.1 * s, 0.0),
+                       v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+
+# --------------------------------------------------------------------------- students
+
+class StudentBranch(nn.Module):
+    """timm backbone (last stage) → GeM → Linear to the teacher's width → L2."""
+
+    def __init__(self, backbone: str, out_dim: int, img_size: int, pretrained: bool | str = False) -> None:
+        super().__init__()
+        from .layers import GeM
+        from .models import create_backbone
+
+        self.backbone = create_backbone(backbone, pretrained, None)
+        self.nhwc = "NHWC" in str(getattr(self.backbone, "output_fmt", "NCHW"))
+        with torch.no_grad():
+            was = self.backbone.training
+            self.backbone.eval()
+            width = self._last(torch.zeros(1, 3, img_size, img_size)).shape[-1]
+            self.backbone.train(was)
+        self.pool = GeM()
+        self.proj = nn.Linear(width, out_dim)
+
+    def _last(self, x: Tensor) -> Tensor:
+        m = self.backbone(x)[-1]
+        return m if self.nhwc else m.permute(0, 2, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.proj(self.pool(self._last(x))), dim=-1)
+
+
+class StudentModel(nn.Module):
+    """One independent student per view, `forward(x, view)` like every cross-view model, so
+    `evaluate_crossview` and `model_cost` take it as is."""
+
+    def __init__(self, backbone: str, views: Sequence[str], out_dim: int, img_size: int,
+                 pretrained: bool | str = False) -> None:
+        super().__init__()
+        self.branches = nn.ModuleDict({v: StudentBranch(backbone, out_dim, img_size, pretrained) for v in views})
+        self.embed_dim, self.img_size = out_dim, img_size
+        self.config = {"name": "student", "backbone": backbone, "views": list(views), "out_dim": out_dim,
+                       "img_size": img_size}
+
+    def forward(self, x: Tensor, view: str) -> Tensor:
+        if view not in self.branches:
+            raise KeyError(f"unknown view {view!r}; this student has {', '.join(self.branches)}")
+        return self.branches[view](x)
+
+
+def save_student(model: StudentModel, path: str | Path) -> Path:
+    """Weights (safetensors) + config (JSON): all a deployment needs, no teacher."""
+    from safetensors.torch import save_file
+
+    from .paths import atomic_path, atomic_write_json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    atomic_write_json(path.with_suffix(".json"), model.config)
+    return path
+
+
+def load_student(path: str | Path, device: str = "cpu") -> StudentModel:
+    import json
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg = json.loads(path.with_suffix(".json").read_text())
+    model = StudentModel(cfg["backbone"], cfg["views"], cfg["out_dim"], cfg["img_size"])
+    model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- teacher cache
+
+@dataclass
+class TeacherEmbeddings:
+    """Per view: items and a `(copies, N, D)` array of the frozen teacher's embeddings."""
+
+    items: dict[str, list[ImageItem]]
+    emb: dict[str, np.ndarray]
+    perturbed: bool
+
+    @property
+    def dim(self) -> int:
+        return int(next(iter(self.emb.values())).shape[-1])
+
+
+@torch.no_grad()
+def cache_teacher(teacher: nn.Module, items: Mapping[str, Sequence[ImageItem]], image_size: int,
+                  perturb: bool = False, copies: int = 2, seed: int = 0, batch_size: int = 64,
+                  device: str = "cpu") -> TeacherEmbeddings:
+    """Embed every training image once (or `copies` perturbed times) with the frozen teacher."""
+    from .train import embed_items
+
+    teacher.eval()
+    n_copies = copies if perturb else 1
+    out: dict[str, np.ndarray] = {}
+    for v, its in items.items():
+        stack = []
+        for c in range(n_copies):
+            torch.manual_seed(seed * 1000 + c)
+            tf = perturbation_transform(image_size) if perturb else default_transform(image_size)
+            stack.append(embed_items(teacher, its, v, tf, batch_size, device))
+        out[v] = np.stack(stack)
+    return TeacherEmbeddings({v: list(its) for v, its in items.items()}, out, perturb)
+
+
+# --------------------------------------------------------------------------- training
+
+@dataclass
+class DistillConfig:
+    backbone: str = "mobilenetv3_small_050"
+    views: tuple[str, ...] = ("street", "drone", "satellite")
+    image_size: int = 64
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    perturb: bool = True
+    copies: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    minutes: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["views"] = list(self.views)
+        return d
+
+
+class _ViewImages(torch.utils.data.Dataset):
+    """(image, index in the cache) of one view."""
+
+    def __init__(self, items: Sequence[ImageItem], transform: Callable) -> None:
+        self.inner = ImageDataset(items, transform)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int):
+        return self.inner[i]
+
+
+def train_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillConfig,
+                  progress: bool = False) -> list[dict[str, float]]:
+    """Each step: one batch per view; the student's view of an image is matched to a random cached
+    teacher copy of it. Returns the per-epoch mean loss history."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    tf = perturbation_transform(cfg.image_size) if cfg.perturb else default_transform(cfg.image_size)
+    loaders = {v: torch.utils.data.DataLoader(_ViewImages(cache.items[v], tf), batch_size=cfg.batch_size,
+                                              shuffle=True, drop_last=len(cache.items[v]) > cfg.batch_size,
+                                              generator=torch.Generator().manual_seed(cfg.seed + k))
+               for k, v in enumerate(cfg.views)}
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    student.to(cfg.device).train()
+    history, t0 = [], time.perf_counter()
+    steps = min(len(dl) for dl in loaders.values())
+    for epoch in range(cfg.epochs):
+        losses = []
+        iters = {v: iter(dl) for v, dl in loaders.items()}
+        for _ in tqdm(range(steps), desc=f"distil {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
+            s_emb, t_emb = {}, {}
+            for v in cfg.views:
+                x, idx = next(iters[v])
+                copy = rng.integers(cache.emb[v].shape[0], size=len(idx))
+                t_emb[v] = torch.from_numpy(cache.emb[v][copy, idx.numpy()])
+                s_emb[v] = student(x.to(cfg.device), v)
+            loss = dual_cosine_loss(s_emb, t_emb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+                        "minutes_total": round((time.perf_counter() - t0) / 60, 3)})
+        if cfg.minutes is not None and (time.perf_counter() - t0) / 60 >= cfg.minutes:
+            break
+    student.eval()
+    return history
+
+
+def train_items(ds: Any, views: Sequence[str]) -> dict[str, list[ImageItem]]:
+    return {v: ds.select(view=v, split="train") for v in views}
+
+
+# --------------------------------------------------------------------------- rows
+
+class RowRunner:
+    """Runs named experiment rows once each: a row's result is a JSON file, so a rerun skips it.
+
+    A row is rerun when its stored config differs from the requested one (changed settings must
+    not reuse stale numbers), or when `force` is set.
+    """
+
+    def __init__(self, folder: str | Path, force: bool = False) -> None:
+        self.folder, self.force = Path(folder), force
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    def path(self, name: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        return self.folder / f"{safe}.json"
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        import json
+
+        p = self.path(name)
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def run(self, name: str, config: Mapping[str, Any], fn: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
+        """`fn()` returns the row's results (JSON-able); stored as {name, config, results, seconds}."""
+        import json
+
+        from .paths import atomic_write_json
+
+        config = json.loads(json.dumps(dict(config), default=str))
+        old = self.load(name)
+        if old is not None and not self.force and old.get("config") == config:
+            self.skipped.append(name)
+            return old
+        t0 = time.perf_counter()
+        results = json.loads(json.dumps(dict(fn()), default=float))
+        row = {"name": name, "config": config, "results": results, "seconds": round(time.perf_counter() - t0, 2)}
+        atomic_write_json(self.path(name), row)
+        self.ran.append(name)
+        return row
+
+    def rows(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(p.read_text()) for p in sorted(self.folder.glob("*.json"))] if self.folder.exists() else []

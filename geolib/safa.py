@@ -1,0 +1,197 @@
+"""SAFA: spatial-aware feature aggregation over polar-transformed aerial images (DESIGN.md §4).
+
+The model keeps two branches that share no weight (panorama, satellite). The satellite branch
+polar-transforms its square input inside `forward`, so any aerial tile can be passed as is, and the
+polar switch is a model option that the ablation can turn off. Training goes through `train.fit`
+(the same loop as Phase 1) on a CVUSA-layout dataset; evaluation uses the `cvusa` protocol.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .datasets import GeoDataset, ImageItem, default_transform, labels_of, load_image
+from .layers import GeM
+from .render import polar_transform
+
+PROTOCOL_CVUSA = "cvusa"
+SAFA_VIEWS = ("panorama", "satellite")
+
+
+class SpatialAwareAggregation(nn.Module):
+    """K heads; per head: channel mean → Linear(HW, HW/2) → Linear(HW/2, HW) → spatial weights.
+
+    The descriptor of head k is Σ_space weights_k · features (C values); the K descriptors are
+    concatenated (K·C) and L2-normalised. There is no activation between the two linears (SAFA).
+    """
+
+    def __init__(self, grid: tuple[int, int], heads: int = 8) -> None:
+        super().__init__()
+        hw = int(grid[0] * grid[1])
+        self.heads = heads
+        self.down = nn.ModuleList(nn.Linear(hw, max(1, hw // 2)) for _ in range(heads))
+        self.up = nn.ModuleList(nn.Linear(max(1, hw // 2), hw) for _ in range(heads))
+
+    def weights(self, x: Tensor) -> Tensor:
+        """(B, K, HW) spatial weights of a (B, C, H, W) map."""
+        pooled = x.mean(dim=1).flatten(1)  # (B, HW)
+        return torch.stack([up(down(pooled)) for down, up in zip(self.down, self.up)], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weights(x)                                  # (B, K, HW)
+        desc = torch.einsum("bkn,bcn->bkc", w, x.flatten(2))  # (B, K, C)
+        return F.normalize(desc.flatten(1), dim=-1)
+
+
+class GeMAggregation(nn.Module):
+    """The ablation's alternative to SA aggregation: GeM over space, L2-normalised (C values)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gem = GeM()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.gem(x.permute(0, 2, 3, 1)), dim=-1)
+
+
+class SAFABranch(nn.Module):
+    """Backbone feature map (last stage, or `stage`) → aggregation; input size fixed at build time
+    because the SA linears are sized by the map's HW."""
+
+    def __init__(self, backbone: str, input_hw: tuple[int, int], heads: int = 8, aggregation: str = "sa",
+                 stage: int = -1, pretrained: bool | str = False) -> None:
+        super().__init__()
+        from .models import create_backbone
+
+        self.backbone = create_backbone(backbone, pretrained, None)
+        self.stage = stage
+        with torch.no_grad():
+            was = self.backbone.training
+            self.backbone.eval()
+            fmap = self.feature_map(torch.zeros(1, 3, *input_hw))
+            self.backbone.train(was)
+        self.channels, grid = int(fmap.shape[1]), (int(fmap.shape[2]), int(fmap.shape[3]))
+        if aggregation == "sa":
+            self.pool: nn.Module = SpatialAwareAggregation(grid, heads)
+            self.out_dim = heads * self.channels
+        elif aggregation == "gem":
+            self.pool, self.out_dim = GeMAggregation(), self.channels
+        else:
+            raise ValueError(f"unknown aggregation {aggregation!r}; choose sa or gem")
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.backbone(x)[self.stage]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.feature_map(x))
+
+
+class SAFAModel(nn.Module):
+    """`forward(x, view)`: panorama (B,3,H,W) or satellite (B,3,S,S) → L2-normalised K·C embedding."""
+
+    def __init__(self, backbone: str = "resnet10t", pano_hw: tuple[int, int] = (112, 616), sat_size: int = 256,
+                 polar: bool = True, heads: int = 8, aggregation: str = "sa", stage: int = -1,
+                 pretrained: bool | str = False) -> None:
+        super().__init__()
+        self.pano_hw, self.sat_size, self.polar = tuple(pano_hw), int(sat_size), bool(polar)
+        sat_hw = self.pano_hw if polar else (self.sat_size, self.sat_size)
+        self.branches = nn.ModuleDict({
+            "panorama": SAFABranch(backbone, self.pano_hw, heads, aggregation, stage, pretrained),
+            "satellite": SAFABranch(backbone, sat_hw, heads, aggregation, stage, pretrained)})
+        self.embed_dim = self.branches["panorama"].out_dim
+        self.config = {"name": "safa", "backbone": backbone, "pano_hw": list(self.pano_hw), "sat_size": self.sat_size,
+                       "polar": self.polar, "heads": heads, "aggregation": aggregation, "stage": stage}
+
+    def forward(self, x: Tensor, view: str) -> Tensor:
+        if view not in self.branches:
+            raise KeyError(f"unknown view {view!r}; SAFA has {', '.join(self.branches)}")
+        if view == "satellite" and self.polar:
+            x = polar_transform(x, *self.pano_hw)
+        return self.branches[view](x)
+
+    def input_sizes(self) -> dict[str, tuple[int, int]]:
+        """What each view's transform should resize to (the satellite stays square)."""
+        return {"panorama": self.pano_hw, "satellite": (self.sat_size, self.sat_size)}
+
+
+# --------------------------------------------------------------------------- data and training
+
+def view_transforms(sizes: Mapping[str, tuple[int, int]], train: bool) -> dict[str, Callable]:
+    return {v: default_transform(tuple(hw), train=train) for v, hw in sizes.items()}
+
+
+class PairedViews(torch.utils.data.Dataset):
+    """One-to-one pairs (CVUSA/CVACT) as fit expects them: item i → ({view: image}, pair label).
+
+    Unlike `MultiViewPlaces`, each view has its own transform (panoramas are not square).
+    """
+
+    def __init__(self, items: Sequence[ImageItem], transforms: Mapping[str, Callable]) -> None:
+        by_view = {v: {it.label: it for it in items if it.view == v} for v in transforms}
+        self.labels = sorted(set.intersection(*(set(d) for d in by_view.values())))
+        if not self.labels:
+            raise ValueError(f"no pair has every view {list(transforms)}; is this a CVUSA-layout split?")
+        self.by_view, self.transforms = by_view, dict(transforms)
+        self.views = list(transforms)
+        self.utm = np.full((len(self.labels), 2), np.nan)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, Tensor], int]:
+        lab = self.labels[i]
+        return {v: self.transforms[v](load_image(self.by_view[v][lab].path)) for v in self.views}, lab
+
+
+def cvusa_splits(ds: GeoDataset) -> tuple[str, str]:
+    """(train split, evaluation split) of a CVUSA-layout dataset: val when present, else test."""
+    splits = {it.split for it in ds.items}
+    return "train", ("val" if "val" in splits else "test")
+
+
+@torch.no_grad()
+def evaluate_pairs(model: nn.Module, ds: GeoDataset, sizes: Mapping[str, tuple[int, int]],
+                   split: str | None = None, query_view: str = "panorama", gallery_view: str = "satellite",
+                   batch_size: int = 64, device: str = "cpu") -> dict[str, float]:
+    """R@1/5/10/1% of panorama→satellite under the `cvusa` protocol (one true tile per query)."""
+    from .evaluate import label_ranks, metrics_from_ranks
+    from .train import embed_items
+
+    split = split or cvusa_splits(ds)[1]
+    tf = view_transforms(sizes, train=False)
+    q, g = ds.select(view=query_view, split=split), ds.select(view=gallery_view, split=split)
+    if not q or not g:
+        raise ValueError(f"split {split!r} has {len(q)} {query_view} and {len(g)} {gallery_view} images")
+    qe = embed_items(model, q, query_view, tf[query_view], batch_size, device)
+    ge = embed_items(model, g, gallery_view, tf[gallery_view], batch_size, device)
+    ranks = label_ranks(qe, labels_of(q), ge, labels_of(g))
+    out = metrics_from_ranks(ranks, ks=(1, 5, 10))
+    return {k: out[k] for k in ("R@1", "R@5", "R@10", "R@1%") if k in out}
+
+
+def train_safa(model: SAFAModel, ds: GeoDataset, cfg: "Any", out_dir: str | Path, *, alpha: float = 10.0,
+               max_minutes: float | None = None, progress: bool = True):
+    """SAFA's weighted soft-margin triplet (α=10) through `train.fit`; evaluates R@1 each epoch."""
+    from .losses import SoftMarginTriplet
+    from .train import fit
+
+    cfg.views = SAFA_VIEWS
+    cfg.extra.setdefault("model", model.config)
+    train_split, eval_split = cvusa_splits(ds)
+    sizes = model.input_sizes()
+    places = PairedViews(ds.select(split=train_split), view_transforms(sizes, train=True))
+
+    def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
+        return {"panorama→satellite R@1": evaluate_pairs(m, ds, sizes, eval_split, device=cfg.device)["R@1"]}
+
+    return fit(model, places, cfg, out_dir, SoftMarginTriplet(alpha), evaluate=evaluate,
+               select_metric="panorama→satellite R@1", progress=progress, max_minutes=max_minutes)
