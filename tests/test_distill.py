@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_image
+from geolib.crossview import evaluate_crossview
+from geolib.datasets import load_dataset
+from geolib.distill import (DistillConfig, RowRunner, StudentModel, cache_teacher, dual_cosine_loss,
+                            load_student, save_student, train_items, train_student)
+from geolib.models import create_model
+
+TINY = dict(img_size=32, embed_dim=16, fusion_dim=16, pooling="gem",
+            backbone_options={"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]})
+VIEWS = ("street", "drone")
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """On 2 shared, busy cores two torch threads spin against each other (measured: 5 tiny
+    backward steps took 43 s with 2 threads, 0.2 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("u")
+    for b in range(1, 9):
+        for v in ("street", "drone", "satellite"):
+            make_image(root / "train" / v / f"{b:04d}" / "a.jpg", seed=b * 3 + len(v), size=(32, 32))
+    for b in range(11, 15):
+        for v in ("street", "drone", "satellite"):
+            make_image(root / "test" / f"query_{v}" / f"{b:04d}" / "q.jpg", seed=b * 5 + len(v), size=(32, 32))
+        for v in ("drone", "satellite"):
+            make_image(root / "test" / f"gallery_{v}" / f"{b:04d}" / "g.jpg", seed=b * 11 + len(v), size=(32, 32))
+    return load_dataset("university1652", root)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return create_model("phase1-cpu", **TINY).eval()
+
+
+def test_dual_cosine_loss_values():
+    t = {"a": torch.tensor([[1.0, 0.0]]), "b": torch.tensor([[0.0, 1.0]])}
+    assert float(dual_cosine_loss({"a": torch.tensor([[2.0, 0.0]]), "b": torch.tensor([[0.0, 3.0]])}, t)) == pytest.approx(0.0)
+    # view a orthogonal (1 − 0 = 1), view b opposite (1 − (−1) = 2): mean over views = 1.5
+    s = {"a": torch.tensor([[0.0, 1.0]]), "b": torch.tensor([[0.0, -1.0]])}
+    assert float(dual_cosine_loss(s, t)) == pytest.approx(1.5)
+
+
+def test_student_projects_to_teacher_width_per_view(teacher):
+    st = StudentModel("mobilenetv3_small_050", VIEWS, out_dim=teacher.embed_dim, img_size=32).eval()
+    e = st(torch.randn(2, 3, 32, 32), "street")
+    assert e.shape == (2, 16) and torch.allclose(e.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert st.branches["street"].backbone is not st.branches["drone"].backbone
+
+
+def test_teacher_cache_has_one_entry_per_image_and_copy(world, teacher):
+    items = train_items(world, VIEWS)
+    plain = cache_teacher(teacher, items, 32, perturb=False)
+    pert = cache_teacher(teacher, items, 32, perturb=True, copies=2)
+    assert plain.emb["street"].shape == (1, 8, 16) and pert.emb["drone"].shape == (2, 8, 16)
+    assert not np.allclose(pert.emb["street"][0], pert.emb["street"][1])  # independent perturbations
+
+
+def test_student_training_reduces_loss_and_runs_without_teacher(world, teacher, tmp_path):
+    cache = cache_teacher(teacher, train_items(world, VIEWS), 32, perturb=False)
+    st = StudentModel("mobilenetv3_small_050", VIEWS, out_dim=cache.dim, img_size=32)
+    hist = train_student(st, cache, DistillConfig(views=VIEWS, image_size=32, epochs=4, batch_size=4,
+                                                  lr=3e-3, perturb=False))
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    save_student(st, tmp_path / "student")
+    again = load_student(tmp_path / "student")
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.allclose(again(x, "drone"), st(x, "drone"), atol=1e-6)
+    ev = evaluate_crossview(again, world, 32, directions=[("street", "drone")])
+    assert "street→drone" in ev.results
+
+
+def test_row_runner_skips_finished_rows_and_reruns_changed_ones(tmp_path):
+    calls = []
+
+    def row():
+        calls.append(1)
+        return {"R@1": 50.0}
+
+    r = RowRunner(tmp_path / "rows")
+    assert r.run("a/b", {"epochs": 1}, row)["results"] == {"R@1": 50.0}
+    again = RowRunner(tmp_path / "rows")
+    again.run("a/b", {"epochs": 1}, row)
+    assert len(calls) == 1 and again.skipped == ["a/b"]
+    again.run("a/b", {"epochs": 2}, row)
+    assert len(calls) == 2 and json.loads(again.path("a/b").read_text())["config"] == {"epochs": 2}
+    RowRunner(tmp_path / "rows", force=True).run("a/b", {"epochs": 2}, row)
+    assert len(calls) == 3 and len(again.rows()) == 1
