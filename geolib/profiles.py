@@ -31,6 +31,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "batch_size": 8, "backbone_lr": 1e-3, "classifier_lr": 1e-2, "head": "softmax",
                    "place_mode": "conditioned", "classifier_epochs": 2, "num_preds_to_save": 2},
         # Notebook 05: top-k kept per query, example rows, and a fallback model when 02 has not run.
+        # Notebook 03 (issue 5): rows of parts A (Phase 1 ablation), B (students), C (SAFA).
+        "distill": {"rows": None, "epochs": 1, "batch_size": 4, "minutes_per_row": None, "cost_runs": 3,
+                    "threads": 1, "teacher_checkpoint": None, "views": ["street", "drone", "satellite"],
+                    "students": ["mobilenetv3_small_050"], "perturb": [False, True], "copies": 2,
+                    "student_image_size": 32, "student_epochs": 1, "student_batch_size": 4, "student_lr": 1e-3,
+                    "safa_backbone": "resnet10t", "pano_hw": [32, 64], "sat_size": 32, "safa_heads": 8,
+                    "safa_head_rows": [1], "safa_lr": 1e-3},
         "explorer": {"k": 10, "n_examples": 3, "grid_k": 5, "interactive": "auto", "fallback_epochs": 1},
     },
     "default": {
@@ -49,6 +56,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "dc_M": 20, "dc_N": 2, "dc_head": "aamc", "epochs": 8, "iterations_per_epoch": 8,
                    "batch_size": 32, "backbone_lr": 1e-3, "classifier_lr": 1e-2, "head": "softmax",
                    "place_mode": "conditioned", "classifier_epochs": 30, "num_preds_to_save": 3},
+        # Tentative (not yet timed against the 6-minute budget of notebook 03).
+        "distill": {"rows": None, "epochs": 3, "batch_size": 32, "minutes_per_row": 0.5, "cost_runs": 10,
+                    "threads": 2, "teacher_checkpoint": None, "views": ["street", "drone", "satellite"],
+                    "students": ["mobilenetv3_small_050", "efficientnet_lite0", "mobilenetv4_conv_small"],
+                    "perturb": [False, True], "copies": 2, "student_image_size": 64, "student_epochs": 4,
+                    "student_batch_size": 32, "student_lr": 1e-3, "safa_backbone": "resnet10t",
+                    "pano_hw": [32, 128], "sat_size": 64, "safa_heads": 8, "safa_head_rows": [1, 4], "safa_lr": 1e-3},
         "explorer": {"k": 10, "n_examples": 6, "grid_k": 5, "interactive": "auto", "fallback_epochs": 2},
     },
     "full": {
@@ -69,6 +83,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "dc_head": "aamc", "epochs": 50, "iterations_per_epoch": 10000, "batch_size": 32,
                    "backbone_lr": 1e-5, "classifier_lr": 1e-2, "head": "cosface", "place_mode": "conditioned",
                    "classifier_epochs": 50, "num_preds_to_save": 3},
+        # Published settings: SAFA at 112×616 (VGG16-class or timm backbone), FasterViT-class student at 224.
+        "distill": {"rows": None, "epochs": 30, "batch_size": 32, "minutes_per_row": None, "cost_runs": 20,
+                    "threads": 8, "teacher_checkpoint": None, "views": ["street", "drone", "satellite"],
+                    "students": ["fastvit_t8", "efficientnet_lite0", "mobilenetv4_conv_small"],
+                    "perturb": [False, True], "copies": 4, "student_image_size": 224, "student_epochs": 30,
+                    "student_batch_size": 64, "student_lr": 1e-4, "safa_backbone": "vgg16",
+                    "pano_hw": [112, 616], "sat_size": 256, "safa_heads": 8, "safa_head_rows": [1, 4], "safa_lr": 1e-5},
         "explorer": {"k": 20, "n_examples": 8, "grid_k": 5, "interactive": "auto", "fallback_epochs": 0},
     },
 }

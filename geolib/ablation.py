@@ -1,0 +1,215 @@
+"""Notebook 03's rows: Phase 1 ablation (A), Distill4Geo students (B), SAFA (C).
+
+Every row is one training run through geolib's loops, then the same evaluation and `model_cost`;
+its numbers go to a row JSON (`RowRunner`, so a rerun skips finished rows) and to the metrics
+records (`task` crossview / distillation, with protocol and cost). The notebook only picks rows.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .distill import RowRunner
+
+SOURCE = "03_distillation_ablation"
+PART_A_DIRECTIONS = (("street", "drone"), ("drone", "satellite"))
+
+# Row name → the Phase 1 options it changes (on top of the profile's phase1 section).
+PART_A_ROWS: dict[str, dict[str, Any]] = {
+    "A/full": {},
+    "A/no-l2l": {"l2l": False},
+    "A/no-fusion": {"fusion": False},
+    "A/attention-pool": {"pooling": "attention"},
+    "A/gem-pool": {"pooling": "gem"},
+    "A/triplet": {"loss": "triplet"},
+}
+
+
+def part_c_rows(heads: Sequence[int]) -> dict[str, dict[str, Any]]:
+    rows = {"C/safa-polar": {"polar": True}, "C/safa-raw": {"polar": False},
+            "C/gem-polar": {"polar": True, "aggregation": "gem"}}
+    rows.update({f"C/safa-polar-k{k}": {"polar": True, "heads": int(k)} for k in heads})
+    return rows
+
+
+def part_b_rows(students: Sequence[str], perturb: Sequence[bool]) -> dict[str, dict[str, Any]]:
+    return {f"B/student-{s}-{'mp' if p else 'plain'}": {"backbone": s, "perturb": bool(p)}
+            for s in students for p in perturb}
+
+
+def selected(rows: Mapping[str, Any], wanted: Sequence[str] | None) -> list[str]:
+    """Rows whose name starts with any of `wanted` (`["A", "C/safa-raw"]`); all when None."""
+    return [r for r in rows if wanted is None or any(r == w or r.startswith(w.rstrip("/") + "/") or r.startswith(w)
+                                                      for w in wanted)]
+
+
+def _cost(model: torch.nn.Module, size: int | tuple[int, int], view: str, runs: int) -> dict[str, float]:
+    from .cost import model_cost
+
+    return model_cost(model, size, runs=runs, view=view)
+
+
+# --------------------------------------------------------------------------- part A
+
+def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[str, Any], out: Path,
+                   runner: RowRunner, dataset: str) -> dict[str, Any]:
+    """Train one Phase 1 variant; R@1/R@5/AP on street→drone and drone→satellite, and its cost."""
+    from .crossview import evaluate_crossview, record_evaluation, train_crossview
+    from .models import create_model
+    from .train import TrainConfig
+
+    p = {**cfg["phase1"], **changes}
+    row_cfg = {"row": name, **{k: p[k] for k in ("model", "image_size", "model_options", "l2l", "fusion",
+                                                 "pooling", "loss")}, "epochs": cfg["epochs"],
+               "batch_size": cfg["batch_size"], "lr": p["lr"], "minutes": cfg["minutes_per_row"],
+               "dataset": dataset, "seed": cfg["seed"]}
+
+    def train() -> dict[str, Any]:
+        torch.manual_seed(cfg["seed"])
+        model = create_model(p["model"], img_size=p["image_size"], l2l=p["l2l"], fusion=p["fusion"],
+                             pooling=p["pooling"], **p.get("model_options", {}))
+        tc = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=p["lr"], device=cfg["device"],
+                         seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]))
+        ck = out / "checkpoints" / name.replace("/", "_")
+        res = train_crossview(model, ds, tc, ck, image_size=p["image_size"], loss=p["loss"], eval_directions=(),
+                              max_minutes=cfg["minutes_per_row"], progress=False)
+        ev = evaluate_crossview(model, ds, p["image_size"], PART_A_DIRECTIONS, cfg["device"])
+        cost = _cost(model, p["image_size"], "street", cfg["cost_runs"])
+        record_evaluation(ev, source=SOURCE, model=f"phase1-{name.split('/')[1]}", dataset=dataset,
+                          profile=cfg["profile"], seed=cfg["seed"], config=row_cfg, extra_metrics=cost)
+        return {"directions": {k: r.metrics for k, r in ev.results.items()}, "cost": cost,
+                "history": res.history, "checkpoint": str(res.last_path)}
+
+    return runner.run(name, row_cfg, train)
+
+
+# --------------------------------------------------------------------------- part B
+
+def run_teacher_row(teacher: torch.nn.Module, ds: Any, cfg: Mapping[str, Any], runner: RowRunner,
+                    dataset: str, teacher_id: str) -> dict[str, Any]:
+    """The teacher's own R@1 and cost, the reference every student is compared to."""
+    from .crossview import evaluate_crossview, record_evaluation
+
+    size = int(teacher.img_size)
+    row_cfg = {"row": "B/teacher", "teacher": teacher_id, "dataset": dataset}
+
+    def run() -> dict[str, Any]:
+        ev = evaluate_crossview(teacher, ds, size, PART_A_DIRECTIONS, cfg["device"])
+        cost = _cost(teacher, size, "street", cfg["cost_runs"])
+        record_evaluation(ev, source=SOURCE, model="teacher", dataset=dataset, profile=cfg["profile"],
+                          seed=cfg["seed"], config=row_cfg, task="distillation", extra_metrics=cost)
+        return {"directions": {k: r.metrics for k, r in ev.results.items()}, "cost": cost}
+
+    return runner.run("B/teacher", row_cfg, run)
+
+
+def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module, ds: Any,
+                    cfg: Mapping[str, Any], out: Path, runner: RowRunner, dataset: str, teacher_id: str,
+                    caches: dict[bool, Any]) -> dict[str, Any]:
+    """Distil one student; teacher embeddings come from `caches` (filled once per perturb setting)."""
+    from .crossview import evaluate_crossview, record_evaluation
+    from .distill import (DistillConfig, StudentModel, cache_teacher, save_student, train_items,
+                          train_student)
+
+    views = tuple(cfg["views"])
+    size = int(cfg["student_image_size"])
+    row_cfg = {"row": name, "teacher": teacher_id, "backbone": spec["backbone"], "perturb": spec["perturb"],
+               "image_size": size, "epochs": cfg["student_epochs"], "batch_size": cfg["student_batch_size"],
+               "lr": cfg["student_lr"], "copies": cfg["copies"], "dataset": dataset, "seed": cfg["seed"]}
+
+    def run() -> dict[str, Any]:
+        perturb = bool(spec["perturb"])
+        if perturb not in caches:
+            caches[perturb] = cache_teacher(teacher, train_items(ds, views), int(teacher.img_size), perturb,
+                                            cfg["copies"], cfg["seed"], device=cfg["device"])
+        torch.manual_seed(cfg["seed"])
+        student = StudentModel(spec["backbone"], views, caches[perturb].dim, size)
+        dc = DistillConfig(backbone=spec["backbone"], views=views, image_size=size, epochs=cfg["student_epochs"],
+                           batch_size=cfg["student_batch_size"], lr=cfg["student_lr"], perturb=perturb,
+                           copies=cfg["copies"], seed=cfg["seed"], device=cfg["device"],
+                           minutes=cfg["minutes_per_row"])
+        history = train_student(student, caches[perturb], dc)
+        path = save_student(student, out / "checkpoints" / name.replace("/", "_"))
+        ev = evaluate_crossview(student, ds, size, PART_A_DIRECTIONS, cfg["device"])
+        cost = _cost(student, size, "street", cfg["cost_runs"])
+        record_evaluation(ev, source=SOURCE, model=f"student-{spec['backbone']}" + ("-mp" if perturb else ""),
+                          dataset=dataset, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg,
+                          task="distillation", extra_metrics=cost)
+        return {"directions": {k: r.metrics for k, r in ev.results.items()}, "cost": cost, "history": history,
+                "checkpoint": str(path)}
+
+    return runner.run(name, row_cfg, run)
+
+
+# --------------------------------------------------------------------------- part C
+
+def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[str, Any], out: Path,
+                 runner: RowRunner, dataset: str) -> dict[str, Any]:
+    """Train one SAFA variant on the CVUSA-layout export; R@1/5/10/1% (protocol `cvusa`) and cost."""
+    from .records import write_record
+    from .safa import PROTOCOL_CVUSA, SAFAModel, evaluate_pairs, train_safa
+    from .train import TrainConfig
+
+    opts = {"backbone": cfg["safa_backbone"], "pano_hw": tuple(cfg["pano_hw"]), "sat_size": cfg["sat_size"],
+            "heads": cfg["safa_heads"], "aggregation": "sa", **changes}
+    row_cfg = {"row": name, **opts, "pano_hw": list(opts["pano_hw"]), "epochs": cfg["epochs"],
+               "batch_size": cfg["batch_size"], "lr": cfg["safa_lr"], "minutes": cfg["minutes_per_row"],
+               "dataset": dataset, "seed": cfg["seed"]}
+
+    def run() -> dict[str, Any]:
+        torch.manual_seed(cfg["seed"])
+        model = SAFAModel(**opts)
+        tc = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["safa_lr"],
+                         device=cfg["device"], seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]))
+        res = train_safa(model, ds, tc, out / "checkpoints" / name.replace("/", "_"),
+                         max_minutes=cfg["minutes_per_row"], progress=False)
+        metrics = evaluate_pairs(model, ds, model.input_sizes(), device=cfg["device"])
+        cost = _cost(model, tuple(opts["pano_hw"]), "panorama", cfg["cost_runs"])
+        write_record(SOURCE, task="crossview", protocol=PROTOCOL_CVUSA, dataset=dataset, split="val",
+                     query_view="panorama", gallery_view="satellite", model=f"safa-{name.split('/')[1]}",
+                     metrics={**metrics, **cost}, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg)
+        return {"directions": {"panorama→satellite": metrics}, "cost": cost, "history": res.history}
+
+    return runner.run(name, row_cfg, run)
+
+
+# --------------------------------------------------------------------------- tables
+
+def results_table(rows: Sequence[Mapping[str, Any]], direction: str | None = None,
+                  reference: Mapping[str, Any] | None = None):
+    """One line per (row, direction): R@1/5/10/1%, AP, params, GFLOPs, ms; ratios to `reference`."""
+    import pandas as pd
+
+    out = []
+    for row in rows:
+        res = row["results"]
+        for d, m in res["directions"].items():
+            if direction is not None and d != direction:
+                continue
+            line = {"row": row["name"], "direction": d, **{k: m.get(k) for k in ("R@1", "R@5", "R@10", "R@1%", "AP")
+                                                          if k in m},
+                    "params_M": res["cost"]["params"] / 1e6, "gflops": res["cost"]["gflops"],
+                    "ms_per_image": res["cost"]["ms_per_image"]}
+            if reference is not None:
+                rc = reference["results"]["cost"]
+                line["params_ratio"] = rc["params"] / max(1, res["cost"]["params"])
+                line["gflops_ratio"] = rc["gflops"] / max(1e-9, res["cost"]["gflops"])
+            out.append(line)
+    return pd.DataFrame(out)
+
+
+def effect_sentences(table: Any, baseline: str, metric: str = "R@1") -> list[str]:
+    """"<row>: R@1 x vs y for the baseline (±d points)", or "no measurable effect" when |d| < 1 point."""
+    lines = []
+    for direction, group in table.groupby("direction"):
+        base = group[group["row"] == baseline]
+        if base.empty:
+            continue
+        b = float(base[metric].iloc[0])
+        for _, r in group[group["row"] != baseline].iterrows():
+            d = float(r[metric]) - b
+            verdict = "no measurable effect" if abs(d) < 1.0 else f"{d:+.1f} points"
+            lines.append(f"- {direction}, **{r['row']}**: {metric} {r[metric]:.1f} vs {b:.1f} for {baseline} ({verdict}).")
+    return lines
