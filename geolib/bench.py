@@ -58,11 +58,13 @@ class Plan:
     dim: int = 512
     kinds: tuple[str, ...] = ("structured", "uniform")
     uniform_slow_max: int = 100_000  # uniform galleries above this: flat and IVF-Flat only (time)
+    hnsw_max: int = 100_000  # HNSW took 26 s (structured) / 64 s (uniform) to build at 10⁵ on 2 cores
     ivf_nprobes: tuple[int, ...] = (8, 32, 128)
     hnsw_ef: tuple[int, ...] = (64, 128)
     eval_queries: int = 20_000
     eval_gallery: int = 100_000
     eval_chunk: int = 4096
+    eval_small_chunk: int | None = 1024  # a second streaming row: memory follows chunk_size
     train_profiles: tuple[str, ...] = ("smoke", "default", "full")
     train_steps: int = 3
     train_min_s: float = 3.0  # small models: time enough steps for a stable median
@@ -75,11 +77,13 @@ class Plan:
 
 PLANS = {
     "full": Plan("full"),
-    "quick": Plan("quick", sizes=(10_000, 100_000), ivf_nprobes=(8, 32), hnsw_ef=(64,),
+    "quick": Plan("quick", sizes=(10_000, 100_000), ivf_nprobes=(8, 32), hnsw_ef=(64,), uniform_slow_max=10_000,
+                  eval_small_chunk=None,
                   eval_queries=5_000, eval_gallery=20_000, train_profiles=("smoke", "default"),
                   train_steps=2, compile_profiles=(), render_presets=("smoke",), render_shots=32),
     "tiny": Plan("tiny", sizes=(2_000,), queries=50, dim=32, ivf_nprobes=(4,), hnsw_ef=(32,),
-                 eval_queries=200, eval_gallery=1_000, eval_chunk=128, train_profiles=("smoke",),
+                 eval_queries=200, eval_gallery=1_000, eval_chunk=128, eval_small_chunk=None,
+                 train_profiles=("smoke",),
                  train_steps=1, compile_profiles=(), render_presets=("smoke",), render_shots=4,
                  pq={"nbits": 4}, build_world=False, train_min_s=0.0),
 }
@@ -108,7 +112,8 @@ class Recorder:
         self.rows: list[dict[str, Any]] = []
 
     def add(self, section: str, name: str, config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-        config = {"section": section, "case": name, "plan": self.plan.name, **config, "machine": self.machine}
+        config = {"section": section, "case": name, "plan": self.plan.name, **config, "machine": self.machine,
+                  "load_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
         metrics = {k: _round(v) for k, v in metrics.items()}
         rec = {"model": name, "config": config, "metrics": metrics}
         if self.write:
@@ -124,6 +129,8 @@ def _dataset(section: str, config: dict[str, Any]) -> str:
         return f"{config.get('embedding', 'structured')}-{config.get('gallery_size')}x{config.get('dim')}"
     if section == "render":
         return f"synthetic-{config.get('preset')}"
+    if section == "summary":
+        return "bench"
     return f"synthetic-{config.get('profile')}"
 
 
@@ -264,7 +271,7 @@ def index_cases(plan: Plan, n: int, embedding: str) -> Iterator[tuple[str, dict[
         pq = resolve_spec("ivf-pq", n=n, dim=plan.dim, **plan.pq).params
         yield "ivf-pq", {k: pq[k] for k in ("nlist", "m", "nbits")}, \
             tuple({"nprobe": p} for p in plan.ivf_nprobes[-2:] if p <= pq["nlist"])
-    if slow:
+    if slow and n <= plan.hnsw_max:
         h = resolve_spec("hnsw", n=n, dim=plan.dim).params
         yield "hnsw", {"m": h["m"], "ef_construction": h["ef_construction"]}, \
             tuple({"ef_search": e} for e in plan.hnsw_ef)
@@ -356,10 +363,27 @@ def bench_eval(rec: Recorder, plan: Plan) -> None:
             m_secs = time.perf_counter() - t0
             del q, g
         m_mb = mem.peak_mb
-    same = bool(np.array_equal(streamed.first_rank, in_mem.first_rank) and np.array_equal(streamed.ap, in_mem.ap))
+        small = None
+        if plan.eval_small_chunk:
+            _trim()
+            with PeakMemory() as mem:
+                t0 = time.perf_counter()
+                ranks = streaming_label_ranks(qp, q_labels, gp, g_labels, chunk_size=plan.eval_small_chunk)
+                small = (time.perf_counter() - t0, mem, ranks)
+    same = _same_ranks(streamed, in_mem)
     for name, secs, mb in (("eval-streaming", s_secs, s_mb), ("eval-in-memory", m_secs, m_mb)):
         rec.add("eval", name, {**base, "mode": name.split("-", 1)[1]},
                 {"seconds": secs, "queries_per_s": nq / secs, "peak_mb": mb, "ranks_identical": same})
+    if small is not None:
+        secs, mem, ranks = small
+        rec.add("eval", f"eval-streaming chunk={plan.eval_small_chunk}",
+                {**base, "chunk_size": plan.eval_small_chunk, "mode": "streaming"},
+                {"seconds": secs, "queries_per_s": nq / secs, "peak_mb": mem.peak_mb,
+                 "ranks_identical": _same_ranks(ranks, in_mem)})
+
+
+def _same_ranks(a: Any, b: Any) -> bool:
+    return bool(np.array_equal(a.first_rank, b.first_rank) and np.array_equal(a.ap, b.ap))
 
 
 # ----------------------------------------------------------------------------- training
@@ -544,7 +568,8 @@ def bench_render(rec: Recorder, plan: Plan) -> None:
 
 COLUMNS = (("qps", "QPS"), ("recall@10_vs_exact", "recall@10"), ("speedup_vs_exact", "× exact"),
            ("build_s", "build s"), ("seconds", "s"), ("peak_mb", "peak MB"), ("images_per_s", "images/s"),
-           ("data_share", "data share"), ("speedup_vs_eager", "× eager"))
+           ("data_share", "data share"), ("speedup_vs_eager", "× eager"), ("ranks_identical", "same ranks"),
+           ("cpu_s", "CPU s"))
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -597,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = PLANS["tiny" if args.tiny else "quick" if args.quick else "full"]
     _release_freed_memory()
     rec = Recorder(plan, write=not args.no_record)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     print(f"geolib bench ({plan.name}) on {rec.machine['cores']} cores, torch {rec.machine['torch']}, "
           f"faiss {rec.machine['faiss']}, load {rec.machine['load_1min_at_start']}", flush=True)
     runners = {"retrieval": bench_retrieval, "eval": bench_eval, "train": bench_train, "render": bench_render}
@@ -605,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
         if section in sections:
             runners[section](rec, plan)
     total = time.perf_counter() - t0
+    rec.add("summary", f"bench {plan.name} total", {"sections": sections},
+            {"seconds": total, "cpu_s": time.process_time() - cpu0,
+             "load_1min_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None})
     print()
     print(markdown_table(rec.rows))
     print(f"\n{len(rec.rows)} rows in {total / 60:.1f} min"

@@ -35,9 +35,10 @@ def test_tiny_bench_writes_well_formed_records(tiny_run):
         assert r["task"] == "bench" and r["profile"] == "bench" and r["metrics"]
         m = r["config"]["machine"]
         assert {"cores", "torch", "device", "faiss"} <= set(m)
-        assert r["config"]["section"] in bench.SECTIONS
+        assert r["config"]["section"] in (*bench.SECTIONS, "summary")
     sections = {r["config"]["section"] for r in records}
-    assert sections == set(bench.SECTIONS)
+    assert sections == {*bench.SECTIONS, "summary"}
+    assert records[-1]["metrics"]["seconds"] > 0 and records[-1]["config"]["section"] == "summary"
 
 
 def test_retrieval_rows(tiny_run):
