@@ -27,6 +27,13 @@ PART_A_ROWS: dict[str, dict[str, Any]] = {
 }
 
 
+def part_a_rows(phase1: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows that change something in this profile's Phase 1 (GeM vs attention: whichever is not
+    already the base), so no row is a silent duplicate of `A/full`."""
+    return {name: ch for name, ch in PART_A_ROWS.items()
+            if name == "A/full" or any(phase1.get(k) != v for k, v in ch.items())}
+
+
 def part_c_rows(heads: Sequence[int]) -> dict[str, dict[str, Any]]:
     rows = {"C/safa-polar": {"polar": True}, "C/safa-raw": {"polar": False},
             "C/gem-polar": {"polar": True, "aggregation": "gem"}}
@@ -43,6 +50,11 @@ def selected(rows: Mapping[str, Any], wanted: Sequence[str] | None) -> list[str]
     """Rows whose name starts with any of `wanted` (`["A", "C/safa-raw"]`); all when None."""
     return [r for r in rows if wanted is None or any(r == w or r.startswith(w.rstrip("/") + "/") or r.startswith(w)
                                                       for w in wanted)]
+
+
+def _directions(ev: Any) -> dict[str, dict[str, float]]:
+    """Metrics per direction, with the query count: one query's worth of recall is the resolution."""
+    return {k: {**r.metrics, "queries": r.n_queries} for k, r in ev.results.items()}
 
 
 def _cost(model: torch.nn.Module, size: int | tuple[int, int], view: str, runs: int) -> dict[str, float]:
@@ -79,8 +91,8 @@ def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[
         cost = _cost(model, p["image_size"], "street", cfg["cost_runs"])
         record_evaluation(ev, source=SOURCE, model=f"phase1-{name.split('/')[1]}", dataset=dataset,
                           profile=cfg["profile"], seed=cfg["seed"], config=row_cfg, extra_metrics=cost)
-        return {"directions": {k: r.metrics for k, r in ev.results.items()}, "cost": cost,
-                "history": res.history, "checkpoint": str(res.last_path)}
+        return {"directions": _directions(ev), "cost": cost, "history": res.history,
+                "checkpoint": str(res.last_path)}
 
     return runner.run(name, row_cfg, train)
 
@@ -100,7 +112,7 @@ def run_teacher_row(teacher: torch.nn.Module, ds: Any, cfg: Mapping[str, Any], r
         cost = _cost(teacher, size, "street", cfg["cost_runs"])
         record_evaluation(ev, source=SOURCE, model="teacher", dataset=dataset, profile=cfg["profile"],
                           seed=cfg["seed"], config=row_cfg, task="distillation", extra_metrics=cost)
-        return {"directions": {k: r.metrics for k, r in ev.results.items()}, "cost": cost}
+        return {"directions": _directions(ev), "cost": cost}
 
     return runner.run("B/teacher", row_cfg, run)
 
@@ -137,8 +149,7 @@ def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module
         record_evaluation(ev, source=SOURCE, model=f"student-{spec['backbone']}" + ("-mp" if perturb else ""),
                           dataset=dataset, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg,
                           task="distillation", extra_metrics=cost)
-        return {"directions": {k: r.metrics for k, r in ev.results.items()}, "cost": cost, "history": history,
-                "checkpoint": str(path)}
+        return {"directions": _directions(ev), "cost": cost, "history": history, "checkpoint": str(path)}
 
     return runner.run(name, row_cfg, run)
 
@@ -149,7 +160,7 @@ def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[st
                  runner: RowRunner, dataset: str) -> dict[str, Any]:
     """Train one SAFA variant on the CVUSA-layout export; R@1/5/10/1% (protocol `cvusa`) and cost."""
     from .records import write_record
-    from .safa import PROTOCOL_CVUSA, SAFAModel, evaluate_pairs, train_safa
+    from .safa import PROTOCOL_CVUSA, SAFAModel, cvusa_splits, evaluate_pairs, train_safa
     from .train import TrainConfig
 
     opts = {"backbone": cfg["safa_backbone"], "pano_hw": tuple(cfg["pano_hw"]), "sat_size": cfg["sat_size"],
@@ -170,7 +181,8 @@ def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[st
         write_record(SOURCE, task="crossview", protocol=PROTOCOL_CVUSA, dataset=dataset, split="val",
                      query_view="panorama", gallery_view="satellite", model=f"safa-{name.split('/')[1]}",
                      metrics={**metrics, **cost}, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg)
-        return {"directions": {"panorama→satellite": metrics}, "cost": cost, "history": res.history}
+        n = len(ds.select(view="panorama", split=cvusa_splits(ds)[1]))
+        return {"directions": {"panorama→satellite": {**metrics, "queries": n}}, "cost": cost, "history": res.history}
 
     return runner.run(name, row_cfg, run)
 
@@ -188,8 +200,8 @@ def results_table(rows: Sequence[Mapping[str, Any]], direction: str | None = Non
         for d, m in res["directions"].items():
             if direction is not None and d != direction:
                 continue
-            line = {"row": row["name"], "direction": d, **{k: m.get(k) for k in ("R@1", "R@5", "R@10", "R@1%", "AP")
-                                                          if k in m},
+            line = {"row": row["name"], "direction": d, **{k: m.get(k) for k in ("R@1", "R@5", "R@10", "R@1%", "AP",
+                                                                                 "queries") if k in m},
                     "params_M": res["cost"]["params"] / 1e6, "gflops": res["cost"]["gflops"],
                     "ms_per_image": res["cost"]["ms_per_image"]}
             if reference is not None:
@@ -200,16 +212,26 @@ def results_table(rows: Sequence[Mapping[str, Any]], direction: str | None = Non
     return pd.DataFrame(out)
 
 
+def resolution(queries: Any) -> float:
+    """The smallest recall change worth a word: one point, or one query's worth when queries are few."""
+    try:
+        return max(1.0, 100.0 / float(queries))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return 1.0
+
+
 def effect_sentences(table: Any, baseline: str, metric: str = "R@1") -> list[str]:
-    """"<row>: R@1 x vs y for the baseline (±d points)", or "no measurable effect" when |d| < 1 point."""
+    """"<row>: R@1 x vs y for the baseline (±d points)"; "no measurable effect" when the change is
+    within one query's worth of recall (or under 1 point)."""
     lines = []
     for direction, group in table.groupby("direction"):
         base = group[group["row"] == baseline]
         if base.empty:
             continue
         b = float(base[metric].iloc[0])
+        res = resolution(base["queries"].iloc[0]) if "queries" in base else 1.0
         for _, r in group[group["row"] != baseline].iterrows():
             d = float(r[metric]) - b
-            verdict = "no measurable effect" if abs(d) < 1.0 else f"{d:+.1f} points"
+            verdict = "no measurable effect" if abs(d) <= res + 1e-9 else f"{d:+.1f} points"
             lines.append(f"- {direction}, **{r['row']}**: {metric} {r[metric]:.1f} vs {b:.1f} for {baseline} ({verdict}).")
     return lines
