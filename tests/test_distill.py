@@ -99,3 +99,21 @@ def test_row_runner_skips_finished_rows_and_reruns_changed_ones(tmp_path):
     assert len(calls) == 2 and json.loads(again.path("a/b").read_text())["config"] == {"epochs": 2}
     RowRunner(tmp_path / "rows", force=True).run("a/b", {"epochs": 2}, row)
     assert len(calls) == 3 and len(again.rows()) == 1
+
+
+def test_ablation_rows_selection_and_findings():
+    import pandas as pd
+
+    from geolib import ablation as ab
+
+    a = ab.part_a_rows({"l2l": True, "fusion": True, "pooling": "gem", "loss": "infonce"})
+    assert "A/gem-pool" not in a and "A/attention-pool" in a and "A/full" in a  # no duplicate of the base
+    assert ab.selected(a, ["A/no-l2l", "A/triplet"]) == ["A/no-l2l", "A/triplet"]
+    assert ab.selected(ab.part_c_rows([1, 4]), ["C/safa-polar-k"]) == ["C/safa-polar-k1", "C/safa-polar-k4"]
+    assert list(ab.part_b_rows(["m"], [False, True])) == ["B/student-m-plain", "B/student-m-mp"]
+    t = pd.DataFrame([{"row": "A/full", "direction": "s→d", "R@1": 50.0, "queries": 200},
+                      {"row": "A/x", "direction": "s→d", "R@1": 50.4, "queries": 200},
+                      {"row": "A/y", "direction": "s→d", "R@1": 40.0, "queries": 200}])
+    lines = ab.effect_sentences(t, "A/full")
+    assert "no measurable effect" in lines[0] and "-10.0 points" in lines[1]
+    assert ab.resolution(10) == 10.0 and ab.resolution(1000) == 1.0
