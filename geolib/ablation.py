@@ -52,6 +52,17 @@ def selected(rows: Mapping[str, Any], wanted: Sequence[str] | None) -> list[str]
                                                       for w in wanted)]
 
 
+def checkpoint_id(path: str | Path) -> str:
+    """`<path>@<sha1 of its JSON and weights>`: rows keyed on it rerun when the checkpoint changes."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha1()
+    for f in sorted(path.parent.glob(path.name + ".*")):
+        h.update(f.read_bytes())
+    return f"{path}@{h.hexdigest()[:12]}"
+
+
 def _directions(ev: Any) -> dict[str, dict[str, float]]:
     """Metrics per direction, with the query count: one query's worth of recall is the resolution."""
     return {k: {**r.metrics, "queries": r.n_queries} for k, r in ev.results.items()}
@@ -84,7 +95,7 @@ def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[
                              pooling=p["pooling"], **p.get("model_options", {}))
         tc = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=p["lr"], device=cfg["device"],
                          seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]))
-        ck = out / "checkpoints" / name.replace("/", "_")
+        ck = out / name.replace("/", "_")
         res = train_crossview(model, ds, tc, ck, image_size=p["image_size"], loss=p["loss"], eval_directions=(),
                               max_minutes=cfg["minutes_per_row"], progress=False)
         ev = evaluate_crossview(model, ds, p["image_size"], PART_A_DIRECTIONS, cfg["device"])
@@ -143,7 +154,7 @@ def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module
                            copies=cfg["copies"], seed=cfg["seed"], device=cfg["device"],
                            minutes=cfg["minutes_per_row"])
         history = train_student(student, caches[perturb], dc)
-        path = save_student(student, out / "checkpoints" / name.replace("/", "_"))
+        path = save_student(student, out / name.replace("/", "_"))
         ev = evaluate_crossview(student, ds, size, PART_A_DIRECTIONS, cfg["device"])
         cost = _cost(student, size, "street", cfg["cost_runs"])
         record_evaluation(ev, source=SOURCE, model=f"student-{spec['backbone']}" + ("-mp" if perturb else ""),
@@ -174,7 +185,7 @@ def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[st
         model = SAFAModel(**opts)
         tc = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["safa_lr"],
                          device=cfg["device"], seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]))
-        res = train_safa(model, ds, tc, out / "checkpoints" / name.replace("/", "_"),
+        res = train_safa(model, ds, tc, out / name.replace("/", "_"),
                          max_minutes=cfg["minutes_per_row"], progress=False)
         metrics = evaluate_pairs(model, ds, model.input_sizes(), device=cfg["device"])
         cost = _cost(model, tuple(opts["pano_hw"]), "panorama", cfg["cost_runs"])
