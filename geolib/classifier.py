@@ -171,7 +171,9 @@ def evaluate_closed_set(model: HierarchicalClassifier, features: np.ndarray | Te
     """Region top-1/top-3 and place top-1/top-5 in percent, with the region confusion matrix."""
     model = model.to(device).eval()
     x = torch.as_tensor(np.asarray(features) if not isinstance(features, Tensor) else features)
-    parts = [model.scores(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+    # an empty held-out set (every place has a single image) scores 0 rather than crashing
+    parts = [model.scores(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)] or \
+        [(torch.zeros(0, model.num_regions), torch.zeros(0, len(model.place_region)))]
     r = torch.cat([p[0] for p in parts]).cpu().numpy()
     p = torch.cat([p[1] for p in parts]).cpu().numpy()
     return _result(r, p, np.asarray(region), np.asarray(place), model.num_regions)
@@ -184,9 +186,10 @@ def _result(region_scores: np.ndarray, place_scores: np.ndarray, region: np.ndar
     rk, pk = topk_hits(region_scores, region, (1, 3)), topk_hits(place_scores, place, (1, 5))
     metrics = {"region_top1": rk[1], "region_top3": rk[3], "place_top1": pk[1], "place_top5": pk[5],
                "region_chance": 100.0 / max(1, num_regions)}
-    region_pred = region_scores.argmax(1)
-    confusion = confusion_matrix(region, region_pred, labels=np.arange(num_regions))
-    return ClassificationResult(metrics, region_pred, place_scores.argmax(1), confusion)
+    region_pred = region_scores.argmax(1) if len(region) else np.zeros(0, np.int64)
+    confusion = (confusion_matrix(region, region_pred, labels=np.arange(num_regions)) if len(region)
+                 else np.zeros((num_regions, num_regions), np.int64))
+    return ClassificationResult(metrics, region_pred, place_scores.argmax(1) if len(place) else region_pred, confusion)
 
 
 def prototypes(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -119,7 +119,14 @@ class Division:
 
 def divide(east: np.ndarray, north: np.ndarray, heading: np.ndarray | None = None, *, M: float = 10,
            alpha: float = 30, N: int = 5, L: int = 2, min_images_per_class: int = 10) -> Division:
-    """CosPlace's division (or D&C's with `heading=None`); small classes are dropped and logged."""
+    """CosPlace's division (or D&C's with `heading=None`); small classes are dropped and logged.
+
+    With `alpha >= 360` every heading falls in one bin, so an image without a heading loses nothing
+    and is kept (bin 0): on data whose queries carry no heading (the synthetic export's train
+    queries, with night and fog) that keeps the only night and fog training images.
+    """
+    if heading is not None and alpha >= 360:
+        heading = np.nan_to_num(np.asarray(heading, np.float64), nan=0.0)
     rounded, _ = class_and_group(east, north, heading, M, alpha, N, L)
     valid = np.isfinite(rounded).all(axis=1)
     missing = int((~valid).sum())
@@ -184,25 +191,21 @@ class PlaceNet(nn.Module):
                  image_size: int = 224, pretrained: bool | str = False, mix_depth: int = 4,
                  out_channels: int = 1024, out_rows: int = 4, attention_heads: int = 4) -> None:
         super().__init__()
-        import timm
-
         from .layers import GeM, AttentionPool, MixVPRPool
+        from .models import create_backbone
 
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
-        kwargs: dict[str, Any] = {"features_only": True, "out_indices": (-1,)}
-        if isinstance(pretrained, str):
-            kwargs["pretrained_cfg_overlay"] = {"file": pretrained}
-        self.backbone = timm.create_model(backbone, pretrained=bool(pretrained), **kwargs)
+        # geolib.models' factory: any timm CNN, or the offline ImageNet EfficientNet-Lite0.
+        self.backbone = create_backbone(backbone, pretrained, out_indices=[-1])
         self.nhwc = "NHWC" in str(getattr(self.backbone, "output_fmt", "NCHW"))
-        channels = self.backbone.feature_info.channels()[-1]
+        h, w, channels = self._grid(image_size)
         self.aggregation_name = aggregation
         if aggregation == "gem":
             self.pool, self.fc = GeM(), nn.Linear(channels, out_dim)
         elif aggregation == "attention":
             self.pool, self.fc = AttentionPool(channels, attention_heads), nn.Linear(channels, out_dim)
         else:
-            h, w = self._grid(image_size)
             self.pool = MixVPRPool(channels, h, w, out_channels=out_channels, mix_depth=mix_depth,
                                    out_rows=out_rows)
             self.fc = nn.Identity()
@@ -210,13 +213,13 @@ class PlaceNet(nn.Module):
         self.out_dim = out_dim
 
     @torch.no_grad()
-    def _grid(self, image_size: int) -> tuple[int, int]:
-        """MixVPR's Linear layers are sized by the map's H·W, so probe it once."""
+    def _grid(self, image_size: int) -> tuple[int, int, int]:
+        """(H, W, C) of the last map: MixVPR's Linear layers are sized by H·W, so probe it once."""
         was_training = self.backbone.training
         self.backbone.eval()
         maps = self.features(torch.zeros(1, 3, image_size, image_size))
         self.backbone.train(was_training)
-        return int(maps.shape[1]), int(maps.shape[2])
+        return int(maps.shape[1]), int(maps.shape[2]), int(maps.shape[3])
 
     def features(self, x: Tensor) -> Tensor:
         """Last-stage map, channels-last `(B, H, W, C)`."""

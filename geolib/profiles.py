@@ -24,12 +24,14 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "l2l": True, "fusion": True, "pooling": "attention", "loss": "infonce", "epochs": 1,
                    "batch_size": 4, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.1, "minutes": None,
                    "sampling": "random", "eval_every": 1, "flip_tta": False},
-        "phase2": {"methods": ["hierarchical", "cosplace", "dc"], "data_root": None, "query_folder": "queries",
-                   "backbone": "resnet10t", "aggregation": "gem", "out_dim": 16, "image_size": 32,
-                   "M": 10, "alpha": 30, "N": 1, "L": 1, "groups_num": 1, "min_images_per_class": 2,
-                   "dc_M": 20, "dc_N": 1, "dc_head": "aamc", "epochs": 1, "iterations_per_epoch": 2,
-                   "batch_size": 8, "backbone_lr": 1e-3, "classifier_lr": 1e-2, "head": "softmax",
-                   "place_mode": "conditioned", "classifier_epochs": 2, "num_preds_to_save": 2},
+        "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"], "data_root": None,
+                   "query_folders": None, "university_root": None, "backbone": "resnet10t", "pretrained": False,
+                   "aggregation": "gem", "out_dim": 16, "image_size": 32, "mixvpr": {"out_channels": 8, "out_rows": 2, "mix_depth": 1},
+                   "M": 10, "alpha": 360, "N": 1, "L": 1, "groups_num": 1, "min_images_per_class": 1,
+                   "dc_M": 20, "dc_N": 1, "dc_heads": ["aamc"], "dc_train": "test-database", "epochs": 1,
+                   "iterations_per_epoch": 2, "batch_size": 8, "backbone_lr": 1e-3, "classifier_lr": 1e-2,
+                   "head": "softmax", "place_mode": "conditioned", "classifier_epochs": 2, "num_preds_to_save": 2,
+                   "save_only_wrong": False, "threads": 2},
         # Notebook 05: top-k kept per query, example rows, and a fallback model when 02 has not run.
         # Notebook 03 (issue 5): rows of parts A (Phase 1 ablation), B (students), C (SAFA).
         "distill": {"rows": None, "epochs": 1, "batch_size": 4, "minutes_per_row": None, "cost_runs": 3,
@@ -49,13 +51,21 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "model_options": {}, "l2l": True, "fusion": True, "pooling": "gem",
                    "loss": "infonce", "epochs": 12, "batch_size": 32, "lr": 5e-4, "weight_decay": 0.05,
                    "warmup": 0.1, "minutes": 5.0, "sampling": "random", "eval_every": 2, "flip_tta": False},
-        # Tentative until the world's VPR export lands: sized for ~1.5 min per method on 2 cores.
-        "phase2": {"methods": ["hierarchical", "cosplace", "dc"], "data_root": None, "query_folder": "queries",
-                   "backbone": "resnet18", "aggregation": "gem", "out_dim": 128, "image_size": 64,
-                   "M": 10, "alpha": 30, "N": 5, "L": 2, "groups_num": 8, "min_images_per_class": 5,
-                   "dc_M": 20, "dc_N": 2, "dc_head": "aamc", "epochs": 8, "iterations_per_epoch": 8,
-                   "batch_size": 32, "backbone_lr": 1e-3, "classifier_lr": 1e-2, "head": "softmax",
-                   "place_mode": "conditioned", "classifier_epochs": 30, "num_preds_to_save": 3},
+        # Sized for ~4 min on 2 CPU cores: the offline ImageNet EfficientNet-Lite0 at 64 px. The export's
+        # database is sparse (a point every 12 m, one heading each way) and its train queries carry no
+        # heading, so CosPlace's classes are 25 m cells over all headings (alpha 360 keeps the
+        # heading-less night/fog train queries) in one group; D&C's cells are learnt on the test
+        # area's database, since the export's test regions are not in its train split.
+        "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"], "data_root": None,
+                   "query_folders": None, "university_root": None, "backbone": "efficientnet-lite0",
+                   "pretrained": True, "aggregation": "gem", "out_dim": 128, "image_size": 64,
+                   "mixvpr": {"out_channels": 32, "out_rows": 4, "mix_depth": 2},
+                   "M": 25, "alpha": 360, "N": 1, "L": 1, "groups_num": 1, "min_images_per_class": 3,
+                   "dc_M": 20, "dc_N": 2, "dc_heads": ["aamc", "ce"], "dc_train": "test-database",
+                   "dc_min_images_per_class": 2, "dc_epochs": 8, "dc_iterations_per_epoch": 10,
+                   "epochs": 4, "iterations_per_epoch": 25, "batch_size": 32, "backbone_lr": 3e-4,
+                   "classifier_lr": 1e-2, "head": "softmax", "place_mode": "conditioned", "classifier_epochs": 30,
+                   "num_preds_to_save": 3, "save_only_wrong": False, "threads": 2},
         # Tentative (not yet timed against the 6-minute budget of notebook 03).
         "distill": {"rows": None, "epochs": 3, "batch_size": 32, "minutes_per_row": 0.5, "cost_runs": 10,
                     "threads": 2, "teacher_checkpoint": None, "views": ["street", "drone", "satellite"],
@@ -76,13 +86,15 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "eval_every": 5, "flip_tta": True},
         # The course project's CosPlace (ResNet-18 + GeM, 512-d, SF-XS train) and D&C's setting
         # (EfficientNet-B0, M=20, N=2, AAMC); test on SF-XS queries_v1 and Tokyo-XS.
-        "phase2": {"methods": ["hierarchical", "cosplace", "dc"], "data_root": None, "query_folder": "queries_v1",
+        "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"], "data_root": None,
+                   "query_folders": {"day": "queries_v1"}, "university_root": None, "dc_train": "train",
                    "backbone": "resnet18", "aggregation": "gem", "out_dim": 512, "image_size": 512,
+                   "mixvpr": {"out_channels": 1024, "out_rows": 4, "mix_depth": 4},
                    "pretrained": True, "M": 10, "alpha": 30, "N": 5, "L": 2, "groups_num": 8,
                    "min_images_per_class": 10, "dc_backbone": "efficientnet_b0", "dc_M": 20, "dc_N": 2,
-                   "dc_head": "aamc", "epochs": 50, "iterations_per_epoch": 10000, "batch_size": 32,
+                   "dc_heads": ["aamc", "lmcc", "ce"], "epochs": 50, "iterations_per_epoch": 10000, "batch_size": 32,
                    "backbone_lr": 1e-5, "classifier_lr": 1e-2, "head": "cosface", "place_mode": "conditioned",
-                   "classifier_epochs": 50, "num_preds_to_save": 3},
+                   "classifier_epochs": 50, "num_preds_to_save": 3, "save_only_wrong": False, "threads": None},
         # Published settings: SAFA at 112×616 (VGG16-class or timm backbone), FasterViT-class student at 224.
         "distill": {"rows": None, "epochs": 30, "batch_size": 32, "minutes_per_row": None, "cost_runs": 20,
                     "threads": 8, "teacher_checkpoint": None, "views": ["street", "drone", "satellite"],

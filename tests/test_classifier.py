@@ -140,3 +140,10 @@ def test_write_classification_records():
     assert recs[-1]["task"] == "classification"
     with pytest.raises(ValueError, match="protocol"):
         C.write_classification_record("x", {"a": 1.0}, protocol="vpr-25m", dataset="d", profile="smoke", seed=0)
+
+
+def test_closed_set_on_an_empty_held_out_set(toy):
+    feats, region, place, _, _ = toy
+    model, _ = C.fit_hierarchical(feats, region, place, C.HierarchicalConfig(epochs=1), progress=False)
+    res = C.evaluate_closed_set(model, feats[:0], region[:0], place[:0])
+    assert res.metrics["region_top1"] == 0.0 and res.confusion.sum() == 0

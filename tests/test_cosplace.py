@@ -63,6 +63,15 @@ def test_divide_drops_small_classes_and_logs(caplog):
         cosplace.build_heads(divide(east, np.zeros(10), heading, min_images_per_class=5), 1, 8, "cosface", 30, 0.4)
 
 
+def test_single_heading_bin_keeps_images_without_heading():
+    east = np.array([0.0, 1.0, 2.0, 3.0])
+    heading = np.array([10.0, 200.0, np.nan, np.nan])
+    d = divide(east, np.zeros(4), heading, alpha=360, L=1, min_images_per_class=1)
+    assert d.missing_heading == 0 and d.image_class.tolist() == [0, 0, 0, 0]
+    assert d.class_ids.tolist() == [[0, 0, 0]]
+    assert divide(east, np.zeros(4), heading, alpha=30, min_images_per_class=1).missing_heading == 2
+
+
 def test_groups_are_ordered_largest_first():
     # group (1,0,0) holds two classes, group (0,0,0) one
     east = np.array([0.0, 10.0, 60.0])
