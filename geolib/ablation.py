@@ -47,9 +47,13 @@ def part_b_rows(students: Sequence[str], perturb: Sequence[bool]) -> dict[str, d
 
 
 def selected(rows: Mapping[str, Any], wanted: Sequence[str] | None) -> list[str]:
-    """Rows whose name starts with any of `wanted` (`["A", "C/safa-raw"]`); all when None."""
-    return [r for r in rows if wanted is None or any(r == w or r.startswith(w.rstrip("/") + "/") or r.startswith(w)
-                                                      for w in wanted)]
+    """Rows named in `wanted`, or starting with a `wanted` entry that names no row (`["A",
+    "C/safa-polar"]` takes all of part A and that one row, not `C/safa-polar-k1`); all when None."""
+    if wanted is None:
+        return list(rows)
+    exact = [w for w in wanted if w in rows]
+    prefixes = [w for w in wanted if w not in rows]
+    return [r for r in rows if r in exact or any(r.startswith(p) for p in prefixes)]
 
 
 def checkpoint_id(path: str | Path) -> str:
