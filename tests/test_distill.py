@@ -15,14 +15,7 @@ TINY = dict(img_size=32, embed_dim=16, fusion_dim=16, pooling="gem",
             backbone_options={"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]})
 VIEWS = ("street", "drone")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """On 2 shared, busy cores two torch threads spin against each other (measured: 5 tiny
-    backward steps took 43 s with 2 threads, 0.2 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -10,14 +10,7 @@ from geolib.train import TrainConfig
 
 TINY = dict(backbone="resnet10t", pano_hw=(32, 64), sat_size=32, heads=2)
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """On 2 shared, busy cores two torch threads spin against each other (measured: 5 tiny
-    backward steps took 43 s with 2 threads, 0.2 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
