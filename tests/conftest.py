@@ -91,6 +91,21 @@ def build_university(root: Path, broken: bool = True) -> Path:
     return root
 
 
+def build_crossview_tree(root: Path, distractors: int = 2) -> Path:
+    """Train places 1-8 and test places 11-14 in every view, 32 px; the drone and satellite
+    galleries add `distractors` places that no query has."""
+    for b in range(1, 9):
+        for v in ("street", "drone", "satellite"):
+            make_image(root / "train" / v / f"{b:04d}" / "a.jpg", seed=b * 3 + len(v), size=(32, 32))
+    for b in range(11, 15):
+        for v in ("street", "drone", "satellite"):
+            make_image(root / "test" / f"query_{v}" / f"{b:04d}" / "q.jpg", seed=b * 5 + len(v), size=(32, 32))
+    for b in range(11, 15 + distractors):
+        for v in ("drone", "satellite"):
+            make_image(root / "test" / f"gallery_{v}" / f"{b:04d}" / "g.jpg", seed=b * 11 + len(v), size=(32, 32))
+    return root
+
+
 @pytest.fixture
 def university_root(tmp_path) -> Path:
     return build_university(tmp_path / "University-1652", broken=False)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import make_image
+from conftest import build_crossview_tree
 from geolib.crossview import evaluate_crossview, record_evaluation, top_matches, train_crossview
 from geolib.datasets import load_dataset
 from geolib.models import create_model
@@ -14,17 +14,7 @@ TINY = dict(img_size=32, embed_dim=16, fusion_dim=16,
 
 @pytest.fixture
 def world(tmp_path):
-    root = tmp_path / "u"
-    for b in range(1, 9):
-        for v in ("street", "drone", "satellite"):
-            make_image(root / "train" / v / f"{b:04d}" / "a.jpg", seed=b * 3 + len(v), size=(32, 32))
-    for b in range(11, 15):
-        for v in ("street", "drone", "satellite"):
-            make_image(root / "test" / f"query_{v}" / f"{b:04d}" / "q.jpg", seed=b * 5 + len(v), size=(32, 32))
-    for b in range(11, 17):  # 15, 16: distractors
-        for v in ("drone", "satellite"):
-            make_image(root / "test" / f"gallery_{v}" / f"{b:04d}" / "g.jpg", seed=b * 11 + len(v), size=(32, 32))
-    return load_dataset("university1652", root)
+    return load_dataset("university1652", build_crossview_tree(tmp_path / "u", distractors=2))
 
 
 def test_evaluation_covers_every_direction_with_distractors(world):

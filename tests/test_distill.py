@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_image
+from conftest import build_crossview_tree
 from geolib.crossview import evaluate_crossview
 from geolib.datasets import load_dataset
 from geolib.distill import (DistillConfig, RowRunner, StudentModel, cache_teacher, dual_cosine_loss,
@@ -21,16 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("u")
-    for b in range(1, 9):
-        for v in ("street", "drone", "satellite"):
-            make_image(root / "train" / v / f"{b:04d}" / "a.jpg", seed=b * 3 + len(v), size=(32, 32))
-    for b in range(11, 15):
-        for v in ("street", "drone", "satellite"):
-            make_image(root / "test" / f"query_{v}" / f"{b:04d}" / "q.jpg", seed=b * 5 + len(v), size=(32, 32))
-        for v in ("drone", "satellite"):
-            make_image(root / "test" / f"gallery_{v}" / f"{b:04d}" / "g.jpg", seed=b * 11 + len(v), size=(32, 32))
-    return load_dataset("university1652", root)
+    return load_dataset("university1652", build_crossview_tree(tmp_path_factory.mktemp("u"), distractors=0))
 
 
 @pytest.fixture(scope="module")
