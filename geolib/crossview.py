@@ -170,6 +170,25 @@ def load_trained_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.
     return model.to(device).eval(), meta
 
 
+# --------------------------------------------------------------------------- from a profile
+
+def phase1_model(cfg: dict[str, Any]) -> nn.Module:
+    """The model a resolved `phase1` profile section describes (notebook 02 and `geolib train`)."""
+    from .models import create_model
+
+    return create_model(cfg["model"], img_size=cfg["image_size"], l2l=cfg["l2l"], fusion=cfg["fusion"],
+                        pooling=cfg["pooling"], **cfg.get("model_options", {}))
+
+
+def phase1_train_config(cfg: dict[str, Any]) -> "TrainConfig":
+    from .train import TrainConfig
+
+    return TrainConfig(views=("street", "drone", "satellite"), epochs=cfg["epochs"],
+                       batch_size=cfg["batch_size"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                       warmup=cfg["warmup"], amp=cfg["amp"], device=cfg["device"], seed=cfg["seed"],
+                       num_workers=cfg["num_workers"], sampling=cfg["sampling"], eval_every=cfg["eval_every"])
+
+
 # --------------------------------------------------------------------------- command line
 
 def build_parser():
@@ -199,8 +218,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from .paths import profile_dir
     from .profiles import resolve
-    from .train import TrainConfig
-
     args = build_parser().parse_args(argv)
     if args.data_root and not Path(args.data_root).is_dir():
         print(f"error: --data-root {args.data_root} is not a folder")
@@ -221,15 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         from .world import build_world
         root = build_world(cfg["preset"], seed=cfg["seed"], profile=args.profile, progress=rank == 0) / "university1652"
     from .datasets import load_dataset
-    from .models import create_model
 
     ds = load_dataset("university1652", root)
-    net = create_model(cfg["model"], img_size=cfg["image_size"], l2l=cfg["l2l"], fusion=cfg["fusion"],
-                       pooling=cfg["pooling"], **cfg.get("model_options", {}))
-    train_cfg = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                            weight_decay=cfg["weight_decay"], warmup=cfg["warmup"], amp=cfg["amp"],
-                            device=cfg["device"], seed=cfg["seed"], num_workers=cfg["num_workers"],
-                            sampling=cfg["sampling"], eval_every=cfg["eval_every"])
+    net = phase1_model(cfg)
+    train_cfg = phase1_train_config(cfg)
     out = Path(args.out) if args.out else profile_dir(args.profile, "checkpoints") / "phase1"
     res = train_crossview(net, ds, train_cfg, out, image_size=cfg["image_size"], loss=cfg["loss"],
                           max_minutes=cfg["minutes"], progress=rank == 0,
