@@ -19,6 +19,7 @@ from .evaluate import PROTOCOL_UNIVERSITY, label_ranks, metrics_from_ranks, reca
 from .records import write_record
 
 if TYPE_CHECKING:
+    from .embcache import EmbeddingCache
     from .train import FitResult, TrainConfig
 
 DIRECTIONS: tuple[tuple[str, str], ...] = (("street", "drone"), ("street", "satellite"),
@@ -64,11 +65,16 @@ class Evaluation:
 
 @torch.no_grad()
 def embed_set(model: nn.Module, items: Sequence[ImageItem], view: str, image_size: int, device: str = "cpu",
-              batch_size: int = 64, flip: bool = False) -> Embedded:
+              batch_size: int = 64, flip: bool = False, cache: "EmbeddingCache | None" = None) -> Embedded:
+    """`cache` (a `geolib.embcache.EmbeddingCache`) reuses embeddings of the same weights, items and settings."""
     from .train import embed_items
 
     if not items:
         return Embedded([], np.zeros((0, 1), np.float32))
+    if cache is not None:
+        emb = cache.get_or_compute(model, items, view, image_size=image_size, flip=flip,
+                                   batch_size=batch_size, device=device)
+        return Embedded(list(items), emb)
     emb = embed_items(model, items, view, default_transform(image_size), batch_size, device, flip)
     return Embedded(list(items), emb)
 
@@ -76,10 +82,11 @@ def embed_set(model: nn.Module, items: Sequence[ImageItem], view: str, image_siz
 def evaluate_crossview(model: nn.Module, ds: GeoDataset, image_size: int,
                        directions: Sequence[tuple[str, str]] = DIRECTIONS, device: str = "cpu",
                        flip: bool = False, batch_size: int = 64, split: str = "test",
-                       max_k: int = 50) -> Evaluation:
+                       max_k: int = 50, cache: "EmbeddingCache | None" = None) -> Evaluation:
     """Every direction under the University-1652 official protocol (distractors stay in the gallery).
 
-    Each (role, view) set is embedded once, however many directions use it.
+    Each (role, view) set is embedded once, however many directions use it; with `cache`, once per
+    weights, items and settings across calls and notebooks.
     """
     t0 = time.perf_counter()
     ev = Evaluation()
@@ -87,7 +94,7 @@ def evaluate_crossview(model: nn.Module, ds: GeoDataset, image_size: int,
         for role, view in (("query", q), ("gallery", g)):
             if (role, view) not in ev.sets:
                 ev.sets[(role, view)] = embed_set(model, ds.select(view=view, split=split, role=role), view,
-                                                  image_size, device, batch_size, flip)
+                                                  image_size, device, batch_size, flip, cache)
         qs, gs = ev.sets[("query", q)], ev.sets[("gallery", g)]
         if not qs.items or not gs.items:
             continue

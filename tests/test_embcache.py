@@ -93,3 +93,47 @@ def test_weights_hash_sees_every_tensor():
     with torch.no_grad():
         list(b.parameters())[-1][0] += 1e-3
     assert weights_hash(a) != weights_hash(b)
+
+
+# ----------------------------------------------------------------------------- the evaluation path
+
+def _count_forwards(model):
+    calls = []
+    original = model.forward
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("view", args[1] if len(args) > 1 else None))
+        return original(*args, **kwargs)
+
+    model.forward = counted
+    return calls
+
+
+def test_evaluate_crossview_reuses_cached_embeddings(tmp_path):
+    from conftest import build_crossview_tree
+    from geolib.crossview import evaluate_crossview
+    from geolib.datasets import load_dataset
+
+    ds = load_dataset("university1652", build_crossview_tree(tmp_path / "u", distractors=2))
+    model = tiny()
+    plain = evaluate_crossview(model, ds, SIZE)
+    cache = EmbeddingCache(tmp_path / "cache")
+    first = evaluate_crossview(model, ds, SIZE, cache=cache)
+    n_sets = len(first.sets)  # street/drone/satellite queries, drone/satellite galleries
+    assert (cache.misses, cache.hits) == (n_sets, 0) and n_sets == 5
+    calls = _count_forwards(model)
+    second = evaluate_crossview(model, ds, SIZE, cache=EmbeddingCache(tmp_path / "cache"))
+    assert calls == []  # nothing embedded again: every set came from disk
+    for key, emb in plain.sets.items():
+        assert np.array_equal(first.sets[key].emb, emb.emb)      # the cache changes no number
+        assert np.array_equal(second.sets[key].emb, emb.emb)
+        assert [it.path for it in second.sets[key].items] == [it.path for it in emb.items]
+    assert {k: r.metrics for k, r in second.results.items()} == {k: r.metrics for k, r in plain.results.items()}
+
+    with torch.no_grad():                                        # retrained: same config, new weights
+        next(model.parameters()).add_(0.05)
+    third = evaluate_crossview(model, ds, SIZE, cache=cache)
+    assert (cache.misses, cache.hits) == (2 * n_sets, 0) and len(calls) > 0
+    assert not np.array_equal(third.sets[("gallery", "drone")].emb, first.sets[("gallery", "drone")].emb)
+    fresh = evaluate_crossview(model, ds, SIZE)
+    assert np.array_equal(third.sets[("gallery", "drone")].emb, fresh.sets[("gallery", "drone")].emb)
