@@ -6,6 +6,10 @@ and tabulates every metrics record of the profile, so a run can be read without 
 Offline means no CDN: plotly figures in notebooks are re-rendered against the plotly.js copy that
 ships with the plotly package (copied beside the pages), and live-widget outputs, which only a
 running kernel can draw, are reduced to their text so nbconvert does not pull a widget manager.
+The notebook pages use nbconvert's `lab` template without its CDN scripts (require.js, MathJax,
+mermaid, the widget manager; see `OFFLINE_TEMPLATE`): nothing in our outputs needs them, plotly
+outputs load the local plotly.js, and LaTeX in Markdown cells (the notebooks have none) would show
+as its source.
 """
 from __future__ import annotations
 
@@ -25,14 +29,30 @@ KEY_COLUMNS = ("_source", "task", "protocol", "dataset", "split", "direction", "
 COST_COLUMNS = ("params", "gflops", "ms_per_image", "images_per_s", "peak_mb")
 PLOTLY_MIME, WIDGET_MIME = "application/vnd.plotly.v1+json", "application/vnd.jupyter.widget-view+json"
 PLOTLY_JS = "plotly.min.js"
+OFFLINE_TEMPLATE_NAME = "geolib_offline.html.j2"
+# nbconvert's lab page with the blocks that load scripts from cdnjs left empty
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
+def offline_exporter():
+    """An nbconvert `HTMLExporter` (lab template) whose pages load nothing from the network."""
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter(template_name="lab", extra_loaders=[DictLoader({OFFLINE_TEMPLATE_NAME: OFFLINE_TEMPLATE})],
+                        template_file=OFFLINE_TEMPLATE_NAME)
 
 
 def render_notebooks(profile: str, report_dir: Path) -> list[tuple[str, Path]]:
     """nbconvert every executed notebook of the profile to HTML beside the report."""
     import nbformat
-    from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter()
+    exporter = offline_exporter()
     out = []
     for path in sorted((outputs_root() / profile / "notebooks").glob("*.ipynb")):
         nb = offline_notebook(nbformat.read(str(path), as_version=4), plotly_src=f"../{PLOTLY_JS}")
