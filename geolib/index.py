@@ -384,21 +384,15 @@ class GalleryIndex:
                 for row_i, row_s in zip(idx, scores)]
 
     def query_images(self, model, images, view: str, k: int = 5) -> list[list[Hit]]:
-        """Embed a batch of new images (already transformed, `(B, 3, H, W)`) and query."""
-        import torch
+        """Embed a batch of new images (already transformed, `(B, 3, H, W)`) and query: top-k images each.
 
-        if self.meta.get("config_hash") and hasattr(model, "config"):
-            from .models import config_hash
+        The model check and the embedding are `geolib.localize`'s (`localization.model_for` and
+        `embed_tensors`); `model=None` loads the checkpoint the index names. `geolib.localize` is
+        the one-photo form that decodes a file and answers with distinct places.
+        """
+        from .localization import embed_tensors, model_for
 
-            if config_hash(model.config) != self.meta["config_hash"]:
-                raise ValueError(f"this index was built by model config {self.meta['config_hash']}, "
-                                 f"not by the given model ({config_hash(model.config)})")
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            emb = model(images, view=view).float().cpu().numpy()
-        model.train(was_training)
-        return self.query(emb, k)
+        return self.query(embed_tensors(model_for(self, model), images, view), k)
 
     def _hit(self, rank: int, i: int, score: float) -> Hit:
         m = self.meta

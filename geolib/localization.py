@@ -124,23 +124,34 @@ def model_for(index: "GalleryIndex", model: "nn.Module | str | os.PathLike | Non
         model = _model_from_checkpoint(str(path.with_suffix("")), path.stat().st_mtime)
     want = index.meta.get("config_hash")
     if want and hasattr(model, "config") and config_hash(model.config) != want:
-        raise ValueError(f"the model (config {config_hash(model.config)}) did not build this index "
-                         f"(config {want}); rebuild the index or pass the matching checkpoint")
+        raise ValueError(f"the model (config {config_hash(model.config)}) did not build this index: it was "
+                         f"built by model config {want}; rebuild the index or pass the matching checkpoint")
     return model
 
 
 def embed_image(model: "nn.Module", img: "Image.Image", view: str = "street", image_size: int | None = None,
                 device: str = "cpu") -> np.ndarray:
     """(1, D) L2-normalised embedding, through the same transform the gallery used."""
-    import torch
-
     from .datasets import default_transform
 
     size = image_size or int(getattr(model, "img_size", None) or model.config["img_size"])
-    x = default_transform(size)(img).unsqueeze(0).to(device)
+    return embed_tensors(model, default_transform(size)(img).unsqueeze(0).to(device), view)
+
+
+def embed_tensors(model: "nn.Module", images: Any, view: str) -> np.ndarray:
+    """(B, D) L2-normalised float32 embeddings of a transformed batch `(B, 3, H, W)`, as the gallery's.
+
+    The model runs in eval mode without gradients and is left in the mode it was in.
+    """
+    import torch
+
+    was_training = model.training
     model.eval()
-    with torch.no_grad():
-        e = model(x, view=view)
+    try:
+        with torch.no_grad():
+            e = model(images, view=view)
+    finally:
+        model.train(was_training)
     return torch.nn.functional.normalize(e.float(), dim=-1).cpu().numpy()
 
 

@@ -145,3 +145,28 @@ def test_explorer_upload_localizes_or_explains(saved, tmp_path):
     app.upload.value = ({"name": "up.png", "type": "image/png", "size": 4, "content": memoryview(b"nope"),
                          "last_modified": datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)},)
     assert "not an image" in app.upload_message.value
+
+
+def test_query_images_and_localize_are_one_path(saved):
+    """`GalleryIndex.query_images` embeds and checks through `localize`'s code: same scores, same answer."""
+    import torch
+
+    from geolib.images import load_image
+
+    index = GalleryIndex.load(saved["index_dir"])
+    picked = saved["items"][1::3]
+    batch = torch.stack([default_transform(32)(load_image(it.path)) for it in picked])
+    model = create_model("phase1-cpu", **TINY)
+    model.load_state_dict(saved["model"].state_dict())
+    model.train()
+    hits = index.query_images(model, batch, view="street", k=3)
+    assert model.training  # left as it was
+    no_model = index.query_images(None, batch, view="street", k=3)  # the checkpoint the index names
+    for it, row, row2 in zip(picked, hits, no_model):
+        places = loc.localize(it.path, index, model=saved["model"], k=1)
+        assert row[0].path == places[0].path == str(it.path) and row[0].place == places[0].place == it.label
+        assert row[0].score == pytest.approx(places[0].score, abs=1e-6) and row[0].score == pytest.approx(1.0, abs=1e-4)
+        assert [h.gallery_index for h in row] == [h.gallery_index for h in row2]
+    other = create_model("phase1-cpu", **{**TINY, "embed_dim": 8})
+    with pytest.raises(ValueError, match="did not build this index"):
+        index.query_images(other, batch, view="street")
