@@ -136,10 +136,14 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
                     eval_directions: Sequence[tuple[str, str]] = (("street", "drone"), ("street", "satellite")),
                     extra_loss: Callable | None = None, extra_modules: Sequence[nn.Module] = (),
                     max_minutes: float | None = None, progress: bool = True,
-                    on_epoch: Callable[[dict[str, Any]], None] | None = None) -> "FitResult":
+                    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                    augment: str = "jitter", transform: Callable | None = None, preload: bool = False,
+                    select_on_test: bool = False) -> "FitResult":
     """Train on the train split's places; after each epoch, R@1 of `eval_directions` on the test split.
 
-    The checkpoint kept as `best` is the one with the highest mean R@1 over those directions.
+    The evaluations are curves to watch, not a selection rule: `best` is the epoch with the lowest
+    training loss, because picking the epoch that scores highest on the test regions would report
+    an optimistic number for them. `select_on_test=True` restores that rule for exploration.
     """
     from .losses import make_pair_loss
     from .train import MultiViewPlaces, fit
@@ -147,7 +151,8 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
     if hasattr(model, "config"):
         cfg.extra.setdefault("model", model.config)  # so the checkpoint can rebuild its model
     train_items = ds.select(split="train")
-    places = MultiViewPlaces(train_items, cfg.views, default_transform(image_size, train=True), seed=cfg.seed)
+    transform = transform or default_transform(image_size, train=True, colour=augment)
+    places = MultiViewPlaces(train_items, cfg.views, transform, seed=cfg.seed, preload=preload)
     pair_loss = make_pair_loss(loss, **(loss_options or {}))
 
     def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
@@ -157,7 +162,7 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
         return row
 
     return fit(model, places, cfg, out_dir, pair_loss, evaluate=evaluate if eval_directions else None,
-               extra_loss=extra_loss, extra_modules=[pair_loss, *extra_modules], select_metric="mean R@1",
+               extra_loss=extra_loss, extra_modules=[pair_loss, *extra_modules], select_metric="mean R@1" if select_on_test else None,
                on_epoch=on_epoch, progress=progress, max_minutes=max_minutes)
 
 
@@ -185,6 +190,12 @@ def phase1_model(cfg: dict[str, Any]) -> nn.Module:
 
     return create_model(cfg["model"], img_size=cfg["image_size"], l2l=cfg["l2l"], fusion=cfg["fusion"],
                         pooling=cfg["pooling"], **cfg.get("model_options", {}))
+
+
+def phase1_fit_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`train_crossview` keywords a resolved `phase1` section sets (besides the TrainConfig)."""
+    return {"image_size": cfg["image_size"], "loss": cfg["loss"], "max_minutes": cfg["minutes"],
+            "augment": cfg.get("augment", "jitter"), "preload": cfg.get("preload", False)}
 
 
 def phase1_train_config(cfg: dict[str, Any]) -> "TrainConfig":
@@ -250,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     net = phase1_model(cfg)
     train_cfg = phase1_train_config(cfg)
     out = Path(args.out) if args.out else profile_dir(args.profile, "checkpoints") / "phase1"
-    res = train_crossview(net, ds, train_cfg, out, image_size=cfg["image_size"], loss=cfg["loss"],
-                          max_minutes=cfg["minutes"], progress=rank == 0,
+    res = train_crossview(net, ds, train_cfg, out, **phase1_fit_options(cfg), progress=rank == 0,
                           eval_directions=(("street", "drone"), ("street", "satellite")) if rank == 0 or world_size == 1 else ())
     if rank == 0:
         print(f"trained {len(res.history)} epoch(s); last: {res.history[-1] if res.history else None}")

@@ -583,21 +583,45 @@ class GrayWorld:
         return (x * (self.target / means)).clamp(0, 1)
 
 
+class CameraGain:
+    """Random per-channel gains like a camera's white balance, tint and exposure.
+
+    Unlike ColorJitter it never changes a surface's saturation or turns its hue by itself: it
+    only does what a differently set camera would, so a model learns to discount exactly that.
+    """
+
+    def __init__(self, white_balance: float = 0.15, tint: float = 0.06, exposure: float = 0.25):
+        self.white_balance, self.tint, self.exposure = white_balance, tint, exposure
+
+    def __call__(self, x):
+        import torch
+
+        w, t, e = (torch.rand(3) * 2 - 1) * torch.tensor([self.white_balance, self.tint, self.exposure])
+        gains = (1 + e) * torch.stack([1 + w, 1 + t, 1 - w])
+        return (x * gains.view(3, 1, 1)).clamp(0, 1)
+
+
 def default_transform(size: int | tuple[int, int], train: bool = False,
                       mean: Sequence[float] = (0.485, 0.456, 0.406),
-                      std: Sequence[float] = (0.229, 0.224, 0.225), gray_world: bool = False):
-    """Resize + normalise (torchvision.transforms.v2); training adds mild colour and crop jitter."""
+                      std: Sequence[float] = (0.229, 0.224, 0.225), gray_world: bool = False,
+                      colour: str = "jitter"):
+    """Resize + normalise (torchvision.transforms.v2); training adds mild crop jitter and colour
+    jitter (`colour="jitter"`, ColorJitter), camera gains (`"gain"`, CameraGain) or none."""
     import torch
     from torchvision.transforms import v2
 
     size = (size, size) if isinstance(size, int) else tuple(size)
     ops: list[Any] = [v2.ToImage()]
     if train:
-        ops += [v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
-                v2.ColorJitter(0.2, 0.2, 0.1, 0.0)]
+        if colour not in ("jitter", "gain", "none"):
+            raise ValueError(f"colour augmentation must be jitter, gain or none, not {colour!r}")
+        ops += [v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True)]
+        ops += [v2.ColorJitter(0.2, 0.2, 0.1, 0.0)] if colour == "jitter" else []
     else:
         ops += [v2.Resize(size, antialias=True)]
     ops += [v2.ToDtype(torch.float32, scale=True)]
+    if train and colour == "gain":
+        ops.append(CameraGain())
     if gray_world:
         ops.append(GrayWorld())
     ops.append(v2.Normalize(mean, std))

@@ -80,7 +80,7 @@ def plan_cvusa(world: World) -> tuple[list[Shot], dict[str, list[str]]]:
     shots: list[Shot] = []
     rows: dict[str, list[str]] = {"train": [], "val": []}
     pair = 0
-    for region in world.regions:
+    for region in world.regions[:p.regions]:  # extra train regions serve the University export only
         rng = np.random.default_rng([world.seed, region.index, 6])
         for x, y, _ in road_points(region, p.cvusa_pairs, p, rng):
             pair += 1

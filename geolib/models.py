@@ -227,12 +227,34 @@ def _make_pool(pooling: str, width: int, grid: tuple[int, int], heads: int, gem_
     return AvgPool()
 
 
+class GrayWorldInput(nn.Module):
+    """Gray-world colour constancy on ImageNet-normalised input, inside the model.
+
+    Street and drone cameras differ in white balance and exposure; satellites do not. Dividing
+    each channel by its image mean cancels such gains. Inside the model, every caller (training,
+    evaluation, index, `localize`) gets it without having to know the model was trained so.
+    """
+
+    def __init__(self, target: float = 0.45, mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+                 std: tuple[float, ...] = (0.229, 0.224, 0.225)) -> None:
+        super().__init__()
+        self.target = target
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        rgb = x * self.std + self.mean
+        rgb = (rgb * (self.target / rgb.mean(dim=(-2, -1), keepdim=True).clamp(min=1e-3))).clamp(0, 1)
+        return (rgb - self.mean) / self.std
+
+
 class CrossViewModel(nn.Module):
     """Views → branches → embeddings. Views sharing a branch share every weight."""
 
     def __init__(self, views: str | Mapping[str, str] = "university", name: str = "phase1",
-                 **branch_options: Any) -> None:
+                 gray_world: bool = False, **branch_options: Any) -> None:
         super().__init__()
+        self.gray_world = GrayWorldInput() if gray_world else None
         layout = VIEW_LAYOUTS[views] if isinstance(views, str) and views in VIEW_LAYOUTS else views
         if not isinstance(layout, Mapping) or not layout:
             raise ValueError(f"views must be one of {', '.join(VIEW_LAYOUTS)} or a dict view → branch, got {views!r}")
@@ -240,7 +262,7 @@ class CrossViewModel(nn.Module):
         self.branches = nn.ModuleDict({b: Branch(**branch_options) for b in sorted(set(self.views.values()))})
         self.embed_dim = int(branch_options.get("embed_dim", 512))
         self.img_size = int(branch_options["img_size"])
-        self.config = {"name": name, "views": self.views, **_jsonable(branch_options)}
+        self.config = {"name": name, "views": self.views, "gray_world": gray_world, **_jsonable(branch_options)}
 
     def branch(self, view: str) -> Branch:
         if view not in self.views:
@@ -248,6 +270,8 @@ class CrossViewModel(nn.Module):
         return self.branches[self.views[view]]
 
     def forward(self, x: Tensor, view: str) -> Tensor:
+        if self.gray_world is not None:
+            x = self.gray_world(x)
         return self.branch(view)(x)
 
     def embed_views(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:

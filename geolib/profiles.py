@@ -23,7 +23,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "model_options": {"embed_dim": 16, "fusion_dim": 16, "backbone_options": {"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}},
                    "l2l": True, "fusion": True, "pooling": "attention", "loss": "infonce", "epochs": 1,
                    "batch_size": 4, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.1, "minutes": None,
-                   "sampling": "random", "eval_every": 1, "flip_tta": False},
+                   "sampling": "random", "eval_every": 1, "flip_tta": False, "augment": "gain", "preload": True},
         "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"], "data_root": None,
                    "query_folders": None, "university_root": None, "backbone": "resnet10t", "pretrained": False,
                    "aggregation": "gem", "out_dim": 16, "image_size": 32, "mixvpr": {"out_channels": 8, "out_rows": 2, "mix_depth": 1},
@@ -45,12 +45,17 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {
         "common": {"seed": 0, "device": "auto", "amp": False, "num_workers": 0},
         "world": {"preset": "default"},
-        # GeM, not attention pooling, on CPU: from scratch, attention (and average) pooling over
-        # the tiny Swin's tokens collapsed every embedding to one point within 10 steps (measured).
-        "phase1": {"preset": "default", "data_root": None, "model": "phase1-cpu", "image_size": 96,
-                   "model_options": {}, "l2l": True, "fusion": True, "pooling": "gem",
-                   "loss": "infonce", "epochs": 12, "batch_size": 32, "lr": 5e-4, "weight_decay": 0.05,
-                   "warmup": 0.1, "minutes": 5.0, "sampling": "random", "eval_every": 2, "flip_tta": False},
+        # The CPU default swaps Swin for the one backbone with ImageNet weights offline (EfficientNet-Lite0)
+        # and keeps the rest of Phase 1 (L2L, fusion, pooling, InfoNCE). In the same 6 minutes on one
+        # core it reached street->drone R@1 12.9 % at 64 px, the scaled-down Swin from scratch 7.6 % at
+        # 96 px (measured); the budget, not the data, is what stops both. GeM, not
+        # attention pooling: from scratch, attention pooling collapsed every embedding to one point.
+        # Gray-world colour constancy runs inside the model, so every later user embeds the same way.
+        "phase1": {"preset": "default", "data_root": None, "model": "phase1-cpu", "image_size": 64,
+                   "model_options": {"backbone": "efficientnet-lite0", "pretrained": True, "gray_world": True},
+                   "l2l": True, "fusion": True, "pooling": "gem", "loss": "infonce", "epochs": 18,
+                   "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.1, "minutes": 4.5,
+                   "sampling": "random", "eval_every": 6, "flip_tta": False, "augment": "gain", "preload": True},
         # Sized for ~4 min on 2 CPU cores: the offline ImageNet EfficientNet-Lite0 at 64 px. The export's
         # database is sparse (a point every 12 m, one heading each way) and its train queries carry no
         # heading, so CosPlace's classes are 25 m cells over all headings (alpha 360 keeps the
@@ -87,7 +92,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "model_options": {"pretrained": True}, "l2l": True, "fusion": True,
                    "pooling": "attention", "loss": "infonce", "epochs": 100, "batch_size": 32, "lr": 1e-4,
                    "weight_decay": 0.05, "warmup": 0.05, "minutes": None, "sampling": "gps",
-                   "eval_every": 5, "flip_tta": True},
+                   "eval_every": 5, "flip_tta": True, "augment": "jitter", "preload": False},
         # The course project's CosPlace (ResNet-18 + GeM, 512-d, SF-XS train) and D&C's setting
         # (EfficientNet-B0, M=20, N=2, AAMC); test on SF-XS queries_v1 and Tokyo-XS.
         "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"], "data_root": None,

@@ -173,3 +173,19 @@ def test_gray_world_cancels_a_white_balance():
     x = torch.rand(3, 8, 8) * 0.5
     gains = torch.tensor([1.3, 1.0, 0.7]).view(3, 1, 1)
     torch.testing.assert_close(GrayWorld()(x * gains), GrayWorld()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_camera_gain_scales_each_channel_by_one_bounded_factor():
+    import torch
+
+    from geolib.datasets import CameraGain
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 8, 8) * 0.5 + 0.1  # low enough that no gain clips (max gain 1.25 * 1.15)
+    for _ in range(20):
+        ratio = CameraGain()(x) / x
+        per_channel = ratio.flatten(1)
+        torch.testing.assert_close(per_channel.min(1).values, per_channel.max(1).values)
+        g = per_channel[:, 0]
+        assert ((g > 0.75 * 0.85 - 1e-6) & (g < 1.25 * 1.15 + 1e-6)).all()
+    assert not torch.equal(CameraGain()(x), CameraGain()(x))  # drawn afresh per call

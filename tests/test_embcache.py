@@ -137,3 +137,11 @@ def test_evaluate_crossview_reuses_cached_embeddings(tmp_path):
     assert not np.array_equal(third.sets[("gallery", "drone")].emb, first.sets[("gallery", "drone")].emb)
     fresh = evaluate_crossview(model, ds, SIZE)
     assert np.array_equal(third.sets[("gallery", "drone")].emb, fresh.sets[("gallery", "drone")].emb)
+
+
+def test_weights_hash_reads_zero_dim_buffers():
+    """BatchNorm keeps a 0-dim int64 counter; it must hash, and a change to it must show."""
+    a, b = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    assert weights_hash(a) == weights_hash(b)
+    b.num_batches_tracked += 1
+    assert weights_hash(a) != weights_hash(b)

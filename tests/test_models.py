@@ -149,3 +149,21 @@ def test_efficientnet_lite0_backbone_with_wheel_weights():
     assert [m.shape[-1] for m in maps] == [16, 8, 4, 2]
     with pytest.raises(RuntimeError, match="efficientnet-lite0 not found"):
         create_backbone("efficientnet-lite0", pretrained="/no/such/file.pth")
+
+
+def test_gray_world_inside_the_model_cancels_a_camera_white_balance():
+    from geolib.models import GrayWorldInput
+
+    torch.manual_seed(0)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    rgb = torch.rand(2, 3, 64, 64) * 0.5 + 0.1
+    gains = torch.tensor([1.2, 0.95, 0.8]).view(1, 3, 1, 1)
+    norm = lambda x: (x - mean) / std  # noqa: E731
+    gw = GrayWorldInput()
+    torch.testing.assert_close(gw(norm(rgb * gains)), gw(norm(rgb)), rtol=1e-4, atol=1e-4)
+    net = create_model("phase1-cpu", **TINY, gray_world=True).eval()
+    assert net.config["gray_world"] is True
+    with torch.no_grad():
+        torch.testing.assert_close(net(norm(rgb * gains), "street"), net(norm(rgb), "street"), rtol=1e-4, atol=1e-4)
+        plain = create_model("phase1-cpu", **TINY).eval()
+        assert not torch.allclose(plain(norm(rgb * gains), "street"), plain(norm(rgb), "street"), atol=1e-4)

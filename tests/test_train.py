@@ -103,3 +103,15 @@ def test_fit_resumes_where_it_stopped(places, tmp_path):
     load_checkpoint(tmp_path / "a" / "last", bundle)
     for p, q in zip(ref.parameters(), resumed_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_preloaded_places_give_the_same_samples(places):
+    preloaded = MultiViewPlaces([it for v in places.views for group in places.images[v] for it in group],
+                                places.views, places.transform, seed=places.seed, preload=True)
+    assert len(preloaded.decoded) == sum(len(g) for v in places.views for g in places.images[v])
+    for i in (0, 3, 7):
+        a, la = places[i]
+        b, lb = preloaded[i]
+        assert la == lb
+        for v in places.views:
+            assert torch.equal(a[v], b[v])

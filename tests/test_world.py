@@ -239,3 +239,16 @@ def test_records_written_once_per_key(tmp_path, smoke_roots):
     assert models.count("oracle") == 1 and models.count("renderer") == 1
     assert {"raw-pixels", "color-histogram", "chance"} <= set(models)
     assert all(r["protocol"] == "university1652-official" for r in recs if r["model"] != "renderer")
+
+
+def test_extra_train_regions_add_train_places_only():
+    base = W.preset_params("smoke")
+    more = W.preset_params("smoke", extra_train_regions=2)
+    assert W.cache_key(base, 0) != W.cache_key(more, 0)
+    a, b = W.generate(base, 0), W.generate(more, 0)
+    assert [r.split for r in b.regions[len(a.regions):]] == ["train", "train"]
+    old = [(p.region, p.building, p.role) for p in a.places]
+    assert [(p.region, p.building, p.role) for p in b.places][:len(old)] == old  # the first regions are unchanged
+    assert any(p.region >= len(a.regions) for p in b.places)
+    assert {p.role for p in b.places if p.region >= len(a.regions)} == {"train"}
+    assert {s.region for s in E.plan_cvusa(b)[0]} == {s.region for s in E.plan_cvusa(a)[0]}
