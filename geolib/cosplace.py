@@ -185,11 +185,16 @@ class PlaceNet(nn.Module):
     `gem` is CosPlace's head (L2 over channels, GeM, Linear to `out_dim`, L2); `mixvpr` is
     DESIGN.md §4's MixVPR (descriptor `out_channels · out_rows`); `attention` a learned query over
     the spatial tokens, then Linear to `out_dim`. Layers come from `geolib.layers`.
+
+    `stage` picks the backbone feature map that is aggregated (timm's `out_indices` numbering; for
+    the Lite0, 0–3 at strides 4–32; −1: the last, as CosPlace);
+    `freeze_backbone` trains the aggregation only, the backbone kept in eval mode.
     """
 
     def __init__(self, backbone: str = "resnet18", aggregation: str = "gem", out_dim: int = 512,
                  image_size: int = 224, pretrained: bool | str = False, mix_depth: int = 4,
-                 out_channels: int = 1024, out_rows: int = 4, attention_heads: int = 4) -> None:
+                 out_channels: int = 1024, out_rows: int = 4, attention_heads: int = 4,
+                 stage: int = -1, freeze_backbone: bool = False) -> None:
         super().__init__()
         from .layers import GeM, AttentionPool, MixVPRPool
         from .models import create_backbone
@@ -197,7 +202,15 @@ class PlaceNet(nn.Module):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
         # geolib.models' factory: any timm CNN, or the offline ImageNet EfficientNet-Lite0.
-        self.backbone = create_backbone(backbone, pretrained, out_indices=[-1])
+        self.backbone = create_backbone(backbone, pretrained, out_indices=[stage])
+        ends = getattr(self.backbone, "STAGE_ENDS", None)
+        if ends is not None and hasattr(self.backbone, "blocks"):
+            # geolib's Lite0 runs all its blocks whatever the stage asked: keep those up to it
+            # (timm's features_only models already stop at their last returned stage).
+            self.backbone.blocks = self.backbone.blocks[:ends[stage] + 1]
+        self.freeze_backbone = bool(freeze_backbone)
+        if self.freeze_backbone:
+            self.backbone.requires_grad_(False)
         self.nhwc = "NHWC" in str(getattr(self.backbone, "output_fmt", "NCHW"))
         h, w, channels = self._grid(image_size)
         self.aggregation_name = aggregation
@@ -226,18 +239,34 @@ class PlaceNet(nn.Module):
         maps = self.backbone(x)[-1]
         return maps if self.nhwc else maps.permute(0, 2, 3, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        maps = self.features(x)
+    def aggregate(self, maps: Tensor) -> Tensor:
+        """Descriptor of channels-last maps (what `features` returns)."""
         if self.aggregation_name == "gem":
             maps = F.normalize(maps, dim=-1)
         return F.normalize(self.fc(self.pool(maps)), dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.aggregate(self.features(x))
+
+    def train(self, mode: bool = True) -> "PlaceNet":
+        """A frozen backbone stays in eval mode (batch-norm statistics, no drop-connect)."""
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
 
 
 # --------------------------------------------------------------------------- training
 
 @dataclass
 class CosPlaceConfig:
-    """CosPlace's defaults (DESIGN.md §4 and its parser); a notebook shrinks sizes and counts."""
+    """CosPlace's defaults (DESIGN.md §4 and its parser); a notebook shrinks sizes and counts.
+
+    `augment_copies` > 0 (with `freeze_backbone`) runs the frozen backbone once per image and
+    copy on augmented images before training, and each batch then picks one stored copy per image:
+    the aggregation and heads train on cached maps, which costs a few milliseconds per batch on a
+    CPU. 0 augments every batch afresh, as CosPlace does.
+    """
 
     M: float = 10
     alpha: float = 30
@@ -266,6 +295,9 @@ class CosPlaceConfig:
     saturation: float = 0.7
     hue: float = 0.5
     random_resized_crop: float = 0.5
+    stage: int = -1
+    freeze_backbone: bool = False
+    augment_copies: int = 0
     seed: int = 0
     device: str = "cpu"
     num_workers: int = 0
@@ -276,7 +308,8 @@ class CosPlaceConfig:
     def model_options(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "aggregation": self.aggregation, "out_dim": self.out_dim,
                 "image_size": self.image_size, "pretrained": self.pretrained, "mix_depth": self.mix_depth,
-                "out_channels": self.out_channels, "out_rows": self.out_rows}
+                "out_channels": self.out_channels, "out_rows": self.out_rows, "stage": self.stage,
+                "freeze_backbone": self.freeze_backbone}
 
 
 @dataclass
@@ -316,20 +349,56 @@ def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, path
     augment = Augment(cfg.image_size, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue,
                       cfg.random_resized_crop)
     per_group = [division.group_images(g) for g in range(len(heads))]
+    if cfg.augment_copies > 0:
+        if not model.freeze_backbone:
+            raise ValueError("augment_copies caches backbone maps: it needs freeze_backbone=True")
+        maps = cache_maps(model, images, augment, cfg.augment_copies, device, cfg.seed)
 
-    def plan(epoch: int, rng: np.random.Generator) -> Batches:
-        batches = class_batches(per_group[epoch % len(heads)], cfg.iterations_per_epoch, cfg.batch_size, rng)
-        return Batches(images, batches, cfg.num_workers)
+        def plan_cached(epoch: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            batches = class_batches(per_group[epoch % len(heads)], cfg.iterations_per_epoch, cfg.batch_size, rng)
+            return [(idx, labels, rng.integers(cfg.augment_copies, size=len(idx))) for idx, labels in batches]
 
-    def step(batch: tuple[Tensor, np.ndarray], epoch: int) -> Tensor:
-        images_u8, labels = batch
-        x = augment(images_u8.to(device))
-        return heads[epoch % len(heads)](model(x), torch.as_tensor(labels, device=device))
+        def step_cached(batch: tuple[np.ndarray, np.ndarray, np.ndarray], epoch: int) -> Tensor:
+            idx, labels, copies = batch
+            x = maps[torch.as_tensor(copies), torch.as_tensor(idx)].to(device)
+            return heads[epoch % len(heads)](model.aggregate(x), torch.as_tensor(labels, device=device))
+
+        plan, step = plan_cached, step_cached
+    else:
+        def plan(epoch: int, rng: np.random.Generator) -> Batches:
+            batches = class_batches(per_group[epoch % len(heads)], cfg.iterations_per_epoch, cfg.batch_size, rng)
+            return Batches(images, batches, cfg.num_workers)
+
+        def step(batch: tuple[Tensor, np.ndarray], epoch: int) -> Tensor:
+            images_u8, labels = batch
+            x = augment(images_u8.to(device))
+            return heads[epoch % len(heads)](model(x), torch.as_tensor(labels, device=device))
 
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.backbone_lr},
               {"params": list(heads.parameters()), "lr": cfg.classifier_lr}]
     return train(bundle, groups, step, plan, cfg.epochs, seed=cfg.seed, out_dir=out_dir,
                  config=cfg.to_dict(), desc=desc, progress=progress)
+
+
+@torch.no_grad()
+def cache_maps(model: PlaceNet, images: ImageTensors, augment: Augment, copies: int, device: str = "cpu",
+               seed: int = 0, batch_size: int = 128) -> Tensor:
+    """Frozen-backbone maps `(copies, images, H, W, C)` of `copies` augmented versions of every
+    image (each image decoded once). Seeded, so a resumed run rebuilds the same cache."""
+    was_training = model.training
+    model.eval()
+    decoded = torch.stack([images[i] for i in range(len(images))]) if len(images) else torch.zeros(0)
+    gen_state = torch.get_rng_state()
+    torch.manual_seed(seed + 7919)
+    try:
+        out = torch.stack([torch.cat([model.features(augment(decoded[i:i + batch_size].to(device))).cpu()
+                                      for i in range(0, len(decoded), batch_size)])
+                           for _ in range(copies)])
+    finally:
+        torch.set_rng_state(gen_state)
+        model.train(was_training)
+    log.info("cached %d × %d backbone maps %s", copies, len(decoded), tuple(out.shape[2:]))
+    return out
 
 
 def train_cosplace(items: Sequence[ImageItem], cfg: CosPlaceConfig | None = None,

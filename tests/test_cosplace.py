@@ -250,3 +250,57 @@ def test_utm_of_feeds_divide(vpr_root):
     # headings 0, 90, 180, 270 at east 500000..500030: four classes, heading bins 0/90/180/270
     assert d.class_ids[:, 2].tolist() == [0, 90, 180, 270]
     assert np.allclose(utm_of(db)[:, 0], [500000, 500010, 500020, 500030])
+
+
+# --------------------------------------------------------------------------- frozen backbone, cached maps
+
+def test_frozen_backbone_with_cached_maps_trains_the_aggregation_only(toy_root, tmp_path):
+    items = cosplace.load_train_items(toy_root)
+    cfg = CosPlaceConfig(**{**TINY, "N": 1, "L": 1, "groups_num": 1, "epochs": 1, "iterations_per_epoch": 3,
+                            "min_images_per_class": 2, "stage": 2, "freeze_backbone": True, "augment_copies": 2})
+    division = cosplace.divide_items(items, M=cfg.M, alpha=cfg.alpha, N=1, L=1, min_images_per_class=2)
+    torch.manual_seed(0)
+    model = PlaceNet(**cfg.model_options())
+    heads = cosplace.build_heads(division, 1, model.out_dim, "cosface", 30, 0.4)
+    backbone0 = {k: v.clone() for k, v in model.backbone.state_dict().items()}  # BN running stats included
+    fc0 = model.fc.weight.detach().clone()
+    cosplace.train_groups(model, heads, division, [it.path for it in items], cfg, progress=False)
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, backbone0[k]), k
+    assert not torch.equal(model.fc.weight, fc0)
+    model.train()
+    assert not model.backbone.training and model.fc.training
+    # timm's feature index 2 of resnet10t has stride 8: a 32 px image gives a 4x4 map
+    assert model.features(torch.zeros(1, 3, 32, 32)).shape[1:3] == (4, 4)
+
+
+def test_cached_maps_need_a_frozen_backbone(toy_root):
+    items = cosplace.load_train_items(toy_root)
+    cfg = CosPlaceConfig(**{**TINY, "N": 1, "L": 1, "groups_num": 1, "epochs": 1, "iterations_per_epoch": 1,
+                            "min_images_per_class": 2, "augment_copies": 2})
+    with pytest.raises(ValueError, match="freeze_backbone"):
+        cosplace.train_cosplace(items, cfg, progress=False)
+
+
+def test_cache_maps_is_seeded_and_leaves_the_global_rng_alone(toy_root):
+    from geolib.vpr_train import Augment, ImageTensors
+
+    items = cosplace.load_train_items(toy_root)[:5]
+    torch.manual_seed(0)
+    model = PlaceNet("resnet10t", "gem", out_dim=8, image_size=32, stage=2, freeze_backbone=True)
+    images = ImageTensors([it.path for it in items], 32)
+    augment = Augment(32, 0.5, 0.5, 0.5, 0.0, 0.5)
+    torch.manual_seed(123)
+    a = cosplace.cache_maps(model, images, augment, 2, seed=1)
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    b = cosplace.cache_maps(model, images, augment, 2, seed=1)
+    assert torch.equal(torch.rand(1), after)  # the caller's random stream is untouched
+    assert a.shape[:2] == (2, 5) and torch.equal(a, b)
+    assert not torch.equal(a[0], a[1])  # two different augmented copies
+
+
+def test_lite0_stage_keeps_only_the_blocks_it_needs():
+    net = PlaceNet("efficientnet-lite0", "gem", out_dim=8, image_size=64, stage=2)
+    assert len(net.backbone.blocks) == 11  # blocks 0..10 end the stride-16 stage
+    assert net.features(torch.zeros(1, 3, 64, 64)).shape[1:] == (4, 4, 112)
