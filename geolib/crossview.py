@@ -192,6 +192,33 @@ def phase1_model(cfg: dict[str, Any]) -> nn.Module:
                         pooling=cfg["pooling"], **cfg.get("model_options", {}))
 
 
+FOUNDATION_TEACHERS = ("clip-vit-b16", "dinov2-vit-s14")
+
+
+def phase1_distillation(cfg: dict[str, Any], ds: GeoDataset, model: nn.Module, cache_dir: str | Path,
+                        log: Callable[[str], None] = print) -> tuple[nn.Module | None, dict[str, str]]:
+    """The `extra_loss` distilling frozen teachers into Phase 1, and the status of each teacher.
+
+    `cfg["teachers"]`: a list of names (each must load), `"available"` (CLIP ViT-B/16 and DINOv2
+    ViT-S/14 where their weights are found, one line for each that is not) or None. Teacher
+    embeddings of the training images are cached on disk, so each image goes through a teacher
+    once, however many epochs and runs follow.
+    """
+    from .teachers import PlaceDistillation, build_teacher_cache, describe, load_teachers
+
+    teachers, status = load_teachers(cfg.get("teachers"), default=FOUNDATION_TEACHERS, log=log)
+    if not teachers:
+        return None, status
+    views = ("street", "drone", "satellite")
+    items = [it for it in ds.select(split="train") if it.view in views]
+    caches = {n: build_teacher_cache(t.to(cfg["device"]), [it.path for it in items], cache_dir)
+              for n, t in teachers.items()}
+    log(f"teachers used: {describe(teachers)}")
+    module = PlaceDistillation.from_caches(caches, items, views, model.embed_dim,
+                                           cfg.get("distill_loss", "cosine"), cfg.get("distill_weight", 1.0))
+    return module, status
+
+
 def phase1_fit_options(cfg: dict[str, Any]) -> dict[str, Any]:
     """`train_crossview` keywords a resolved `phase1` section sets (besides the TrainConfig)."""
     return {"image_size": cfg["image_size"], "loss": cfg["loss"], "max_minutes": cfg["minutes"],

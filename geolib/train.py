@@ -171,11 +171,20 @@ class PlaceBatchSampler(torch.utils.data.Sampler[list[int]]):
 
 # --------------------------------------------------------------------------- optimisation
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                       clock: Callable[[], float] | None = None):
+    """Linear warm-up, then cosine to zero at `total_steps`.
+
+    `clock()` (share of a time budget used, 0..1) lets a budgeted run anneal on time: the cosine
+    follows whichever of steps and clock is further along, so a slow machine still ends its
+    budget at a low learning rate instead of being cut off at the peak.
+    """
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if clock is not None:
+            progress = max(progress, clock())
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -249,7 +258,8 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
     `pair_loss(a, b)` scores two views' embeddings of the same places. `extra_loss(images,
     embeddings, labels)` adds terms such as distillation or the instance loss; `extra_modules` are
     trained with the model (loss temperature, projection heads) and checkpointed with it.
-    `max_minutes` stops cleanly after the epoch in which the time budget runs out.
+    `max_minutes` stops cleanly after the epoch in which the time budget runs out, and the learning
+    rate anneals on that clock too (see `cosine_with_warmup`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +279,9 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
     params = [p for p in bundle.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = max(1, cfg.epochs * len(sampler))
-    scheduler = cosine_with_warmup(optimizer, int(cfg.warmup * total), total)
+    t_start = time.perf_counter()
+    clock = (lambda: (time.perf_counter() - t_start) / (60 * max_minutes)) if max_minutes else None
+    scheduler = cosine_with_warmup(optimizer, int(cfg.warmup * total), total, clock)
     pairs = view_pairs(cfg.views)
 
     history: list[dict[str, Any]] = []
@@ -281,7 +293,7 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
         if progress and rank == 0:
             print(f"resuming from {last_path}.json after epoch {start_epoch}")
     resumed_from = start_epoch
-    t_start = time.perf_counter()
+    t_start = time.perf_counter()  # the budget counts from here, after any resume
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)

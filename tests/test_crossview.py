@@ -51,3 +51,30 @@ def test_trained_model_reloads_from_its_checkpoint(world, tmp_path):
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(again(x, view="drone"), model(x, view="drone"))
     assert meta["epoch"] == 1
+
+
+def test_phase1_distillation_from_a_checkpoint_teacher_and_offline_foundation_teachers(world, tmp_path, monkeypatch):
+    from geolib.crossview import phase1_distillation
+
+    teacher = create_model("phase1-cpu", **TINY)
+    first = train_crossview(teacher, world, TrainConfig(epochs=1, batch_size=4), tmp_path / "t", image_size=32,
+                            progress=False, eval_directions=())
+    student = create_model("phase1-cpu", **TINY)
+    cfg = {"teachers": [f"geolib:{first.last_path}"], "device": "cpu"}
+    lines: list[str] = []
+    distill, status = phase1_distillation(cfg, world, student, tmp_path / "cache", log=lines.append)
+    assert status == {f"geolib:{first.last_path}": "used"} and distill is not None
+    assert any(p.suffix == ".safetensors" for p in (tmp_path / "cache").iterdir())  # embedded once, on disk
+    res = train_crossview(student, world, TrainConfig(epochs=1, batch_size=4), tmp_path / "s", image_size=32,
+                          progress=False, eval_directions=(), extra_loss=distill, extra_modules=[distill])
+    assert np.isfinite(res.history[0]["loss"])
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    lines.clear()
+    distill, status = phase1_distillation({"teachers": "available", "device": "cpu"}, world, student,
+                                          tmp_path / "cache", log=lines.append)
+    assert distill is None and set(status) == {"clip-vit-b16", "dinov2-vit-s14"}
+    assert all(v.startswith("unavailable") for v in status.values()) and len(lines) == 2
+    with pytest.raises(Exception, match="clip"):
+        phase1_distillation({"teachers": ["clip-vit-b16"], "device": "cpu"}, world, student, tmp_path / "cache")

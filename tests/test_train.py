@@ -115,3 +115,17 @@ def test_preloaded_places_give_the_same_samples(places):
         assert la == lb
         for v in places.views:
             assert torch.equal(a[v], b[v])
+
+
+def test_cosine_follows_the_clock_when_it_is_ahead_of_the_steps():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    used = {"share": 0.0}
+    sched = cosine_with_warmup(opt, warmup_steps=0, total_steps=100, clock=lambda: used["share"])
+    opt.step(); sched.step()
+    assert sched.get_last_lr()[0] > 0.99  # one step in, no time used: the peak
+    used["share"] = 0.5
+    opt.step(); sched.step()
+    assert abs(sched.get_last_lr()[0] - 0.5) < 1e-6  # half the budget gone: half way down the cosine
+    used["share"] = 1.2
+    opt.step(); sched.step()
+    assert sched.get_last_lr()[0] == 0.0
