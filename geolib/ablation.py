@@ -101,7 +101,8 @@ def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[
                          seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]))
         ck = out / name.replace("/", "_")
         res = train_crossview(model, ds, tc, ck, image_size=p["image_size"], loss=p["loss"], eval_directions=(),
-                              max_minutes=cfg["minutes_per_row"], progress=False)
+                              max_minutes=cfg["minutes_per_row"], progress=False,
+                              augment=p.get("augment", "jitter"), preload=p.get("preload", False))
         ev = evaluate_crossview(model, ds, p["image_size"], PART_A_DIRECTIONS, cfg["device"])
         cost = _cost(model, p["image_size"], "street", cfg["cost_runs"])
         record_evaluation(ev, source=SOURCE, model=f"phase1-{name.split('/')[1]}", dataset=dataset,
@@ -152,7 +153,8 @@ def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module
             caches[perturb] = cache_teacher(teacher, train_items(ds, views), int(teacher.img_size), perturb,
                                             cfg["copies"], cfg["seed"], device=cfg["device"])
         torch.manual_seed(cfg["seed"])
-        student = StudentModel(spec["backbone"], views, caches[perturb].dim, size)
+        student = StudentModel(spec["backbone"], views, caches[perturb].dim, size,
+                               gray_world=bool(getattr(teacher, "config", {}).get("gray_world", False)))
         dc = DistillConfig(backbone=spec["backbone"], views=views, image_size=size, epochs=cfg["student_epochs"],
                            batch_size=cfg["student_batch_size"], lr=cfg["student_lr"], perturb=perturb,
                            copies=cfg["copies"], seed=cfg["seed"], device=cfg["device"],

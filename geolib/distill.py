@@ -76,17 +76,20 @@ class StudentModel(nn.Module):
     `evaluate_crossview` and `model_cost` take it as is."""
 
     def __init__(self, backbone: str, views: Sequence[str], out_dim: int, img_size: int,
-                 pretrained: bool | str = False) -> None:
+                 pretrained: bool | str = False, gray_world: bool = False) -> None:
         super().__init__()
+        from .models import GrayWorldInput
+
         self.branches = nn.ModuleDict({v: StudentBranch(backbone, out_dim, img_size, pretrained) for v in views})
+        self.gray_world = GrayWorldInput() if gray_world else None  # as the teacher sees its input
         self.embed_dim, self.img_size = out_dim, img_size
         self.config = {"name": "student", "backbone": backbone, "views": list(views), "out_dim": out_dim,
-                       "img_size": img_size}
+                       "img_size": img_size, "gray_world": gray_world}
 
     def forward(self, x: Tensor, view: str) -> Tensor:
         if view not in self.branches:
             raise KeyError(f"unknown view {view!r}; this student has {', '.join(self.branches)}")
-        return self.branches[view](x)
+        return self.branches[view](x if self.gray_world is None else self.gray_world(x))
 
 
 def save_student(model: StudentModel, path: str | Path) -> Path:
@@ -110,7 +113,8 @@ def load_student(path: str | Path, device: str = "cpu") -> StudentModel:
 
     path = Path(path)
     cfg = json.loads(path.with_suffix(".json").read_text())
-    model = StudentModel(cfg["backbone"], cfg["views"], cfg["out_dim"], cfg["img_size"])
+    model = StudentModel(cfg["backbone"], cfg["views"], cfg["out_dim"], cfg["img_size"],
+                         gray_world=cfg.get("gray_world", False))
     model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
     return model.to(device).eval()
 

@@ -67,6 +67,20 @@ def test_student_training_reduces_loss_and_runs_without_teacher(world, teacher, 
     assert "street→drone" in ev.results
 
 
+def test_gray_world_student_keeps_the_setting_through_save_and_load(tmp_path):
+    st = StudentModel("mobilenetv3_small_050", VIEWS, out_dim=8, img_size=32, gray_world=True).eval()
+    save_student(st, tmp_path / "gw")
+    again = load_student(tmp_path / "gw")
+    assert again.config["gray_world"] is True and again.gray_world is not None
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.allclose(again(x, "street"), st(x, "street"), atol=1e-6)
+    # a per-channel gain on the (un-normalised) input does not move a gray-world student
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    rgb = torch.rand(1, 3, 32, 32) * 0.5 + 0.1
+    gained = (rgb * torch.tensor([1.2, 1.0, 0.85]).view(1, 3, 1, 1) - mean) / std
+    assert torch.allclose(st((rgb - mean) / std, "drone"), st(gained, "drone"), atol=1e-4)
+
+
 def test_row_runner_skips_finished_rows_and_reruns_changed_ones(tmp_path):
     calls = []
 
