@@ -94,7 +94,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                     "minutes_per_row": 0.5, "cost_runs": 5,
                     "threads": 2, "teacher_checkpoint": None, "views": ["street", "drone", "satellite"],
                     "students": ["mobilenetv3_small_050", "efficientnet_lite0", "mobilenetv4_conv_small"],
-                    "perturb": [False, True], "copies": 2, "student_image_size": 64, "student_epochs": 4,
+                    "perturb": [False, True], "copies": 2, "student_image_size": 48, "student_epochs": 4,
                     "student_batch_size": 32, "student_lr": 1e-3, "safa_backbone": "resnet10t",
                     "pano_hw": [32, 128], "sat_size": 64, "safa_heads": 8, "safa_head_rows": [1, 4], "safa_lr": 1e-3},
         "explorer": {"k": 10, "n_examples": 6, "grid_k": 5, "interactive": "auto", "fallback_epochs": 2},
