@@ -16,16 +16,21 @@ CORRECT, WRONG = (40, 170, 60), (220, 40, 40)
 
 
 def plot_history(history: Sequence[Mapping[str, Any]], title: str = "training"):
-    """Loss per epoch and every `… R@1` column per epoch, against epochs."""
+    """Loss per epoch, and every `… R@1` column against training minutes (epochs if untimed).
+
+    Recall is evaluated only every few epochs, so its keys are gathered from every row, not the first.
+    """
     epochs = [h["epoch"] for h in history]
-    r1_keys = [k for k in (history[0] if history else {}) if k.endswith("R@1")]
+    r1_keys = list(dict.fromkeys(k for h in history for k in h if k.endswith("R@1")))
+    timed = bool(history) and all("minutes_total" in h for h in history)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     axes[0].plot(epochs, [h["loss"] for h in history], marker="o")
     axes[0].set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
     for k in r1_keys:
-        xs = [h["epoch"] for h in history if h.get(k) is not None]
-        axes[1].plot(xs, [h[k] for h in history if h.get(k) is not None], marker="o", label=k)
-    axes[1].set(xlabel="epoch", ylabel="R@1 (%)", title=f"{title}: test R@1")
+        rows = [h for h in history if h.get(k) is not None]
+        axes[1].plot([h["minutes_total"] if timed else h["epoch"] for h in rows], [h[k] for h in rows],
+                     marker="o", label=k)
+    axes[1].set(xlabel="training minutes" if timed else "epoch", ylabel="R@1 (%)", title=f"{title}: test R@1")
     if r1_keys:
         axes[1].legend(fontsize=8)
     fig.tight_layout()

@@ -320,8 +320,9 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                                "seconds": round(time.perf_counter() - t0, 2), "lr": scheduler.get_last_lr()[0],
                                "minutes_total": round((time.perf_counter() - t_start) / 60, 3)}
-        if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            row.update(evaluate(model, epoch + 1))
+        out_of_time = max_minutes is not None and (time.perf_counter() - t_start) / 60 >= max_minutes
+        if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or out_of_time):
+            row.update(evaluate(model, epoch + 1))  # the last epoch of a budgeted run is evaluated too
         history.append(row)
         if rank == 0:
             score = row.get(select_metric, -row["loss"]) if select_metric else -row["loss"]
@@ -332,7 +333,7 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
                             history=history, best=best)
             if on_epoch:
                 on_epoch(row)
-        if max_minutes is not None and (time.perf_counter() - t_start) / 60 >= max_minutes:
+        if out_of_time:
             break
     return FitResult(history, best_path if best_path.with_suffix(".json").exists() else None, last_path, resumed_from)
 

@@ -78,3 +78,18 @@ def test_phase1_distillation_from_a_checkpoint_teacher_and_offline_foundation_te
     assert all(v.startswith("unavailable") for v in status.values()) and len(lines) == 2
     with pytest.raises(Exception, match="clip"):
         phase1_distillation({"teachers": ["clip-vit-b16"], "device": "cpu"}, world, student, tmp_path / "cache")
+
+
+def test_history_plot_draws_recall_evaluated_after_the_first_epoch():
+    import matplotlib
+    matplotlib.use("Agg")
+    from geolib.plots import plot_history
+
+    history = [{"epoch": 1, "loss": 3.0, "minutes_total": 0.5},
+               {"epoch": 2, "loss": 2.0, "minutes_total": 1.0, "street→drone R@1": 5.0},
+               {"epoch": 3, "loss": 1.5, "minutes_total": 1.5},
+               {"epoch": 4, "loss": 1.2, "minutes_total": 2.0, "street→drone R@1": 9.0}]
+    ax = plot_history(history).axes[1]
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [1.0, 2.0] and list(line.get_ydata()) == [5.0, 9.0]
+    assert ax.get_xlabel() == "training minutes"

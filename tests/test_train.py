@@ -129,3 +129,15 @@ def test_cosine_follows_the_clock_when_it_is_ahead_of_the_steps():
     used["share"] = 1.2
     opt.step(); sched.step()
     assert sched.get_last_lr()[0] == 0.0
+
+
+def test_a_run_stopped_by_its_budget_evaluates_its_last_epoch(places, tmp_path):
+    calls = []
+
+    def evaluate(model, epoch):
+        calls.append(epoch)
+        return {"street→drone R@1": 1.0}
+
+    res = fit(TinyNet(), places, TrainConfig(epochs=5, batch_size=4, eval_every=100), tmp_path / "c", _infonce,
+              evaluate=evaluate, progress=False, max_minutes=0)
+    assert calls == [1] and res.history[-1]["street→drone R@1"] == 1.0 and len(res.history) == 1
