@@ -243,9 +243,9 @@ class GrayWorldInput(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        rgb = x * self.std + self.mean
-        rgb = (rgb * (self.target / rgb.mean(dim=(-2, -1), keepdim=True).clamp(min=1e-3))).clamp(0, 1)
-        return (rgb - self.mean) / self.std
+        from .datasets import GrayWorld
+
+        return (GrayWorld(self.target)(x * self.std + self.mean) - self.mean) / self.std
 
 
 class CrossViewModel(nn.Module):
