@@ -83,8 +83,8 @@ def _cost(model: torch.nn.Module, size: int | tuple[int, int], view: str, runs: 
 def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[str, Any], out: Path,
                    runner: RowRunner, dataset: str) -> dict[str, Any]:
     """Train one Phase 1 variant; R@1/R@5/AP on street→drone and drone→satellite, and its cost."""
-    from .crossview import evaluate_crossview, record_evaluation, train_crossview
-    from .models import create_model
+    from .crossview import (evaluate_crossview, phase1_fit_options, phase1_model, record_evaluation,
+                            train_crossview)
     from .train import TrainConfig
 
     p = {**cfg["phase1"], **changes}
@@ -95,14 +95,12 @@ def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[
 
     def train() -> dict[str, Any]:
         torch.manual_seed(cfg["seed"])
-        model = create_model(p["model"], img_size=p["image_size"], l2l=p["l2l"], fusion=p["fusion"],
-                             pooling=p["pooling"], **p.get("model_options", {}))
+        model = phase1_model(p)
         tc = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=p["lr"], device=cfg["device"],
                          seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]))
         ck = out / name.replace("/", "_")
-        res = train_crossview(model, ds, tc, ck, image_size=p["image_size"], loss=p["loss"], eval_directions=(),
-                              max_minutes=cfg["minutes_per_row"], progress=False,
-                              augment=p.get("augment", "jitter"), preload=p.get("preload", False))
+        res = train_crossview(model, ds, tc, ck, **{**phase1_fit_options(p), "max_minutes": cfg["minutes_per_row"]},
+                              eval_directions=(), progress=False)
         ev = evaluate_crossview(model, ds, p["image_size"], PART_A_DIRECTIONS, cfg["device"])
         cost = _cost(model, p["image_size"], "street", cfg["cost_runs"])
         record_evaluation(ev, source=SOURCE, model=f"phase1-{name.split('/')[1]}", dataset=dataset,

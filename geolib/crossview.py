@@ -137,7 +137,7 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
                     extra_loss: Callable | None = None, extra_modules: Sequence[nn.Module] = (),
                     max_minutes: float | None = None, progress: bool = True,
                     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                    augment: str = "jitter", transform: Callable | None = None, preload: bool = False,
+                    augment: str = "jitter", preload: bool = False,
                     select_on_test: bool = False) -> "FitResult":
     """Train on the train split's places; after each epoch, R@1 of `eval_directions` on the test split.
 
@@ -151,8 +151,8 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
     if hasattr(model, "config"):
         cfg.extra.setdefault("model", model.config)  # so the checkpoint can rebuild its model
     train_items = ds.select(split="train")
-    transform = transform or default_transform(image_size, train=True, colour=augment)
-    places = MultiViewPlaces(train_items, cfg.views, transform, seed=cfg.seed, preload=preload)
+    places = MultiViewPlaces(train_items, cfg.views, default_transform(image_size, train=True, colour=augment),
+                             seed=cfg.seed, preload=preload)
     pair_loss = make_pair_loss(loss, **(loss_options or {}))
 
     def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:

@@ -238,14 +238,14 @@ class GrayWorldInput(nn.Module):
     def __init__(self, target: float = 0.45, mean: tuple[float, ...] = (0.485, 0.456, 0.406),
                  std: tuple[float, ...] = (0.229, 0.224, 0.225)) -> None:
         super().__init__()
-        self.target = target
+        from .datasets import GrayWorld
+
+        self.scale = GrayWorld(target)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        from .datasets import GrayWorld
-
-        return (GrayWorld(self.target)(x * self.std + self.mean) - self.mean) / self.std
+        return (self.scale(x * self.std + self.mean) - self.mean) / self.std
 
 
 class CrossViewModel(nn.Module):
