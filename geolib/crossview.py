@@ -231,7 +231,8 @@ def phase1_train_config(cfg: dict[str, Any]) -> "TrainConfig":
     return TrainConfig(views=("street", "drone", "satellite"), epochs=cfg["epochs"],
                        batch_size=cfg["batch_size"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                        warmup=cfg["warmup"], amp=cfg["amp"], device=cfg["device"], seed=cfg["seed"],
-                       num_workers=cfg["num_workers"], sampling=cfg["sampling"], eval_every=cfg["eval_every"])
+                       num_workers=cfg["num_workers"], sampling=cfg["sampling"], eval_every=cfg["eval_every"],
+                       channels_last=cfg.get("channels_last", False))
 
 
 # --------------------------------------------------------------------------- command line

@@ -24,7 +24,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "l2l": True, "fusion": True, "pooling": "attention", "loss": "infonce", "epochs": 1,
                    "batch_size": 4, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.1, "minutes": None,
                    "sampling": "random", "eval_every": 1, "flip_tta": False, "augment": "gain", "preload": True,
-                   "teachers": None},
+                   "channels_last": False, "teachers": None},
         "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"], "data_root": None,
                    "query_folders": None, "university_root": None, "backbone": "resnet10t", "pretrained": False,
                    "aggregation": "gem", "out_dim": 16, "image_size": 32, "mixvpr": {"out_channels": 8, "out_rows": 2, "mix_depth": 1},
@@ -61,7 +61,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "l2l": True, "fusion": True, "pooling": "gem", "loss": "infonce", "epochs": 40,
                    "batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "warmup": 0.03, "minutes": 4.5,
                    "sampling": "random", "eval_every": 5, "flip_tta": False, "augment": "gain", "preload": True,
-                   "teachers": "available"},
+                   "channels_last": True, "teachers": "available"},
         # Sized for ≤ 5 min of notebook 04 on one CPU thread: the offline ImageNet EfficientNet-Lite0 at
         # 64 px, frozen, its stride-16 map (stage 2) aggregated; only the aggregation and the heads
         # train, on backbone maps cached for 8 augmented copies of each image (augment_copies).
@@ -107,7 +107,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "model_options": {"pretrained": True}, "l2l": True, "fusion": True,
                    "pooling": "attention", "loss": "infonce", "epochs": 100, "batch_size": 32, "lr": 1e-4,
                    "weight_decay": 0.05, "warmup": 0.05, "minutes": None, "sampling": "gps",
-                   "eval_every": 5, "flip_tta": True, "augment": "jitter", "preload": False,
+                   "eval_every": 5, "flip_tta": True, "augment": "jitter", "preload": False, "channels_last": False,
                    "teachers": ["clip-vit-b16", "dinov2-vit-s14"], "distill_weight": 1.0},
         # The course project's CosPlace (ResNet-18 + GeM, 512-d, SF-XS train) and D&C's setting
         # (EfficientNet-B0, M=20, N=2, AAMC); test on SF-XS queries_v1 and Tokyo-XS.

@@ -9,6 +9,7 @@ so every other item in the batch is a true negative for InfoNCE and triplet loss
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -46,6 +47,7 @@ class TrainConfig:
     gps_pool: int = 128
     eval_every: int = 1
     resume: bool = True
+    channels_last: bool = False  # NHWC convolutions: 1.2-1.4x faster CNN steps on CPU (geolib bench)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,6 +199,15 @@ def autocast(device: str, amp: bool):
     return torch.autocast("cpu", enabled=False)
 
 
+def input_format(model: nn.Module) -> torch.memory_format:
+    """The memory format a model's convolutions were put in, so its inputs can match it."""
+    for p in model.parameters():
+        if p.dim() == 4 and p.shape[2] * p.shape[3] > 1:  # a 1x1 kernel is contiguous both ways
+            return torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) \
+                and not p.is_contiguous() else torch.contiguous_format
+    return torch.contiguous_format
+
+
 def view_pairs(views: Sequence[str]) -> list[tuple[str, str]]:
     return [(a, b) for i, a in enumerate(views) for b in views[i + 1:]]
 
@@ -219,9 +230,9 @@ def embed_items(model: nn.Module, items: Sequence[ImageItem], view: str, transfo
     model.eval()
     loader = torch.utils.data.DataLoader(ImageDataset(items, transform), batch_size=batch_size,
                                          num_workers=num_workers)
-    out = []
+    out, fmt = [], input_format(model)
     for x, _ in tqdm(loader, desc=f"embed {view}", disable=not progress, leave=False):
-        x = x.to(device)
+        x = x.to(device).contiguous(memory_format=fmt)
         e = model(x, view=view)
         if flip:
             e = e + model(torch.flip(x, dims=[3]), view=view)
@@ -267,6 +278,8 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
     seed_everything(cfg.seed)
     device = cfg.device
     bundle = nn.ModuleDict({"model": model, **{f"extra{i}": m for i, m in enumerate(extra_modules)}}).to(device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    bundle.to(memory_format=fmt)
     train_model = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)
@@ -288,8 +301,14 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
     start_epoch, best = 0, -math.inf
     last_path, best_path = out_dir / "last", out_dir / "best"
     if cfg.resume and last_path.with_suffix(".json").exists():
+        saved = check_resumable(last_path, cfg, max_minutes)
         meta = load_checkpoint(last_path, bundle, optimizer, scheduler, restore_rng=True)
         start_epoch, history, best = meta["epoch"], meta.get("history", []), meta.get("best", -math.inf)
+        if meta.get("complete") and saved.get("epochs", 0) >= cfg.epochs:
+            if progress and rank == 0:
+                print(f"{last_path}.json: this run already finished ({start_epoch} epochs); nothing to train")
+            return FitResult(history, best_path if best_path.with_suffix(".json").exists() else None,
+                             last_path, start_epoch)
         if progress and rank == 0:
             print(f"resuming from {last_path}.json after epoch {start_epoch}")
     resumed_from = start_epoch
@@ -301,7 +320,7 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
         t0, losses = time.perf_counter(), []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank > 0, leave=False)
         for images, labels in bar:
-            images = {v: x.to(device, non_blocking=True) for v, x in images.items()}
+            images = {v: x.to(device, non_blocking=True).contiguous(memory_format=fmt) for v, x in images.items()}
             labels = labels.to(device)
             with autocast(device, cfg.amp):
                 emb = {v: train_model(images[v], view=v) for v in cfg.views}
@@ -330,12 +349,38 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
                 best = score
                 save_checkpoint(best_path, bundle, epoch=epoch + 1, config=cfg.to_dict(), metrics=row)
             save_checkpoint(last_path, bundle, optimizer, scheduler, epoch=epoch + 1, config=cfg.to_dict(),
-                            history=history, best=best)
+                            history=history, best=best, complete=out_of_time or epoch + 1 == cfg.epochs,
+                            max_minutes=max_minutes)
             if on_epoch:
                 on_epoch(row)
         if out_of_time:
             break
     return FitResult(history, best_path if best_path.with_suffix(".json").exists() else None, last_path, resumed_from)
+
+
+# Settings that change neither the weights nor the data order, so a run may resume under new values.
+RESUME_FREE = ("epochs", "resume", "eval_every", "num_workers", "device", "channels_last")
+
+
+def check_resumable(last_path: Path, cfg: TrainConfig, max_minutes: float | None = None) -> dict[str, Any]:
+    """The saved run's config, after checking it is this run's: resuming a different run (another
+    learning rate, batch size or model) would silently mix two experiments."""
+    doc_path = Path(last_path).with_suffix(".json")
+    meta = json.loads(doc_path.read_text()).get("meta", {})
+    saved = {**meta.get("config", {}), "max_minutes": meta.get("max_minutes")}
+    now = {**json.loads(json.dumps(cfg.to_dict(), default=str)), "max_minutes": max_minutes}
+    diffs = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
+    if diffs:
+        shown = "; ".join(f"{k}: saved {_short(saved.get(k))}, now {_short(now.get(k))}" for k in diffs)
+        raise ValueError(f"{doc_path}: the checkpoint here belongs to a run with other settings ({shown}). "
+                         f"Resume it with its own settings, train into another directory, or delete "
+                         f"{doc_path.parent} to start afresh.")
+    return saved
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _gather(emb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

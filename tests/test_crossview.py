@@ -39,6 +39,33 @@ def test_training_runs_and_keeps_best(world, tmp_path):
     assert "street→drone R@1" in res.history[0] and res.best_path is not None
 
 
+def test_smoke_profile_run_killed_after_an_epoch_resumes_to_the_same_metrics(world, tmp_path):
+    import torch
+    from geolib.crossview import phase1_fit_options, phase1_model, phase1_train_config
+    from geolib.profiles import resolve
+    from geolib.train import seed_everything
+
+    cfg = resolve("smoke", "phase1", epochs=3, device="cpu")
+    opts = {**phase1_fit_options(cfg), "progress": False}
+
+    def run(out, on_epoch=None):
+        seed_everything(cfg["seed"])
+        return train_crossview(phase1_model(cfg), world, phase1_train_config(cfg), out, on_epoch=on_epoch, **opts)
+
+    def kill_after_2(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", kill_after_2)
+    torch.manual_seed(99)  # the resumed run must take everything from the checkpoint
+    resumed = run(tmp_path / "b")
+    assert resumed.resumed_from == 2 and [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert resumed.history[-1]["street→drone R@1"] == straight.history[-1]["street→drone R@1"]
+    np.testing.assert_allclose([r["loss"] for r in resumed.history], [r["loss"] for r in straight.history], rtol=1e-5)
+
+
 def test_trained_model_reloads_from_its_checkpoint(world, tmp_path):
     import torch
     from geolib.crossview import load_trained_model

@@ -81,16 +81,21 @@ def test_dataset_needs_every_view(tmp_path):
         MultiViewPlaces(ds.items, ("street", "drone"), default_transform(8))
 
 
+def _kill_after(epoch):
+    def on_epoch(row):
+        if row["epoch"] == epoch:
+            raise KeyboardInterrupt
+    return on_epoch
+
+
 def test_fit_resumes_where_it_stopped(places, tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, warmup=0.2, seed=0)
     torch.manual_seed(0)
     straight = fit(TinyNet(), places, cfg, tmp_path / "a", _infonce, progress=False)
     assert [r["epoch"] for r in straight.history] == [1, 2, 3]
     torch.manual_seed(0)
-    model = TinyNet()
-    stopped = fit(model, places, TrainConfig(**{**cfg.__dict__, "epochs": 3}), tmp_path / "b", _infonce,
-                  progress=False, max_minutes=0)  # "killed" after epoch 1
-    assert len(stopped.history) == 1
+    with pytest.raises(KeyboardInterrupt):  # killed after epoch 1, its checkpoint written
+        fit(TinyNet(), places, cfg, tmp_path / "b", _infonce, progress=False, on_epoch=_kill_after(1))
     torch.manual_seed(123)
     resumed_model = TinyNet()
     resumed = fit(resumed_model, places, cfg, tmp_path / "b", _infonce, progress=False)
@@ -141,3 +146,44 @@ def test_a_run_stopped_by_its_budget_evaluates_its_last_epoch(places, tmp_path):
     res = fit(TinyNet(), places, TrainConfig(epochs=5, batch_size=4, eval_every=100), tmp_path / "c", _infonce,
               evaluate=evaluate, progress=False, max_minutes=0)
     assert calls == [1] and res.history[-1]["street→drone R@1"] == 1.0 and len(res.history) == 1
+
+
+def test_resuming_a_run_with_other_settings_fails_and_names_them(places, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(TinyNet(), places, cfg, tmp_path, _infonce, progress=False, on_epoch=_kill_after(1))
+    other = TrainConfig(**{**cfg.__dict__, "lr": 1e-3, "epochs": 5, "eval_every": 2})
+    with pytest.raises(ValueError, match=r"last\.json.*other settings \(lr: saved 0\.01, now 0\.001\).*delete"):
+        fit(TinyNet(), places, other, tmp_path, _infonce, progress=False)
+    resumed = fit(TinyNet(), places, TrainConfig(**{**cfg.__dict__, "eval_every": 2}), tmp_path, _infonce,
+                  progress=False)  # epochs, evaluation cadence and device are free to change
+    assert resumed.resumed_from == 1 and len(resumed.history) == 2
+
+
+def test_a_finished_run_is_reused_and_a_longer_one_continues_it(places, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, seed=0)
+    model = TinyNet()
+    first = fit(model, places, cfg, tmp_path, _infonce, progress=False)
+    again_model = TinyNet()
+    again = fit(again_model, places, cfg, tmp_path, _infonce, progress=False)
+    assert again.resumed_from == 2 and again.history == first.history
+    for p, q in zip(model.parameters(), again_model.parameters()):
+        torch.testing.assert_close(p, q)  # the saved weights, not a fresh init or more training
+    longer = fit(TinyNet(), places, TrainConfig(**{**cfg.__dict__, "epochs": 3}), tmp_path, _infonce, progress=False)
+    assert longer.resumed_from == 2 and [r["epoch"] for r in longer.history] == [1, 2, 3]
+    with pytest.raises(ValueError, match="max_minutes: saved null, now 1"):
+        fit(TinyNet(), places, cfg, tmp_path, _infonce, progress=False, max_minutes=1)
+
+
+def test_channels_last_training_matches_the_default_layout(places, tmp_path):
+    from geolib.train import input_format
+
+    runs = {}
+    for cl in (False, True):
+        torch.manual_seed(0)
+        model = TinyNet()
+        runs[cl] = fit(model, places, TrainConfig(epochs=2, batch_size=4, lr=1e-2, seed=0, channels_last=cl),
+                       tmp_path / str(cl), _infonce, progress=False)
+        assert input_format(model) == (torch.channels_last if cl else torch.contiguous_format)
+    np.testing.assert_allclose([r["loss"] for r in runs[True].history], [r["loss"] for r in runs[False].history],
+                               rtol=1e-4)
