@@ -81,8 +81,14 @@ def _cost(model: torch.nn.Module, size: int | tuple[int, int], view: str, runs: 
 # --------------------------------------------------------------------------- part A
 
 def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[str, Any], out: Path,
-                   runner: RowRunner, dataset: str) -> dict[str, Any]:
-    """Train one Phase 1 variant; R@1/R@5/AP on street→drone and drone→satellite, and its cost."""
+                   runner: RowRunner, dataset: str, backbone_from: str | Path | None = None) -> dict[str, Any]:
+    """Train one Phase 1 variant; R@1/R@5/AP on street→drone and drone→satellite, and its cost.
+
+    `backbone_from` (a trained Phase 1 checkpoint, notebook 02's): every row starts from its
+    backbone, frozen, and trains only its own neck, pooling and loss. A minute on a CPU cannot
+    train a backbone, so without this every row lands near chance and the table shows cost only;
+    with it, rows differ in exactly the part they change, on the same trained features.
+    """
     from .crossview import (evaluate_crossview, phase1_fit_options, phase1_model, record_evaluation,
                             train_crossview)
     from .train import TrainConfig
@@ -91,13 +97,18 @@ def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[
     row_cfg = {"row": name, **{k: p[k] for k in ("model", "image_size", "model_options", "l2l", "fusion",
                                                  "pooling", "loss")}, "epochs": cfg["epochs"],
                "batch_size": cfg["batch_size"], "lr": p["lr"], "minutes": cfg["minutes_per_row"],
-               "dataset": dataset, "seed": cfg["seed"]}
+               "dataset": dataset, "seed": cfg["seed"],
+               "backbone_from": checkpoint_id(backbone_from) if backbone_from else None}
 
     def train() -> dict[str, Any]:
         torch.manual_seed(cfg["seed"])
         model = phase1_model(p)
+        if backbone_from:
+            load_backbone(model, backbone_from)
         tc = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=p["lr"], device=cfg["device"],
-                         seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]))
+                         seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]),
+                         channels_last=p.get("channels_last", False),
+                         freeze=(".backbone.",) if backbone_from else ())
         ck = out / name.replace("/", "_")
         res = train_crossview(model, ds, tc, ck, **{**phase1_fit_options(p), "max_minutes": cfg["minutes_per_row"]},
                               eval_directions=(), progress=False)
@@ -109,6 +120,22 @@ def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[
                 "checkpoint": str(res.last_path)}
 
     return runner.run(name, row_cfg, train)
+
+
+def load_backbone(model: torch.nn.Module, checkpoint: str | Path) -> int:
+    """Copy a Phase 1 checkpoint's backbone weights into `model` (same backbone and view layout);
+    returns how many tensors were copied."""
+    from .checkpoint import read_model_state
+
+    _, state = read_model_state(checkpoint)
+    picked = {k: v for k, v in state.items() if ".backbone." in k}
+    own = {k for k in model.state_dict() if ".backbone." in k}
+    if not picked or set(picked) != own:
+        missing, extra = sorted(own - set(picked))[:3], sorted(set(picked) - own)[:3]
+        raise ValueError(f"{checkpoint}: its backbone does not fit this row's model (missing {missing}, "
+                         f"unexpected {extra}); rows warm-start from a checkpoint of the same backbone and views")
+    model.load_state_dict(picked, strict=False)
+    return len(picked)
 
 
 # --------------------------------------------------------------------------- part B

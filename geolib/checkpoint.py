@@ -120,11 +120,16 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
 def load_weights(path: str | Path, module: torch.nn.Module, prefix: str = "model.") -> dict[str, Any]:
     """Load only the `prefix` part of a checkpoint's model state (e.g. the network of a training
     bundle that also holds loss parameters); returns the checkpoint's `meta`."""
-    doc, tensors = read_checkpoint(path)
-    state = _join_state(doc["state"]["model"], tensors)
-    picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    meta, picked = read_model_state(path, prefix)
     if not picked:
         raise KeyError(f"{path}: no weights under {prefix!r}; keys start with "
-                       f"{sorted({k.split('.')[0] for k in state})}")
+                       f"{sorted({k.split('.')[0] for k in read_model_state(path, '')[1]})}")
     _unwrap(module).load_state_dict(picked)
-    return doc["meta"]
+    return meta
+
+
+def read_model_state(path: str | Path, prefix: str = "model.") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A checkpoint's `meta` and the part of its model state under `prefix`, with the prefix cut."""
+    doc, tensors = read_checkpoint(path)
+    state = _join_state(doc["state"]["model"], tensors)
+    return doc["meta"], {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -47,6 +47,8 @@ class TrainConfig:
     gps_pool: int = 128
     eval_every: int = 1
     resume: bool = True
+    freeze: tuple[str, ...] = ()  # parameter-name parts (".backbone.") kept frozen, their BatchNorm stats too
+    backbone_lr_scale: float = 1.0  # backbone lr = lr x this: a pretrained backbone needs less than a new neck
     channels_last: bool = False  # NHWC convolutions: 1.2-1.4x faster CNN steps on CPU (geolib bench)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -199,6 +201,30 @@ def autocast(device: str, amp: bool):
     return torch.autocast("cpu", enabled=False)
 
 
+def freeze_parts(module: nn.Module, parts: Sequence[str]) -> list[nn.Module]:
+    """Stop training every submodule whose name contains one of `parts`; returns them, so the
+    loop can keep them in eval mode (a frozen backbone must not drift its BatchNorm statistics)."""
+    if not parts:
+        return []
+    picked = [m for name, m in module.named_modules() if any(p in f".{name}." for p in parts)]
+    if not picked:
+        raise ValueError(f"freeze={list(parts)} matches no submodule; names look like "
+                         f"{[n for n, _ in module.named_modules()][1:4]}")
+    for m in picked:
+        m.requires_grad_(False)
+    return picked
+
+
+def param_groups(module: nn.Module, lr: float, backbone_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Trainable parameters in two groups: `*.backbone.*` at `lr · backbone_scale`, the rest at `lr`."""
+    groups: dict[bool, list[nn.Parameter]] = {True: [], False: []}
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            groups[".backbone." in f".{name}"].append(p)
+    return [{"params": ps, "lr": lr * (backbone_scale if is_bb else 1.0)}
+            for is_bb, ps in groups.items() if ps]
+
+
 def input_format(model: nn.Module) -> torch.memory_format:
     """The memory format a model's convolutions were put in, so its inputs can match it."""
     for p in model.parameters():
@@ -289,8 +315,10 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
                                 cfg.gps_random, rank, world)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
                                          persistent_workers=cfg.num_workers > 0)
+    frozen = freeze_parts(bundle, cfg.freeze)
     params = [p for p in bundle.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(bundle, cfg.lr, cfg.backbone_lr_scale), lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     total = max(1, cfg.epochs * len(sampler))
     t_start = time.perf_counter()
     clock = (lambda: (time.perf_counter() - t_start) / (60 * max_minutes)) if max_minutes else None
@@ -317,6 +345,8 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         bundle.train()
+        for m in frozen:
+            m.eval()
         t0, losses = time.perf_counter(), []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank > 0, leave=False)
         for images, labels in bar:

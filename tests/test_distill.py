@@ -116,3 +116,31 @@ def test_ablation_rows_selection_and_findings():
     lines = ab.effect_sentences(t, "A/full")
     assert "no measurable effect" in lines[0] and "-10.0 points" in lines[1]
     assert ab.resolution(10) == 10.0 and ab.resolution(1000) == 1.0
+
+
+def test_part_a_rows_warm_start_from_a_frozen_trained_backbone(world, tmp_path):
+    from geolib import ablation as ab
+    from geolib.checkpoint import read_model_state
+    from geolib.crossview import train_crossview
+    from geolib.profiles import resolve
+    from geolib.train import TrainConfig
+
+    phase1 = resolve("smoke", "phase1", device="cpu")
+    source = create_model(phase1["model"], img_size=phase1["image_size"], **phase1["model_options"])
+    trained = train_crossview(source, world, TrainConfig(epochs=1, batch_size=4), tmp_path / "nb02",
+                              image_size=phase1["image_size"], progress=False, eval_directions=())
+    cfg = {**resolve("smoke", "distill", device="cpu"), "phase1": phase1, "profile": "smoke"}
+    runner = RowRunner(tmp_path / "rows")
+    row = ab.run_phase1_row("A/no-l2l", {"l2l": False}, world, cfg, tmp_path / "03", runner, "fixture",
+                            backbone_from=trained.last_path)
+    assert row["results"]["directions"]["street→drone"]["queries"] > 0
+    assert row["config"]["backbone_from"].startswith(str(trained.last_path) + "@")
+    _, src = read_model_state(trained.last_path)
+    _, got = read_model_state(row["results"]["checkpoint"])
+    backbone = [k for k in src if ".backbone." in k]
+    assert backbone and all(torch.equal(src[k], got[k]) for k in backbone)  # frozen, BatchNorm included
+    neck = [k for k in got if ".head." in k]
+    assert neck and not all(torch.equal(src[k], got[k]) for k in neck)  # the row trained its own head
+    other = create_model("phase1-cpu", **{**TINY, "views": "shared"})
+    with pytest.raises(ValueError, match="does not fit this row's model"):
+        ab.load_backbone(other, trained.last_path)

@@ -187,3 +187,35 @@ def test_channels_last_training_matches_the_default_layout(places, tmp_path):
         assert input_format(model) == (torch.channels_last if cl else torch.contiguous_format)
     np.testing.assert_allclose([r["loss"] for r in runs[True].history], [r["loss"] for r in runs[False].history],
                                rtol=1e-4)
+
+
+class BNNet(TinyNet):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+
+    def forward(self, x, view):
+        return super().forward(self.backbone(x), view)
+
+
+def test_frozen_parts_keep_weights_and_batchnorm_statistics(places, tmp_path):
+    torch.manual_seed(0)
+    model = BNNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, places, TrainConfig(epochs=1, batch_size=4, lr=1e-2, freeze=(".backbone.",)), tmp_path,
+        _infonce, progress=False)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    assert not torch.equal(before["conv.weight"], after["conv.weight"])
+    with pytest.raises(ValueError, match="matches no submodule"):
+        fit(BNNet(), places, TrainConfig(epochs=1, batch_size=4, freeze=(".nothing.",)), tmp_path / "x",
+            _infonce, progress=False)
+
+
+def test_backbone_parameters_get_their_own_learning_rate():
+    from geolib.train import param_groups
+
+    groups = param_groups(BNNet(), 1e-2, backbone_scale=0.1)
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2]
+    assert sum(len(g["params"]) for g in groups) == len(list(BNNet().parameters()))
+    assert len(groups[0]["params"]) == 4  # the backbone's conv and BatchNorm weights and biases
