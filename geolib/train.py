@@ -397,8 +397,13 @@ def check_resumable(last_path: Path, cfg: TrainConfig, max_minutes: float | None
     learning rate, batch size or model) would silently mix two experiments."""
     doc_path = Path(last_path).with_suffix(".json")
     meta = json.loads(doc_path.read_text()).get("meta", {})
-    saved = {**meta.get("config", {}), "max_minutes": meta.get("max_minutes")}
-    now = {**json.loads(json.dumps(cfg.to_dict(), default=str)), "max_minutes": max_minutes}
+    def plain(c: TrainConfig) -> dict[str, Any]:
+        return json.loads(json.dumps(c.to_dict(), default=str))
+
+    saved = {**plain(TrainConfig()), **meta.get("config", {})}  # settings added since: their defaults
+    now = plain(cfg)
+    if "max_minutes" in meta:  # checkpoints written before budgets were recorded carry none
+        saved["max_minutes"], now["max_minutes"] = meta["max_minutes"], max_minutes
     diffs = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
     if diffs:
         shown = "; ".join(f"{k}: saved {_short(saved.get(k))}, now {_short(now.get(k))}" for k in diffs)
