@@ -252,3 +252,24 @@ def test_extra_train_regions_add_train_places_only():
     assert any(p.region >= len(a.regions) for p in b.places)
     assert {p.role for p in b.places if p.region >= len(a.regions)} == {"train"}
     assert {s.region for s in E.plan_cvusa(b)[0]} == {s.region for s in E.plan_cvusa(a)[0]}
+
+
+def _plan_keys(shots: list) -> list[tuple]:
+    return [(s.region, s.view, s.condition, tuple(s.paths), json.dumps(s.pose, sort_keys=True, default=float))
+            for s in shots]
+
+
+def test_more_vpr_train_regions_leave_other_exports_and_vpr_val_test_unchanged():
+    base = W.preset_params("smoke", extra_train_regions=2)  # train regions 0, 2, 4, 5
+    more = W.preset_params("smoke", extra_train_regions=2, vpr_regions=(3, 1, 1))
+    assert W.cache_key(base, 0) != W.cache_key(more, 0)
+    a, b = W.generate(base, 0), W.generate(more, 0)
+    ra, rb = E.vpr_regions(a), E.vpr_regions(b)
+    assert rb["train"][:len(ra["train"])] == ra["train"] and len(rb["train"]) == 3
+    assert (rb["val"], rb["test"]) == (ra["val"], ra["test"])
+    assert _plan_keys(E.plan_university(b)) == _plan_keys(E.plan_university(a))
+    assert _plan_keys(E.plan_cvusa(b)[0]) == _plan_keys(E.plan_cvusa(a)[0])
+    va, vb = _plan_keys(E.plan_vpr(a)), _plan_keys(E.plan_vpr(b))
+    not_train = lambda keys: [k for k in keys if not k[3][0].startswith(f"{E.VPR}/train/")]  # noqa: E731
+    assert not_train(vb) == not_train(va) and not_train(va)
+    assert set(va) < set(vb)  # the old train shots are all still there, with the same poses and names
