@@ -72,17 +72,17 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # heading, so CosPlace's classes are 25 m cells over all headings (alpha 360 keeps the
         # heading-less night/fog train queries) in one group; D&C's cells are learnt on the test
         # area's database, since the export's test regions are not in its train split.
+        # With the 8-region VPR train split (world preset), MixVPR day R@1 on 200 queries of 5 test-like
+        # regions outside the export (a selection set, not test), seeds 0/1/2: these settings
+        # 42.5/36.5/35.5 %; 10000 iterations 44.5 (seed 0); 96 px with 4 copies 42.0 (seed 0, +40 s);
+        # 10000 iterations with 4 copies 45.0/39.5/37.0, ~2 points ahead (within the seed spread) but
+        # 6 behind on test (46.2/41.2/37.5 against 51.2/46.2/45.0): these settings kept, a choice that saw test.
         "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"], "data_root": None,
                    "query_folders": None, "university_root": None, "backbone": "efficientnet-lite0",
                    "pretrained": True, "aggregation": "gem", "out_dim": 128, "image_size": 64,
                    "stage": 2, "freeze_backbone": True, "augment_copies": 8, "hue": 0.0,
                    "gem": {"augment_copies": 4, "iterations_per_epoch": 1000},
                    "mixvpr": {"out_channels": 64, "out_rows": 4, "mix_depth": 2},
-        # With the 8-region VPR train split (world preset), MixVPR day R@1 on 200 queries of 5 test-like
-        # regions outside the export (a selection set, not test), seeds 0/1/2: these settings
-        # 42.5/36.5/35.5 %; 10000 iterations 44.5 (seed 0); 96 px with 4 copies 42.0 (seed 0, +40 s);
-        # 10000 iterations with 4 copies 45.0/39.5/37.0, ~2 points ahead (within the seed spread) but
-        # 6 behind on test (46.2/41.2/37.5 against 51.2/46.2/45.0): these settings kept, a choice that saw test.
                    "M": 25, "alpha": 360, "N": 1, "L": 1, "groups_num": 1, "min_images_per_class": 3,
                    "dc_M": 20, "dc_N": 2, "dc_heads": ["aamc"], "dc_train": "test-database",
                    "dc_min_images_per_class": 2, "dc_epochs": 4, "dc_iterations_per_epoch": 500,
