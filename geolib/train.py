@@ -369,9 +369,13 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                                "seconds": round(time.perf_counter() - t0, 2), "lr": scheduler.get_last_lr()[0],
                                "minutes_total": round((time.perf_counter() - t_start) / 60, 3)}
-        out_of_time = max_minutes is not None and (time.perf_counter() - t_start) / 60 >= max_minutes
+        def spent() -> bool:
+            return max_minutes is not None and (time.perf_counter() - t_start) / 60 >= max_minutes
+
+        out_of_time = spent()
         if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or out_of_time):
             row.update(evaluate(model, epoch + 1))  # the last epoch of a budgeted run is evaluated too
+            out_of_time = out_of_time or spent()  # an evaluation that ends the budget ends the run
         history.append(row)
         if rank == 0:
             score = row.get(select_metric, -row["loss"]) if select_metric else -row["loss"]

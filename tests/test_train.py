@@ -148,6 +148,23 @@ def test_a_run_stopped_by_its_budget_evaluates_its_last_epoch(places, tmp_path):
     assert calls == [1] and res.history[-1]["street→drone R@1"] == 1.0 and len(res.history) == 1
 
 
+def test_an_evaluation_that_uses_up_the_budget_ends_the_run(places, tmp_path, monkeypatch):
+    import geolib.train as T
+
+    now = [0.0]
+    monkeypatch.setattr(T.time, "perf_counter", lambda: now[0])
+    calls = []
+
+    def evaluate(model, epoch):
+        calls.append(epoch)
+        now[0] += 120.0  # the evaluation after epoch 2 runs past the 1-minute budget
+        return {"street→drone R@1": 1.0}
+
+    res = fit(TinyNet(), places, TrainConfig(epochs=5, batch_size=4, eval_every=2), tmp_path, _infonce,
+              evaluate=evaluate, progress=False, max_minutes=1)
+    assert calls == [2] and len(res.history) == 2  # no epoch 3 at a spent budget's zero learning rate
+
+
 def test_resuming_a_run_with_other_settings_fails_and_names_them(places, tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, seed=0)
     with pytest.raises(KeyboardInterrupt):
