@@ -37,6 +37,10 @@ def test_training_runs_and_keeps_best(world, tmp_path):
     res = train_crossview(model, world, cfg, tmp_path / "ck", image_size=32, progress=False)
     assert [r["epoch"] for r in res.history] == [1, 2]
     assert "street→drone R@1" in res.history[0] and res.best_path is not None
+    from geolib.checkpoint import read_checkpoint
+    assert read_checkpoint(res.best_path)[0]["meta"]["epoch"] == 2  # the last, annealed epoch
+    with pytest.raises(ValueError, match="select must be one of"):
+        train_crossview(model, world, cfg, tmp_path / "x", image_size=32, progress=False, select="best")
 
 
 def test_smoke_profile_run_killed_after_an_epoch_resumes_to_the_same_metrics(world, tmp_path):
