@@ -148,7 +148,7 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
     the last), or "test" (the highest test recall, for exploration only: it reports an optimistic
     number for the very queries it was chosen on).
     """
-    rules = {"last": "epoch", "train-loss": None, "test": "mean R@1"}
+    rules = {"last": "last", "train-loss": None, "test": "mean R@1"}
     if select not in rules:
         raise ValueError(f"select must be one of {', '.join(rules)}, got {select!r}")
     from .losses import make_pair_loss

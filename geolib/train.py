@@ -295,6 +295,8 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
     `pair_loss(a, b)` scores two views' embeddings of the same places. `extra_loss(images,
     embeddings, labels)` adds terms such as distillation or the instance loss; `extra_modules` are
     trained with the model (loss temperature, projection heads) and checkpointed with it.
+    `select_metric` names the history field whose highest value is kept as `best` (default: the
+    lowest training loss); `"last"` keeps the final epoch, written once at the end.
     `max_minutes` stops cleanly after the epoch in which the time budget runs out, and the learning
     rate anneals on that clock too (see `cosine_with_warmup`).
     """
@@ -378,13 +380,17 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
             out_of_time = out_of_time or spent()  # an evaluation that ends the budget ends the run
         history.append(row)
         if rank == 0:
-            score = row.get(select_metric, -row["loss"]) if select_metric else -row["loss"]
-            if score is not None and score > best:
-                best = score
+            complete = out_of_time or epoch + 1 == cfg.epochs
+            if select_metric == "last":  # `best` is the final model: written once, when the run ends
+                keep = complete
+            else:
+                score = row.get(select_metric, -row["loss"]) if select_metric else -row["loss"]
+                keep = score is not None and score > best
+                best = score if keep else best
+            if keep:
                 save_checkpoint(best_path, bundle, epoch=epoch + 1, config=cfg.to_dict(), metrics=row)
             save_checkpoint(last_path, bundle, optimizer, scheduler, epoch=epoch + 1, config=cfg.to_dict(),
-                            history=history, best=best, complete=out_of_time or epoch + 1 == cfg.epochs,
-                            max_minutes=max_minutes)
+                            history=history, best=best, complete=complete, max_minutes=max_minutes)
             if on_epoch:
                 on_epoch(row)
         if out_of_time:

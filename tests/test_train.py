@@ -236,3 +236,14 @@ def test_backbone_parameters_get_their_own_learning_rate():
     assert [g["lr"] for g in groups] == [1e-3, 1e-2]
     assert sum(len(g["params"]) for g in groups) == len(list(BNNet().parameters()))
     assert len(groups[0]["params"]) == 4  # the backbone's conv and BatchNorm weights and biases
+
+
+def test_keeping_the_last_epoch_writes_best_once_when_the_run_ends(places, tmp_path):
+    from geolib.checkpoint import read_checkpoint
+
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(TinyNet(), places, cfg, tmp_path, _infonce, progress=False, select_metric="last", on_epoch=_kill_after(1))
+    assert not (tmp_path / "best.json").exists()  # an unfinished run has no final model yet
+    res = fit(TinyNet(), places, cfg, tmp_path, _infonce, progress=False, select_metric="last")
+    assert read_checkpoint(res.best_path)[0]["meta"]["epoch"] == 2
