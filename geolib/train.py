@@ -324,6 +324,9 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
     total = max(1, cfg.epochs * len(sampler))
     t_start = time.perf_counter()
     clock = (lambda: (time.perf_counter() - t_start) / (60 * max_minutes)) if max_minutes else None
+
+    def spent() -> bool:  # max_minutes=0 is a budget too: one epoch
+        return max_minutes is not None and (time.perf_counter() - t_start) / 60 >= max_minutes
     scheduler = cosine_with_warmup(optimizer, int(cfg.warmup * total), total, clock)
     pairs = view_pairs(cfg.views)
 
@@ -371,9 +374,6 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                                "seconds": round(time.perf_counter() - t0, 2), "lr": scheduler.get_last_lr()[0],
                                "minutes_total": round((time.perf_counter() - t_start) / 60, 3)}
-        def spent() -> bool:
-            return max_minutes is not None and (time.perf_counter() - t_start) / 60 >= max_minutes
-
         out_of_time = spent()
         if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or out_of_time):
             row.update(evaluate(model, epoch + 1))  # the last epoch of a budgeted run is evaluated too
