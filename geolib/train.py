@@ -234,6 +234,14 @@ def input_format(model: nn.Module) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def embed_batch(train_model: nn.Module, model: nn.Module, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One call for all views when the model takes a dict (views sharing a branch then run as one
+    batch), else one call per view. Either way through `train_model`, so DDP sees the forward."""
+    if hasattr(model, "embed_views"):
+        return train_model(images)
+    return {v: train_model(x, view=v) for v, x in images.items()}
+
+
 def view_pairs(views: Sequence[str]) -> list[tuple[str, str]]:
     return [(a, b) for i, a in enumerate(views) for b in views[i + 1:]]
 
@@ -358,7 +366,7 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
             images = {v: x.to(device, non_blocking=True).contiguous(memory_format=fmt) for v, x in images.items()}
             labels = labels.to(device)
             with autocast(device, cfg.amp):
-                emb = {v: train_model(images[v], view=v) for v in cfg.views}
+                emb = embed_batch(train_model, model, {v: images[v] for v in cfg.views})
                 emb = _gather(emb) if world > 1 else emb
                 loss = multiview_loss(emb, pair_loss, pairs)
                 if extra_loss is not None:

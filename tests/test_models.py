@@ -59,6 +59,23 @@ def test_university_layout_shares_drone_and_satellite():
     assert set(out) == {"street", "satellite"}
 
 
+def test_views_sharing_a_branch_run_as_one_batch_with_the_same_embeddings():
+    """`model({view: x})` = one call per branch; in eval mode exactly the per-view embeddings."""
+    model = tiny().eval()
+    batch = {v: torch.randn(n, 3, 64, 64) for v, n in (("street", 2), ("drone", 3), ("satellite", 2))}
+    calls = []
+    model.branch("drone").register_forward_hook(lambda m, inp, out: calls.append(len(inp[0])))
+    with torch.no_grad():
+        joint = model(batch)
+        single = {v: model(x, v) for v, x in batch.items()}
+    assert list(joint) == ["street", "drone", "satellite"]
+    assert calls[0] == 5  # drone and satellite together, then 3 + 2 one at a time
+    for v in batch:
+        assert torch.allclose(joint[v], single[v], atol=1e-5), v
+    with pytest.raises(TypeError, match="model\\(x, view\\)"):
+        model(batch["street"])
+
+
 def test_registry_and_config():
     assert {"phase1", "phase1-cpu"} <= set(list_models())
     with pytest.raises(ValueError, match=r"unknown model 'swin_l2l'.*phase1, phase1-cpu"):
