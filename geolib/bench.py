@@ -444,7 +444,7 @@ def _train_rate(setup: dict[str, Any], steps: int, variant: str, min_s: float = 
     import torch
 
     from .losses import make_pair_loss
-    from .train import multiview_loss, view_pairs
+    from .train import embed_batch, multiview_loss, view_pairs
 
     model, loss_fn = setup["build"]().train(), make_pair_loss(setup["loss"])
     views, b, size = setup["views"], setup["batch_size"], setup["image_size"]
@@ -465,7 +465,7 @@ def _train_rate(setup: dict[str, Any], steps: int, variant: str, min_s: float = 
             return {"compile_ok": False, "error": f"{type(err).__name__}: {err}"[:300]}
 
     def step() -> None:
-        emb = {v: forward(batch[v], view=v) for v in views}
+        emb = embed_batch(forward, model, batch)  # as `fit` does: views sharing a branch in one call
         loss = multiview_loss(emb, loss_fn, view_pairs(views))
         opt.zero_grad(set_to_none=True)
         loss.backward()
