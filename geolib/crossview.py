@@ -138,7 +138,8 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
                     max_minutes: float | None = None, progress: bool = True,
                     on_epoch: Callable[[dict[str, Any]], None] | None = None,
                     augment: str = "jitter", preload: bool = False,
-                    select: str = "last") -> "FitResult":
+                    select: str = "last", flip: bool = False,
+                    cache: "EmbeddingCache | None" = None) -> "FitResult":
     """Train on the train split's places; after some epochs, R@1 of `eval_directions` on the test split.
 
     The evaluations are curves to watch, not a selection rule. `select` decides which epoch is kept
@@ -147,6 +148,8 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
     noise: in one default run it picked epoch 21 of 24, street->drone R@1 35.8 % against 38.9 % for
     the last), or "test" (the highest test recall, for exploration only: it reports an optimistic
     number for the very queries it was chosen on).
+    `flip` and `cache` are those of `evaluate_crossview`: with the final evaluation's settings and
+    cache, the curve measures what the table reports, and the last epoch's embeddings are reused.
     """
     rules = {"last": "last", "train-loss": None, "test": "mean R@1"}
     if select not in rules:
@@ -162,7 +165,7 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
     pair_loss = make_pair_loss(loss, **(loss_options or {}))
 
     def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
-        ev = evaluate_crossview(m, ds, image_size, eval_directions, cfg.device)
+        ev = evaluate_crossview(m, ds, image_size, eval_directions, cfg.device, flip=flip, cache=cache)
         row = {f"{k} R@1": r.metrics["R@1"] for k, r in ev.results.items()}
         row["mean R@1"] = float(np.mean(list(row.values()))) if row else 0.0
         return row
@@ -228,7 +231,8 @@ def phase1_distillation(cfg: dict[str, Any], ds: GeoDataset, model: nn.Module, c
 def phase1_fit_options(cfg: dict[str, Any]) -> dict[str, Any]:
     """`train_crossview` keywords a resolved `phase1` section sets (besides the TrainConfig)."""
     return {"image_size": cfg["image_size"], "loss": cfg["loss"], "max_minutes": cfg["minutes"],
-            "augment": cfg.get("augment", "jitter"), "preload": cfg.get("preload", False)}
+            "augment": cfg.get("augment", "jitter"), "preload": cfg.get("preload", False),
+            "flip": cfg.get("flip_tta", False)}
 
 
 def phase1_train_config(cfg: dict[str, Any]) -> "TrainConfig":

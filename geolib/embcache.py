@@ -263,6 +263,9 @@ def _embed_batch(model: Any, x: Any, view: str, flip: bool) -> np.ndarray:
     import torch
     from torch import nn
 
+    from .train import input_format
+
+    x = x.contiguous(memory_format=input_format(model))  # a channels-last model takes NHWC input
     e = model(x, view=view)
     if flip:
         e = e + model(torch.flip(x, dims=[3]), view=view)

@@ -390,9 +390,9 @@ class GalleryIndex:
         `embed_tensors`); `model=None` loads the checkpoint the index names. `geolib.localize` is
         the one-photo form that decodes a file and answers with distinct places.
         """
-        from .localization import embed_tensors, model_for
+        from .localization import embed_tensors, index_flip, model_for
 
-        return self.query(embed_tensors(model_for(self, model), images, view), k)
+        return self.query(embed_tensors(model_for(self, model), images, view, index_flip(self)), k)
 
     def _hit(self, rank: int, i: int, score: float) -> Hit:
         m = self.meta

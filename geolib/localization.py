@@ -130,18 +130,24 @@ def model_for(index: "GalleryIndex", model: "nn.Module | str | os.PathLike | Non
 
 
 def embed_image(model: "nn.Module", img: "Image.Image", view: str = "street", image_size: int | None = None,
-                device: str = "cpu") -> np.ndarray:
+                device: str = "cpu", flip: bool = False) -> np.ndarray:
     """(1, D) L2-normalised embedding, through the same transform the gallery used."""
     from .datasets import default_transform
 
     size = image_size or int(getattr(model, "img_size", None) or model.config["img_size"])
-    return embed_tensors(model, default_transform(size)(img).unsqueeze(0).to(device), view)
+    return embed_tensors(model, default_transform(size)(img).unsqueeze(0).to(device), view, flip)
 
 
-def embed_tensors(model: "nn.Module", images: Any, view: str) -> np.ndarray:
+def index_flip(index: "GalleryIndex") -> bool:
+    """Whether the gallery was embedded with flip test-time augmentation: queries must match it."""
+    return bool((index.meta.get("extra") or {}).get("flip", False))
+
+
+def embed_tensors(model: "nn.Module", images: Any, view: str, flip: bool = False) -> np.ndarray:
     """(B, D) L2-normalised float32 embeddings of a transformed batch `(B, 3, H, W)`, as the gallery's.
 
-    The model runs in eval mode without gradients and is left in the mode it was in.
+    `flip` averages a mirrored pass, as `embed_items` does. The model runs in eval mode without
+    gradients and is left in the mode it was in.
     """
     import torch
 
@@ -150,6 +156,8 @@ def embed_tensors(model: "nn.Module", images: Any, view: str) -> np.ndarray:
     try:
         with torch.no_grad():
             e = model(images, view=view)
+            if flip:
+                e = e + model(torch.flip(images, dims=[3]), view=view)
     finally:
         model.train(was_training)
     return torch.nn.functional.normalize(e.float(), dim=-1).cpu().numpy()
@@ -167,7 +175,7 @@ def localize(image_or_path: Any, index: "GalleryIndex | str | os.PathLike",
         raise ValueError(f"k must be at least 1, got {k}")
     index = load_index(index)
     net = model_for(index, model)
-    emb = embed_image(net, as_image(image_or_path), view, image_size, device)
+    emb = embed_image(net, as_image(image_or_path), view, image_size, device, index_flip(index))
     return top_places(index, emb, k)
 
 

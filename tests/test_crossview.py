@@ -70,6 +70,25 @@ def test_smoke_profile_run_killed_after_an_epoch_resumes_to_the_same_metrics(wor
     np.testing.assert_allclose([r["loss"] for r in resumed.history], [r["loss"] for r in straight.history], rtol=1e-5)
 
 
+def test_last_evaluation_in_training_is_reused_by_the_final_one(world, tmp_path):
+    """With the final evaluation's flip and cache, the curve's last point and the table are one
+    measurement: evaluating the saved model again computes nothing new for those sets."""
+    from geolib.crossview import load_trained_model
+    from geolib.embcache import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path / "cache")
+    model = create_model("phase1-cpu", **TINY)
+    res = train_crossview(model, world, TrainConfig(epochs=1, batch_size=4), tmp_path / "ck", image_size=32,
+                          progress=False, flip=True, cache=cache)
+    assert cache.misses == 3  # street queries, drone and satellite galleries, flipped
+    saved, _ = load_trained_model(res.best_path)
+    final = evaluate_crossview(saved, world, 32, (("street", "drone"), ("street", "satellite")), flip=True, cache=cache)
+    assert (cache.hits, cache.misses) == (3, 3)
+    assert final.results["street→drone"].metrics["R@1"] == pytest.approx(res.history[-1]["street→drone R@1"])
+    evaluate_crossview(saved, world, 32, (("street", "drone"),), flip=False, cache=cache)
+    assert cache.misses == 5  # without flip they are other embeddings
+
+
 def test_trained_model_reloads_from_its_checkpoint(world, tmp_path):
     import torch
     from geolib.crossview import load_trained_model

@@ -69,6 +69,19 @@ def test_a_photo_of_a_gallery_place_comes_back_first_with_its_coordinates(saved)
         assert all(a.score >= b.score for a, b in zip(places, places[1:]))
 
 
+def test_a_gallery_embedded_with_flip_tta_is_queried_with_flip_tta(saved, tmp_path):
+    """Notebook 02 embeds its gallery with flip TTA and says so in the index; `localize` follows."""
+    items, model = saved["items"], saved["model"]
+    emb = embed_items(model, items, "street", default_transform(32), flip=True)
+    index = GalleryIndex.build(emb, [it.path for it in items], places=[it.label for it in items],
+                               model="phase1", config_hash=config_hash(model.config), extra={"flip": True})
+    it = items[3]
+    flipped = loc.localize(it.path, index, model=model, k=1)[0]
+    assert flipped.place == it.label and flipped.score == pytest.approx(1.0, abs=1e-5)
+    index.meta["extra"]["flip"] = False  # the same gallery queried without flip no longer matches itself
+    assert loc.localize(it.path, index, model=model, k=1)[0].score < 1.0 - 1e-4
+
+
 def test_bytes_and_pil_images_give_the_same_answer_as_the_path(saved):
     it = saved["items"][4]
     by_path = loc.localize(it.path, saved["index_dir"], model=saved["model"], k=2)
