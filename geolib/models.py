@@ -281,8 +281,9 @@ class CrossViewModel(nn.Module):
 
     def embed_views(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Views that share a branch run through it as one batch: one call instead of one per view
-        (a CPU training step gets ~8 % faster). In training mode their BatchNorm statistics are
-        then those of the joint batch, as for any batch of a shared branch."""
+        (4 % less time per CPU step on random tensors; 30 epochs instead of 27 in a 4.75-minute
+        default run). In training mode their BatchNorm statistics are then those of the joint
+        batch, as for any batch of a shared branch."""
         groups: dict[str, list[str]] = {}
         for view in batch:
             groups.setdefault(self.views[view] if view in self.views else view, []).append(view)
