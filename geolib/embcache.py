@@ -236,6 +236,7 @@ def _embed_to_npy(model: Any, items: Sequence[Any], view: str, transform: Callab
     from tqdm.auto import tqdm
 
     from .datasets import ImageDataset
+    from .train import embed_tensor
 
     loader = torch.utils.data.DataLoader(ImageDataset(items, transform), batch_size=batch_size,
                                          num_workers=num_workers)
@@ -244,7 +245,7 @@ def _embed_to_npy(model: Any, items: Sequence[Any], view: str, transform: Callab
     out, row = None, 0
     with atomic_path(path) as tmp, torch.no_grad():
         for x, _ in tqdm(loader, desc=f"embed {view}", disable=not progress, leave=False):
-            e = _embed_batch(model, x.to(device), view, flip)
+            e = embed_tensor(model, x.to(device), view, flip).numpy()
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(items), e.shape[1]))
             out[row:row + len(e)] = e
@@ -257,16 +258,3 @@ def _embed_to_npy(model: Any, items: Sequence[Any], view: str, transform: Callab
         del out
     model.train(was_training)
     return shape
-
-
-def _embed_batch(model: Any, x: Any, view: str, flip: bool) -> np.ndarray:
-    import torch
-    from torch import nn
-
-    from .train import input_format
-
-    x = x.contiguous(memory_format=input_format(model))  # a channels-last model takes NHWC input
-    e = model(x, view=view)
-    if flip:
-        e = e + model(torch.flip(x, dims=[3]), view=view)
-    return nn.functional.normalize(e.float(), dim=-1).cpu().numpy()

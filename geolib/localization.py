@@ -146,21 +146,20 @@ def index_flip(index: "GalleryIndex") -> bool:
 def embed_tensors(model: "nn.Module", images: Any, view: str, flip: bool = False) -> np.ndarray:
     """(B, D) L2-normalised float32 embeddings of a transformed batch `(B, 3, H, W)`, as the gallery's.
 
-    `flip` averages a mirrored pass, as `embed_items` does. The model runs in eval mode without
-    gradients and is left in the mode it was in.
+    `flip` averages a mirrored pass (`train.embed_tensor`, as the gallery's embeddings). The model
+    runs in eval mode without gradients and is left in the mode it was in.
     """
     import torch
+
+    from .train import embed_tensor
 
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            e = model(images, view=view)
-            if flip:
-                e = e + model(torch.flip(images, dims=[3]), view=view)
+            return embed_tensor(model, images, view, flip).numpy()
     finally:
         model.train(was_training)
-    return torch.nn.functional.normalize(e.float(), dim=-1).cpu().numpy()
 
 
 def localize(image_or_path: Any, index: "GalleryIndex | str | os.PathLike",

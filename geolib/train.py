@@ -254,6 +254,18 @@ def multiview_loss(embeddings: dict[str, torch.Tensor], pair_loss: Callable[[tor
 
 # --------------------------------------------------------------------------- embedding
 
+def embed_tensor(model: nn.Module, x: torch.Tensor, view: str, flip: bool = False) -> torch.Tensor:
+    """(B, D) L2-normalised float32 CPU embeddings of one transformed batch, in the model's memory
+    format; `flip` averages a mirrored pass. Every evaluation, cache, index and `localize` embeds
+    through here, so a gallery and its queries are always embedded alike. The caller sets eval mode
+    and no_grad."""
+    x = x.contiguous(memory_format=input_format(model))
+    e = model(x, view=view)
+    if flip:
+        e = e + model(torch.flip(x, dims=[3]), view=view)
+    return nn.functional.normalize(e.float(), dim=-1).cpu()
+
+
 @torch.no_grad()
 def embed_items(model: nn.Module, items: Sequence[ImageItem], view: str, transform: Callable,
                 batch_size: int = 64, device: str = "cpu", flip: bool = False,
@@ -264,13 +276,8 @@ def embed_items(model: nn.Module, items: Sequence[ImageItem], view: str, transfo
     model.eval()
     loader = torch.utils.data.DataLoader(ImageDataset(items, transform), batch_size=batch_size,
                                          num_workers=num_workers)
-    out, fmt = [], input_format(model)
-    for x, _ in tqdm(loader, desc=f"embed {view}", disable=not progress, leave=False):
-        x = x.to(device).contiguous(memory_format=fmt)
-        e = model(x, view=view)
-        if flip:
-            e = e + model(torch.flip(x, dims=[3]), view=view)
-        out.append(nn.functional.normalize(e.float(), dim=-1).cpu())
+    out = [embed_tensor(model, x.to(device), view, flip)
+           for x, _ in tqdm(loader, desc=f"embed {view}", disable=not progress, leave=False)]
     dim = out[0].shape[1] if out else 0
     return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)
 
