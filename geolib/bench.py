@@ -444,7 +444,7 @@ def _train_rate(setup: dict[str, Any], steps: int, variant: str, min_s: float = 
     import torch
 
     from .losses import make_pair_loss
-    from .train import embed_batch, multiview_loss, view_pairs
+    from .train import adamw, embed_batch, multiview_loss, view_pairs
 
     model, loss_fn = setup["build"]().train(), make_pair_loss(setup["loss"])
     views, b, size = setup["views"], setup["batch_size"], setup["image_size"]
@@ -452,7 +452,7 @@ def _train_rate(setup: dict[str, Any], steps: int, variant: str, min_s: float = 
     model = model.to(memory_format=fmt)
     gen = torch.Generator().manual_seed(0)
     batch = {v: torch.randn(b, 3, size, size, generator=gen).contiguous(memory_format=fmt) for v in views}
-    opt = torch.optim.AdamW([*model.parameters(), *loss_fn.parameters()], lr=1e-4)
+    opt = adamw([*model.parameters(), *loss_fn.parameters()], 1e-4, 0.01, "cpu")  # as `fit` builds it
     forward = model
     compile_s = None
     if variant == "compile":

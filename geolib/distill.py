@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .datasets import ImageDataset, ImageItem, default_transform
+from .train import adamw
 
 
 def dual_cosine_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> Tensor:
@@ -204,8 +205,8 @@ def train_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillC
                                               shuffle=True, drop_last=len(cache.items[v]) > cfg.batch_size,
                                               generator=torch.Generator().manual_seed(cfg.seed + k))
                for k, v in enumerate(cfg.views)}
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     student.to(cfg.device).train()
+    opt = adamw(student.parameters(), cfg.lr, cfg.weight_decay, cfg.device)
     history, t0 = [], time.perf_counter()
     steps = min(len(dl) for dl in loaders.values())
     for epoch in range(cfg.epochs):

@@ -132,6 +132,9 @@ class EfficientNetLite0Features(nn.Module):
             net.load_state_dict(torch.load(_lite0_weights(pretrained), map_location="cpu", weights_only=True))
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = net._blocks
+        for block in self.blocks:
+            if isinstance(block._depthwise_conv.static_padding, nn.ZeroPad2d):
+                block._depthwise_conv.__class__ = _PaddedDepthwise  # same weights and state-dict keys
         self.drop_connect_rate = net._global_params.drop_connect_rate or 0.0
         self.out_indices = list(out_indices) if out_indices is not None else list(range(len(self.STAGE_ENDS)))
 
@@ -144,6 +147,35 @@ class EfficientNetLite0Features(nn.Module):
             if idx in ends:
                 out.append(x)
         return out
+
+
+class _PaddedDepthwise(nn.Conv2d):
+    """The wheel's zero-padded depthwise conv, with an exact shortcut for maps smaller than the kernel.
+
+    At 48 px the stride-32 stage sees 1×1 maps, which the padding grows to 5×5: every output then
+    reads one real input pixel, through one tap. oneDNN still runs the full 5×5 backward, about a
+    seventh of a default training step (measured, `outputs/scratch/taps.py`); the shortcut is a
+    per-channel scale with the same result.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        tap = self._single_tap(x.shape[-2:])
+        if tap is None:
+            return F.conv2d(self.static_padding(x), self.weight, self.bias, self.stride, self.padding,
+                            self.dilation, self.groups)
+        i, j = tap
+        out = x * self.weight[:, 0, i, j].view(1, -1, 1, 1)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+    def _single_tap(self, hw: torch.Size) -> tuple[int, int] | None:
+        """The kernel tap (i, j) if it is the only one that ever meets the input, else None."""
+        if tuple(hw) != (1, 1) or self.groups != self.in_channels or tuple(self.dilation) != (1, 1):
+            return None
+        left, right, top, bottom = self.static_padding.padding
+        kh, kw = self.weight.shape[-2:]
+        if (top + 1 + bottom - kh) // self.stride[0] != 0 or (left + 1 + right - kw) // self.stride[1] != 0:
+            return None  # more than one output pixel
+        return (top, left) if top < kh and left < kw else None
 
 
 def _lite0_weights(pretrained: bool | str) -> str:

@@ -225,6 +225,13 @@ def param_groups(module: nn.Module, lr: float, backbone_scale: float = 1.0) -> l
             for is_bb, ps in groups.items() if ps]
 
 
+def adamw(params: Any, lr: float, weight_decay: float, device: str | torch.device) -> torch.optim.AdamW:
+    """AdamW, fused where the device has the kernel: one call for all parameters instead of a dozen
+    small ops per parameter, 4 % of a default CPU training step (measured, outputs/scratch/ab.py)."""
+    fused = torch.device(device).type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def input_format(model: nn.Module) -> torch.memory_format:
     """The memory format a model's convolutions were put in, so its inputs can match it."""
     for p in model.parameters():
@@ -334,8 +341,7 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
                                          persistent_workers=cfg.num_workers > 0)
     frozen = freeze_parts(bundle, cfg.freeze)
     params = [p for p in bundle.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(bundle, cfg.lr, cfg.backbone_lr_scale), lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = adamw(param_groups(bundle, cfg.lr, cfg.backbone_lr_scale), cfg.lr, cfg.weight_decay, device)
     total = max(1, cfg.epochs * len(sampler))
     t_start = time.perf_counter()
     clock = (lambda: (time.perf_counter() - t_start) / (60 * max_minutes)) if max_minutes else None

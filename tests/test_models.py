@@ -168,6 +168,35 @@ def test_efficientnet_lite0_backbone_with_wheel_weights():
         create_backbone("efficientnet-lite0", pretrained="/no/such/file.pth")
 
 
+def test_lite0_depthwise_shortcut_on_one_pixel_maps_gives_the_padded_convolution(monkeypatch):
+    """At 48 px the stride-32 stage sees 1x1 maps; its depthwise convs then take a one-tap shortcut."""
+    from geolib import models
+
+    torch.manual_seed(0)
+    net = models.EfficientNetLite0Features(pretrained=True).train()
+    convs = [b._depthwise_conv for b in net.blocks]
+    assert all(type(c) is models._PaddedDepthwise for c in convs)
+    assert set(net.state_dict()) == set(models.EfficientNetLite0Features().state_dict())
+    x = torch.randn(3, 3, 48, 48)
+
+    def run() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        net.zero_grad()
+        torch.manual_seed(1)  # the same drop-connect draws
+        maps = net(x)
+        sum((m * torch.linspace(-1, 1, m.numel()).view_as(m)).sum() for m in maps).backward()
+        return [m.detach() for m in maps], [c.weight.grad.clone() for c in convs]
+
+    taken = [c._single_tap(torch.Size([1, 1])) for c in convs]
+    assert sum(t is not None for t in taken) >= 4  # the 5x5 stride-1 convs of the last stage
+    assert all(c._single_tap(torch.Size([3, 3])) is None for c in convs)
+    maps, grads = run()
+    monkeypatch.setattr(models._PaddedDepthwise, "_single_tap", lambda self, hw: None)
+    ref_maps, ref_grads = run()
+    assert [m.shape[-1] for m in maps] == [12, 6, 3, 1]
+    for a, b in zip(maps + grads, ref_maps + ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_gray_world_inside_the_model_cancels_a_camera_white_balance():
     from geolib.models import GrayWorldInput
 
