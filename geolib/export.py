@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -22,8 +23,9 @@ import torch
 from PIL import Image
 
 from . import render as R
+from .datasets import ImageItem
 from .world import (UTM_LETTER, UTM_ZONE, Place, World, camera_light, drone_cameras, road_points,
-                    utm_to_latlon, vpr_database_points)
+                    street_cameras, utm_to_latlon, vpr_database_points)
 
 BATCH = 64
 UNIVERSITY, CVUSA, VPR = "university1652", "cvusa", "vpr"
@@ -250,3 +252,42 @@ def place_utm(world: World, place: Place) -> tuple[float, float, float, float]:
     e, n = region.origin_utm[0] + place.x, region.origin_utm[1] + place.y
     lat, lon = utm_to_latlon(e, n, UTM_ZONE)
     return e, n, lat, lon
+
+
+# ----------------------------------------------------------------------------- photos no split holds
+
+def plan_fresh_street(world: World, labels: list[int], draw: int = 1) -> list[Shot]:
+    """One new street camera per place: the export's rules (eye height, 15-35 m, clear line of sight,
+    per-camera white balance) with another random draw, named `<label>-street-new-<draw>.jpg`."""
+    by_label = {p.label: p for p in world.places}
+    missing = [lab for lab in labels if lab not in by_label]
+    if missing:
+        raise ValueError(f"places {missing[:5]} are not in this world (labels 1..{len(world.places)})")
+    shots = []
+    for lab in labels:
+        place = by_label[lab]
+        rng = np.random.default_rng([world.seed, lab, 11, draw])  # the export's draws use streams 4 and 5
+        cams = street_cameras(world.regions[place.region], place.building, world.params, rng)
+        if cams:
+            shots.append(Shot(place.region, "street", cams[0], "day", [f"{lab:04d}-street-new-{draw}.jpg"],
+                              lab, place.building))
+    return shots
+
+
+def fresh_street_photos(world: World, labels: list[int], out: str | Path, draw: int = 1) -> list[ImageItem]:
+    """Render `plan_fresh_street` into `out`: photos that no gallery or query folder holds, so a
+    localization demo cannot be answered by finding the photo itself."""
+    out = Path(out)
+    shots = plan_fresh_street(world, labels, draw)
+    tmp = out / f".partial-{os.getpid()}"
+    render_and_write(world, shots, tmp)
+    for s in shots:  # each photo appears whole or not at all
+        os.replace(tmp / s.paths[0], out / s.paths[0])
+    tmp.rmdir()
+    places = {p.label: p for p in world.places}
+    items = []
+    for s in shots:
+        e, n, lat, lon = place_utm(world, places[s.label])
+        items.append(ImageItem(out / s.paths[0], "street", "test", "query", s.label, e, n,
+                               f"{UTM_ZONE}{UTM_LETTER}", lat, lon, s.pose["heading"], {"draw": draw}))
+    return items

@@ -276,6 +276,16 @@ class GalleryIndex:
         _check(index, meta, source="index")
 
     @classmethod
+    def from_items(cls, embeddings: np.ndarray, items: Sequence[Any], model: str | None = None,
+                   config_hash: str | None = None, extra: Mapping[str, Any] | None = None) -> "GalleryIndex":
+        """An index of dataset items (`ImageItem`s): their paths, place labels and UTM coordinates,
+        the coordinates only when every item has them."""
+        coords = [[it.utm_east, it.utm_north] for it in items]
+        known = all(e is not None and n is not None for e, n in coords)
+        return cls.build(embeddings, [it.path for it in items], places=[it.label for it in items],
+                         coords=coords if known else None, model=model, config_hash=config_hash, extra=extra)
+
+    @classmethod
     def build(cls, embeddings: np.ndarray, paths: Sequence[str | Path],
               places: Sequence[Any] | None = None, coords: np.ndarray | Sequence | None = None,
               model: str | None = None, config_hash: str | None = None,

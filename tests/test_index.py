@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +33,20 @@ def test_build_save_load_query(tmp_path):
     assert top.score == pytest.approx(float(emb[3] @ (emb[3] + 0.01)), rel=1e-5)
     assert [h.rank for h in hits[1]] == [0, 1, 2]
     assert len(hits_table(hits)) == 6
+
+
+def test_from_items_takes_paths_places_and_coordinates_of_dataset_items():
+    from geolib.datasets import ImageItem
+
+    emb, paths, places, coords = gallery(n=4)
+    items = [ImageItem(Path(p), "street", "test", "gallery", int(pl), float(c[0]), float(c[1]))
+             for p, pl, c in zip(paths, places, coords)]
+    index = GalleryIndex.from_items(emb, items, model="phase1", extra={"view": "street"})
+    hit = index.query(emb[[2]], k=1)[0][0]
+    assert (hit.path, hit.place, index.meta["extra"]) == (paths[2], 1, {"view": "street"})
+    assert hit.coords == pytest.approx(coords[2].tolist())
+    items[0].utm_east = None  # one unknown position: no coordinates rather than a wrong one
+    assert GalleryIndex.from_items(emb, items).query(emb[[2]], k=1)[0][0].coords is None
 
 
 def test_scores_match_exact_inner_product(tmp_path):

@@ -273,3 +273,25 @@ def test_more_vpr_train_regions_leave_other_exports_and_vpr_val_test_unchanged()
     not_train = lambda keys: [k for k in keys if not k[3][0].startswith(f"{E.VPR}/train/")]  # noqa: E731
     assert not_train(vb) == not_train(va) and not_train(va)
     assert set(va) < set(vb)  # the old train shots are all still there, with the same poses and names
+
+
+def test_fresh_street_photos_are_new_views_of_their_places(smoke_world, smoke_roots, tmp_path):
+    """The localization demo's photos: new cameras (not an exported file), deterministic, looking at the place."""
+    test_places = [p for p in smoke_world.places if p.role == "query"][:3]
+    labels = [p.label for p in test_places]
+    items = E.fresh_street_photos(smoke_world, labels, tmp_path / "a")
+    again = E.fresh_street_photos(smoke_world, labels, tmp_path / "b")
+    other = E.fresh_street_photos(smoke_world, labels, tmp_path / "c", draw=2)
+    assert [it.label for it in items] == labels and all(it.view == "street" for it in items)
+    assert [it.path.read_bytes() for it in items] == [it.path.read_bytes() for it in again]
+    assert all(a.path.read_bytes() != b.path.read_bytes() for a, b in zip(items, other))
+    exported = {p.read_bytes() for p in (smoke_roots["a"] / E.UNIVERSITY).rglob("street-*.jpg")}
+    assert exported and not any(it.path.read_bytes() in exported for it in items)
+    for it, place in zip(items, test_places):
+        e, n, *_ = E.place_utm(smoke_world, place)
+        assert (it.utm_east, it.utm_north) == (e, n)
+    shots = E.plan_fresh_street(smoke_world, labels)
+    _, bids = E.render_batch(smoke_world, shots)
+    assert all((b == s.target).mean() > 0.05 for b, s in zip(bids, shots))  # the building fills part of the frame
+    with pytest.raises(ValueError, match="not in this world"):
+        E.fresh_street_photos(smoke_world, [10_000], tmp_path / "d")
