@@ -299,6 +299,14 @@ class FitResult:
     resumed_from: int
 
 
+def place_loader(train_set: MultiViewPlaces, sampler: PlaceBatchSampler, num_workers: int = 0
+                 ) -> torch.utils.data.DataLoader:
+    """The training loader. Its workers are forked afresh each epoch, not kept: a persistent worker
+    holds the dataset copy it was forked with, `set_epoch` never reaches it, and every epoch would
+    draw epoch 0's image of each place and view."""
+    return torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=num_workers)
+
+
 def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -337,8 +345,7 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
     neighbours = gps_neighbours(train_set.utm, cfg.gps_pool) if cfg.sampling == "gps" else None
     sampler = PlaceBatchSampler(len(train_set), cfg.batch_size, cfg.seed, neighbours, cfg.gps_near,
                                 cfg.gps_random, rank, world)
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
-                                         persistent_workers=cfg.num_workers > 0)
+    loader = place_loader(train_set, sampler, cfg.num_workers)
     frozen = freeze_parts(bundle, cfg.freeze)
     params = [p for p in bundle.parameters() if p.requires_grad]
     optimizer = adamw(param_groups(bundle, cfg.lr, cfg.backbone_lr_scale), cfg.lr, cfg.weight_decay, device)

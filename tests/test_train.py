@@ -5,7 +5,7 @@ from torch import nn
 
 from conftest import make_image
 from geolib.datasets import default_transform, load_dataset
-from geolib.train import (MultiViewPlaces, PlaceBatchSampler, TrainConfig, cosine_with_warmup, fit,
+from geolib.train import (MultiViewPlaces, PlaceBatchSampler, TrainConfig, cosine_with_warmup, fit, place_loader,
                           gps_neighbours)
 
 
@@ -247,3 +247,28 @@ def test_keeping_the_last_epoch_writes_best_once_when_the_run_ends(places, tmp_p
     assert not (tmp_path / "best.json").exists()  # an unfinished run has no final model yet
     res = fit(TinyNet(), places, cfg, tmp_path, _infonce, progress=False, select_metric="last")
     assert read_checkpoint(res.best_path)[0]["meta"]["epoch"] == 2
+
+
+def test_loader_workers_draw_each_epochs_images(tmp_path):
+    """A worker process must see `set_epoch`: the same draws as in-process loading, and new ones each epoch."""
+    from geolib.datasets import ImageItem
+
+    items = [ImageItem(make_image(tmp_path / v / f"{p}" / f"{j}.png", seed=100 * p + 10 * j + len(v), size=(16, 16)),
+                       v, "train", "train", p) for p in range(4) for v in ("street", "drone") for j in range(4)]
+    data = MultiViewPlaces(items, ("street", "drone"), default_transform(8))  # no augmentation: only the draw varies
+
+    def draws(num_workers: int) -> list[dict[int, torch.Tensor]]:
+        sampler = PlaceBatchSampler(len(data), 2, seed=0)
+        loader, out = place_loader(data, sampler, num_workers), []
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            data.set_epoch(epoch)
+            out.append({int(lab): torch.cat([img["street"][i], img["drone"][i]])
+                        for img, labels in loader for i, lab in enumerate(labels)})
+        return out
+
+    inline, forked = draws(0), draws(1)
+    for a, b in zip(inline, forked):
+        assert a.keys() == b.keys() == {0, 1, 2, 3}
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(inline[0][k], inline[e][k]) for e in (1, 2) for k in range(4))
