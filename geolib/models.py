@@ -153,9 +153,9 @@ class _PaddedDepthwise(nn.Conv2d):
     """The wheel's zero-padded depthwise conv, with an exact shortcut for maps smaller than the kernel.
 
     At 48 px the stride-32 stage sees 1×1 maps, which the padding grows to 5×5: every output then
-    reads one real input pixel, through one tap. oneDNN still runs the full 5×5 backward, about a
-    seventh of a default training step (measured, `outputs/scratch/taps.py`); the shortcut is a
-    per-channel scale with the same result.
+    reads one real input pixel, through one tap. oneDNN still runs the full 5×5 backward; the
+    shortcut, a per-channel scale with the same result, made a default CPU training step about a
+    tenth faster (0.338 -> 0.299 s, measured).
     """
 
     def forward(self, x: Tensor) -> Tensor:
