@@ -75,7 +75,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # evaluation's embeddings are reused by the final one (EmbeddingCache), which pays for it.
         # The one-tap shortcut for depthwise convs on 1x1 maps and fused AdamW cut a step from 0.338 to
         # 0.276 s (outputs/scratch/ab.py); notebook 02 cold then gave 51.2 / 27.2 (33 epochs, 337.7 s)
-        # and 50.2 / 30.7 (35 epochs, 336.3 s), against 46.4 / 25.2 (31 epochs) before.
+        # and 50.2 / 30.7 (35 epochs, 336.3 s), against 46.4 / 25.2 (31 epochs) before. One loader
+        # worker beside the 2 compute threads: 13 epochs in a 2-minute budget against 15 without.
         "phase1": {"preset": "default", "data_root": None, "model": "phase1-cpu", "image_size": 48,
                    "model_options": {"backbone": "efficientnet-lite0", "pretrained": True, "gray_world": True,
                                      "fusion_dim": 256, "embed_dim": 512},
