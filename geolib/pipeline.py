@@ -27,6 +27,47 @@ def discover(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     return sorted(p for p in notebook_dir.glob("*.ipynb") if NAME_RE.match(p.name))
 
 
+def notebook_parameters(notebook: Path) -> list[str]:
+    """Names the notebook's `parameters` cell assigns: the only names papermill can set in it."""
+    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = ast.parse("".join(cell["source"]))
+            return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    if isinstance(t, ast.Name)]
+    return []
+
+
+# Names earlier versions took, and what replaced them.
+RENAMED = {
+    "data_root": "data roots are named by dataset kind: -p u1652_root DIR (University-1652), "
+                 "-p vpr_root DIR (place recognition with a train split), -p vpr_test_roots '{\"tokyo-xs\": DIR}', "
+                 "-p pairs_root DIR -p pairs_format cvusa|cvact|vigor",
+    "university_root": "use -p u1652_root DIR",
+    "query_folders": "use -p query_folder NAME (the split's query folder; detected when there is one)",
+}
+
+
+def check_parameters(parameters: dict[str, Any], notebooks: Sequence[Path]) -> dict[Path, dict[str, Any]]:
+    """Each notebook's share of the `-p` overrides; a name no notebook of the run takes is an error.
+
+    Papermill only logs "Passed unknown parameter" and runs on with the default, so a typo or a
+    setting the notebook does not have would silently change nothing.
+    """
+    accepted = {nb: notebook_parameters(nb) for nb in notebooks}
+    known = sorted({name for names in accepted.values() for name in names})
+    unknown = [name for name in parameters if name not in known]
+    if unknown:
+        lines = [f"{name}: {RENAMED[name]}" for name in unknown if name in RENAMED]
+        others = [name for name in unknown if name not in RENAMED]
+        if others:
+            lines.append(f"unknown parameter(s) {others} for {', '.join(nb.name for nb in notebooks)}; "
+                         f"accepted: {', '.join(known)}")
+        raise ValueError("\n".join(lines))
+    return {nb: {k: v for k, v in parameters.items() if k in names} for nb, names in accepted.items()}
+
+
 def parse_value(text: str) -> Any:
     """`-p` values: Python/JSON literals where they parse (3, 0.5, True, None, [1, 2]), else strings."""
     lowered = {"true": True, "false": False, "none": None, "null": None}
@@ -91,9 +132,14 @@ def run_notebook(notebook: Path, profile: str, parameters: dict[str, Any] | None
 
 
 def run_pipeline(profile: str, parameters: dict[str, Any], notebooks: Sequence[Path],
-                 log_output: bool = False) -> list[dict[str, Any]]:
+                 log_output: bool = False, dry_run: bool = False) -> list[dict[str, Any]]:
+    shares = check_parameters(parameters, notebooks)
     os.environ.setdefault("GEOLIB_OUTPUTS", str(outputs_root()))
-    if profile != "full":
+    if dry_run:
+        from . import dryrun
+
+        os.environ[dryrun.ENV] = "1"
+    if profile != "full" or dry_run:
         # No default run waits on a hub: missing weights fail fast with a clear message instead.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -101,7 +147,7 @@ def run_pipeline(profile: str, parameters: dict[str, Any], notebooks: Sequence[P
     for nb in notebooks:
         t0 = time.perf_counter()
         print(f"==> {nb.name} (profile {profile})", flush=True)
-        output = run_notebook(nb, profile, parameters, log_output=log_output)
+        output = run_notebook(nb, profile, shares[nb], log_output=log_output)
         seconds = round(time.perf_counter() - t0, 1)
         timings.append({"notebook": nb.name, "seconds": seconds, "output": str(output)})
         print(f"    done in {seconds:.1f} s -> {output}", flush=True)
@@ -122,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the notebooks and exit")
     p.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
+    p.add_argument("--dry-run", action="store_true",
+                   help="the profile's code path (models, sizes, teachers, data checks) with every training "
+                        "capped at a few steps and every evaluation at a few dozen images: does this command "
+                        "get through on this data? Outputs go to <outputs>/dry-run/")
     return p
 
 
@@ -142,11 +192,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parameters = {name: parse_value(value) for name, value in args.parameter}
     try:
-        timings = run_pipeline(args.profile, parameters, picked, log_output=args.log_output)
+        check_parameters(parameters, picked)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:  # a dry run's checkpoints must never be mistaken for a real run's
+        os.environ["GEOLIB_OUTPUTS"] = str(outputs_root() / "dry-run")
+    try:
+        timings = run_pipeline(args.profile, parameters, picked, log_output=args.log_output, dry_run=args.dry_run)
     except NotebookFailed as err:
         print(str(err), file=sys.stderr)
         return 1
-    summary = {"profile": args.profile, "parameters": parameters, "notebooks": timings}
+    summary = {"profile": args.profile, "parameters": parameters, "dry_run": args.dry_run, "notebooks": timings}
     atomic_write_json(outputs_root() / args.profile / "pipeline.json", summary)
     if not args.no_report:
         _write_report(args.profile)

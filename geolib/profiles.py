@@ -19,14 +19,14 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "common": {"seed": 0, "device": "auto", "amp": False, "num_workers": 0},
         "world": {"preset": "smoke"},
-        "phase1": {"preset": "smoke", "data_root": None, "model": "phase1-cpu", "image_size": 32,
+        "phase1": {"preset": "smoke", "model": "phase1-cpu", "image_size": 32,
                    "model_options": {"embed_dim": 16, "fusion_dim": 16, "backbone_options": {"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}},
                    "l2l": True, "fusion": True, "pooling": "attention", "loss": "infonce", "epochs": 1,
                    "batch_size": 4, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.1, "minutes": None,
                    "sampling": "random", "eval_every": 1, "flip_tta": False, "augment": "gain", "preload": True,
                    "channels_last": False, "teachers": None},
-        "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"], "data_root": None,
-                   "query_folders": None, "university_root": None, "backbone": "resnet10t", "pretrained": False,
+        "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"],
+                   "backbone": "resnet10t", "pretrained": False,
                    "aggregation": "gem", "out_dim": 16, "image_size": 32, "mixvpr": {"out_channels": 8, "out_rows": 2, "mix_depth": 1},
                    "M": 10, "alpha": 360, "N": 1, "L": 1, "groups_num": 1, "min_images_per_class": 1,
                    "dc_M": 20, "dc_N": 1, "dc_heads": ["aamc"], "dc_train": "test-database", "epochs": 1,
@@ -77,7 +77,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # 0.276 s (outputs/scratch/ab.py); notebook 02 cold then gave 51.2 / 27.2 (33 epochs, 337.7 s)
         # and 50.2 / 30.7 (35 epochs, 336.3 s), against 46.4 / 25.2 (31 epochs) before. One loader
         # worker beside the 2 compute threads: 13 epochs in a 2-minute budget against 15 without.
-        "phase1": {"preset": "default", "data_root": None, "model": "phase1-cpu", "image_size": 48,
+        "phase1": {"preset": "default", "model": "phase1-cpu", "image_size": 48,
                    "model_options": {"backbone": "efficientnet-lite0", "pretrained": True, "gray_world": True,
                                      "fusion_dim": 256, "embed_dim": 512},
                    "l2l": True, "fusion": True, "pooling": "gem", "loss": "infonce", "epochs": 40,
@@ -99,8 +99,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # 42.5/36.5/35.5 %; 10000 iterations 44.5 (seed 0); 96 px with 4 copies 42.0 (seed 0, +40 s);
         # 10000 iterations with 4 copies 45.0/39.5/37.0, ~2 points ahead (within the seed spread) but
         # 6 behind on test (46.2/41.2/37.5 against 51.2/46.2/45.0): these settings kept, a choice that saw test.
-        "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"], "data_root": None,
-                   "query_folders": None, "university_root": None, "backbone": "efficientnet-lite0",
+        "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"],
+                   "backbone": "efficientnet-lite0",
                    "pretrained": True, "aggregation": "gem", "out_dim": 128, "image_size": 64,
                    "stage": 2, "freeze_backbone": True, "augment_copies": 8, "hue": 0.0,
                    "gem": {"augment_copies": 4, "iterations_per_epoch": 1000},
@@ -131,7 +131,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "common": {"seed": 0, "device": "auto", "amp": True, "num_workers": 8},
         "world": {"preset": "large"},
         # The published configuration: Swin-T at 224 px, 100 epochs, GPU, real University-1652.
-        "phase1": {"preset": "large", "data_root": None, "model": "phase1", "image_size": 224,
+        "phase1": {"preset": "large", "model": "phase1", "image_size": 224,
                    "model_options": {"pretrained": True}, "l2l": True, "fusion": True,
                    "pooling": "attention", "loss": "infonce", "epochs": 100, "batch_size": 32, "lr": 1e-4,
                    "weight_decay": 0.05, "warmup": 0.05, "minutes": None, "sampling": "gps",
@@ -139,8 +139,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "teachers": ["clip-vit-b16", "dinov2-vit-s14"], "distill_weight": 1.0},
         # The course project's CosPlace (ResNet-18 + GeM, 512-d, SF-XS train) and D&C's setting
         # (EfficientNet-B0, M=20, N=2, AAMC); test on SF-XS queries_v1 and Tokyo-XS.
-        "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"], "data_root": None,
-                   "query_folders": {"day": "queries_v1"}, "university_root": None, "dc_train": "train",
+        "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"],
+                   "dc_train": "train",
                    "backbone": "resnet18", "aggregation": "gem", "out_dim": 512, "image_size": 512,
                    "mixvpr": {"out_channels": 1024, "out_rows": 4, "mix_depth": 4},
                    "pretrained": True, "M": 10, "alpha": 30, "N": 5, "L": 2, "groups_num": 8,
@@ -160,6 +160,43 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# Notebook parameters that are not profile keys: the run's own switches and where the data is.
+# Data roots are named by dataset kind, the same in every notebook that reads that kind.
+DATA_PARAMETERS = {
+    "u1652_root": "a University-1652 root (train/, test/); None: the synthetic world's release-exact copy",
+    "u1652_coordinates": "CSV building -> utm_east, utm_north (GPS-neighbour sampling, maps); None: none",
+    "u1652_regions": "CSV building -> region (the hierarchical classifier); None: none",
+    "pairs_root": "a CVUSA, CVACT or VIGOR root (pairs_format says which); None: the world's CVUSA-layout pairs",
+    "pairs_format": "cvusa | cvact | vigor: the layout of pairs_root",
+    "vpr_root": "a place-recognition root with a train split (SF-XS, SF-XL); None: the world's export",
+    "vpr_test_roots": 'test-only datasets evaluated with the model trained on vpr_root, {"tokyo-xs": DIR, ...}',
+    "query_folder": "query folder name where a root needs it (queries, queries_v1); None: detected",
+}
+NOTEBOOK_EXTRAS: dict[str, tuple[str, ...]] = {
+    "01": ("profile", *DATA_PARAMETERS),
+    "02": ("profile", "u1652_root", "u1652_coordinates", "restart"),
+    "03": ("profile", "u1652_root", "u1652_coordinates", "pairs_root", "pairs_format", "force"),
+    "04": ("profile", "u1652_root", "u1652_regions", "vpr_root", "vpr_test_roots", "query_folder", "splits"),
+    "05": ("profile", "u1652_root", "u1652_coordinates", "vpr_root", "query_folder", "localize_view"),
+}
+NOTEBOOK_SECTIONS = {"01": "world", "02": "phase1", "03": "distill", "04": "phase2", "05": "explorer"}
+
+
+def section_keys(section: str) -> list[str]:
+    """Every key the section has in any profile, `common`'s first: what a notebook's parameters cell lists."""
+    keys: dict[str, None] = {}
+    for name in PROFILE_NAMES:
+        keys.update(dict.fromkeys(PROFILES[name]["common"]))
+    for name in PROFILE_NAMES:
+        keys.update(dict.fromkeys(PROFILES[name].get(section, {})))
+    return list(keys)
+
+
+def from_parameters(profile: str, section: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    """`resolve` with every section key a notebook's parameters cell set (the cell's names = the keys)."""
+    return resolve(profile, section, **{k: namespace[k] for k in section_keys(section) if k in namespace})
+
+
 def check_profile(profile: str) -> str:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILE_NAMES)}")
@@ -177,6 +214,10 @@ def resolve(profile: str, section: str, **overrides: Any) -> dict[str, Any]:
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg["profile"] = profile
     cfg["device"] = resolve_device(cfg.get("device", "auto"))
+    from . import dryrun
+
+    if dryrun.active():
+        dry_run_caps(cfg)
     if cfg["device"] == "cpu":
         cfg["amp"] = False  # mixed precision only pays on a GPU kernel
     return cfg
@@ -189,3 +230,35 @@ def resolve_device(device: str = "auto") -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# Keys a dry run caps: the profile's models, sizes and code path stay, the amount of work shrinks.
+_DRY_EPOCHS = ("epochs", "student_epochs", "classifier_epochs", "dc_epochs", "fallback_epochs")
+_DRY_BATCH = ("batch_size", "student_batch_size")
+_DRY_STEPS = ("iterations_per_epoch", "dc_iterations_per_epoch")
+
+
+def dry_run_caps(cfg: dict[str, Any]) -> dict[str, Any]:
+    from . import dryrun
+
+    for k in _DRY_EPOCHS:
+        if isinstance(cfg.get(k), int) and cfg[k] > 0:
+            cfg[k] = dryrun.epochs(cfg[k])
+    for k in _DRY_BATCH:
+        if isinstance(cfg.get(k), int):
+            cfg[k] = dryrun.batch(cfg[k])
+    for k in _DRY_STEPS:
+        if isinstance(cfg.get(k), int):
+            cfg[k] = dryrun.steps(cfg[k])
+    for k in ("augment_copies", "copies"):
+        if isinstance(cfg.get(k), int):
+            cfg[k] = min(cfg[k], 1)
+    if isinstance(cfg.get("gem"), dict):
+        cfg["gem"] = {**cfg["gem"], **{k: min(v, 1 if k == "augment_copies" else dryrun.STEPS)
+                                       for k, v in cfg["gem"].items() if k in ("augment_copies", "iterations_per_epoch")}}
+    cfg["num_workers"] = 0
+    cfg["minutes"] = None
+    if "preset" in cfg:  # the synthetic world where no data root is given: the smallest one
+        cfg["preset"] = "smoke"
+    cfg["dry_run"] = True
+    return cfg
