@@ -10,11 +10,16 @@ Differences from the reference code, each on purpose:
   with the most classes; the reference keeps them in file-name order, which is arbitrary;
 - headings are wrapped into [0°, 360°) first (−10° and 350° are the same direction), and images
   without a heading are dropped and counted (the reference would crash on them);
-- nothing is cached to disk with pickle: the division is recomputed (it is a few numpy calls).
+- nothing is cached to disk with pickle: the division is recomputed (it is a few numpy calls);
+- `groups_num` larger than the groups the data has is stated and lowered to them (SF-XS has one
+  group with the course's settings), not an error;
+- a trained model is saved as safetensors + JSON (`save_cosplace`, `load_cosplace`) and evaluated
+  on any VPR root from that folder alone (`geolib.phase2.evaluate_vpr`).
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,10 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import dryrun
 from .datasets import ImageItem, load_dataset, utm_of
 from .evaluate import PROTOCOL_VPR, vpr_positives, vpr_recalls
-from .vpr_train import (Augment, Batches, ClassHead, ImageTensors, TrainResult, class_batches,
-                        embed_paths, train)
+from .vpr_train import (PREPROCESSING, Augment, Batches, ClassHead, ImageTensors, TrainResult, class_batches,
+                        data_fingerprint, embed_paths, part, read_model_files, save_model_files,
+                        saved_model_state, settings_hash, train, training_settings)
 
 log = logging.getLogger(__name__)
 AGGREGATIONS = ("gem", "mixvpr", "attention")
@@ -199,6 +206,12 @@ class PlaceNet(nn.Module):
         from .layers import GeM, AttentionPool, MixVPRPool
         from .models import create_backbone
 
+        # the constructor's arguments, as saved beside the weights: they rebuild this network
+        self.options: dict[str, Any] = {
+            "backbone": backbone, "aggregation": aggregation, "out_dim": out_dim, "image_size": image_size,
+            "pretrained": pretrained, "mix_depth": mix_depth, "out_channels": out_channels, "out_rows": out_rows,
+            "attention_heads": attention_heads, "stage": stage, "freeze_backbone": bool(freeze_backbone)}
+
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
         # geolib.models' factory: any timm CNN, or the offline ImageNet EfficientNet-Lite0.
@@ -323,6 +336,16 @@ class GroupTraining:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+def groups_to_use(division: Division, groups_num: int, what: str = "cosplace") -> int:
+    """`groups_num`, or the division's group count when it has fewer: a one-line note, not an
+    error (SF-XS with the course's M, N, L has one group where the full profile asks for 8)."""
+    if division.num_groups and groups_num > division.num_groups:
+        print(f"{what}: groups_num {groups_num} asked, the data has {division.num_groups} group(s) "
+              f"(classes per group {[len(c) for c in division.classes_per_group]}); training {division.num_groups}")
+        return division.num_groups
+    return groups_num
+
+
 def build_heads(division: Division, groups_num: int, dim: int, kind: str, scale: float,
                 margin: float) -> nn.ModuleList:
     if division.num_groups == 0:
@@ -340,23 +363,33 @@ def build_heads(division: Division, groups_num: int, dim: int, kind: str, scale:
 
 def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, paths: Sequence[str | Path],
                  cfg: CosPlaceConfig, out_dir: str | Path | None = None, progress: bool = True,
-                 desc: str = "cosplace") -> TrainResult:
+                 desc: str = "cosplace", config: dict[str, Any] | None = None) -> TrainResult:
     """Epoch k trains group k mod len(heads): class-balanced batches, per-image augmentation,
-    backbone and aggregation at `backbone_lr`, classifiers at `classifier_lr`."""
+    backbone and aggregation at `backbone_lr`, classifiers at `classifier_lr`.
+
+    A dry run (`geolib.dryrun`) keeps the model and image size but trains on a few classes of each
+    group with a few images each (so the backbone-map cache holds tens of images, not the whole
+    train set), one cached copy, small batches and `dryrun.STEPS` steps."""
     device = cfg.device
     bundle = nn.ModuleDict({"model": model, "heads": heads}).to(device)
+    per_group = [division.group_images(g) for g in range(len(heads))]
+    paths = list(paths)
+    copies, batch_size = cfg.augment_copies, dryrun.batch(cfg.batch_size)
+    iterations = dryrun.steps(cfg.iterations_per_epoch)
+    if dryrun.active():
+        per_group, paths = dry_run_subset(per_group, paths, dryrun.STEPS * dryrun.BATCH, dryrun.BATCH)
+        copies = min(copies, 1)
     images = ImageTensors(paths, cfg.image_size)
     augment = Augment(cfg.image_size, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue,
                       cfg.random_resized_crop)
-    per_group = [division.group_images(g) for g in range(len(heads))]
-    if cfg.augment_copies > 0:
+    if copies > 0:
         if not model.freeze_backbone:
             raise ValueError("augment_copies caches backbone maps: it needs freeze_backbone=True")
-        maps = cache_maps(model, images, augment, cfg.augment_copies, device, cfg.seed)
+        maps = cache_maps(model, images, augment, copies, device, cfg.seed)
 
         def plan_cached(epoch: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-            batches = class_batches(per_group[epoch % len(heads)], cfg.iterations_per_epoch, cfg.batch_size, rng)
-            return [(idx, labels, rng.integers(cfg.augment_copies, size=len(idx))) for idx, labels in batches]
+            batches = class_batches(per_group[epoch % len(heads)], iterations, batch_size, rng)
+            return [(idx, labels, rng.integers(copies, size=len(idx))) for idx, labels in batches]
 
         def step_cached(batch: tuple[np.ndarray, np.ndarray, np.ndarray], epoch: int) -> Tensor:
             idx, labels, copies = batch
@@ -366,7 +399,7 @@ def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, path
         plan, step = plan_cached, step_cached
     else:
         def plan(epoch: int, rng: np.random.Generator) -> Batches:
-            batches = class_batches(per_group[epoch % len(heads)], cfg.iterations_per_epoch, cfg.batch_size, rng)
+            batches = class_batches(per_group[epoch % len(heads)], iterations, batch_size, rng)
             return Batches(images, batches, cfg.num_workers)
 
         def step(batch: tuple[Tensor, np.ndarray], epoch: int) -> Tensor:
@@ -377,7 +410,16 @@ def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, path
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.backbone_lr},
               {"params": list(heads.parameters()), "lr": cfg.classifier_lr}]
     return train(bundle, groups, step, plan, cfg.epochs, seed=cfg.seed, out_dir=out_dir,
-                 config=cfg.to_dict(), desc=desc, progress=progress)
+                 config=config or cfg.to_dict(), desc=desc, progress=progress)
+
+
+def dry_run_subset(per_group: list[list[np.ndarray]], paths: Sequence[str | Path], classes: int,
+                   per_class: int) -> tuple[list[list[np.ndarray]], list[str | Path]]:
+    """The first `classes` classes of each group with their first `per_class` images, re-indexed
+    into a short path list. Class numbers stay the heads' own (the first ones of each group)."""
+    kept = [[idx[:per_class] for idx in group[:classes]] for group in per_group]
+    used = np.unique(np.concatenate([i for g in kept for i in g])) if any(kept) else np.zeros(0, np.int64)
+    return ([[np.searchsorted(used, i) for i in g] for g in kept], [paths[i] for i in used])
 
 
 @torch.no_grad()
@@ -403,15 +445,129 @@ def cache_maps(model: PlaceNet, images: ImageTensors, augment: Augment, copies: 
 
 def train_cosplace(items: Sequence[ImageItem], cfg: CosPlaceConfig | None = None,
                    out_dir: str | Path | None = None, progress: bool = True) -> GroupTraining:
-    """Divide `items` (train split only), build the model and one CosFace head per group, train."""
+    """Divide `items` (train split only), build the model and one CosFace head per group, train.
+
+    With `out_dir`, training resumes from `out_dir/last` and the trained model is saved there
+    (`save_cosplace`); a folder holding a model of other settings is refused, not overwritten.
+    """
     cfg = cfg or CosPlaceConfig()
-    division = divide_items(items, use_heading=True, M=cfg.M, alpha=cfg.alpha, N=cfg.N, L=cfg.L,
-                            min_images_per_class=cfg.min_images_per_class)
+    settings = group_settings(items, cfg)
+    saved_model_state(out_dir, "cosplace", settings)
+    return _train_group_model(items, cfg, out_dir, progress, settings, "cosplace")
+
+
+def group_settings(items: Sequence[ImageItem], cfg: CosPlaceConfig) -> dict[str, Any]:
+    """What decides a CosPlace / D&C model: its config (not device or workers) and its data."""
+    return training_settings(cfg.to_dict(), data=data_fingerprint([it.path for it in items]))
+
+
+def _division(items: Sequence[ImageItem], cfg: CosPlaceConfig, kind: str) -> Division:
+    if kind == "dc":
+        return divide_items(items, use_heading=False, M=cfg.M, N=cfg.N, min_images_per_class=cfg.min_images_per_class)
+    return divide_items(items, use_heading=True, M=cfg.M, alpha=cfg.alpha, N=cfg.N, L=cfg.L,
+                        min_images_per_class=cfg.min_images_per_class)
+
+
+def _train_group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: str | Path | None,
+                       progress: bool, settings: dict[str, Any], kind: str) -> GroupTraining:
+    """The training CosPlace and D&C share: divide, build, train, save when `out_dir` is given."""
+    division = _division(items, cfg, kind)
     torch.manual_seed(cfg.seed)
     model = PlaceNet(**cfg.model_options())
-    heads = build_heads(division, cfg.groups_num, model.out_dim, cfg.head, cfg.scale, cfg.margin)
-    result = train_groups(model, heads, division, [it.path for it in items], cfg, out_dir, progress)
-    return GroupTraining(model, heads, division, result, cfg.to_dict())
+    groups = groups_to_use(division, cfg.groups_num, "divide&classify" if kind == "dc" else "cosplace")
+    heads = build_heads(division, groups, model.out_dim, cfg.head, cfg.scale, cfg.margin)
+    start = time.perf_counter()
+    result = train_groups(model, heads, division, [it.path for it in items], cfg, out_dir, progress,
+                          desc="divide&classify" if kind == "dc" else "cosplace",
+                          config={**cfg.to_dict(), "settings_hash": settings_hash(settings)})
+    result.extra["train_s"] = time.perf_counter() - start
+    training = GroupTraining(model, heads, division, result, {**cfg.to_dict(), "groups_used": groups})
+    if out_dir is not None:
+        if kind == "dc":
+            from .divide_classify import save_dc
+            save_dc(training, out_dir, settings=settings)
+        else:
+            save_cosplace(training, out_dir, settings=settings)
+    return training
+
+
+def load_or_train_cosplace(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: str | Path,
+                           progress: bool = True) -> GroupTraining:
+    """The model saved in `out_dir` when it was trained with these settings and data (no training,
+    one printed line), else `train_cosplace(items, cfg, out_dir)`; a folder of other settings is
+    refused with the settings that differ."""
+    settings = group_settings(items, cfg)
+    if saved_model_state(out_dir, "cosplace", settings) == "load":
+        print(f"cosplace: loading {out_dir} (trained with these settings); delete it to retrain")
+        return _load_group_training(out_dir, items, cfg, "cosplace")
+    return _train_group_model(items, cfg, out_dir, progress, settings, "cosplace")
+
+
+def _load_group_training(out_dir: str | Path, items: Sequence[ImageItem], cfg: CosPlaceConfig,
+                         kind: str) -> GroupTraining:
+    """Rebuild a saved training with its heads; the division is recomputed from the same items."""
+    meta, state = read_model_files(out_dir, kind)
+    division = _division(items, cfg, kind)
+    model = _placenet_from(meta, state).to(cfg.device)
+    heads = _heads_from(meta, state).to(cfg.device)
+    result = TrainResult(list(meta.get("history", [])), len(meta.get("history", [])),
+                         extra={"loaded_from": str(out_dir), "train_s": meta.get("train_s")})
+    return GroupTraining(model, heads, division, result, dict(meta.get("config", {})))
+
+
+# --------------------------------------------------------------------------- saving and loading
+
+def save_cosplace(training_or_model: GroupTraining | PlaceNet, out_dir: str | Path,
+                  settings: dict[str, Any] | None = None) -> Path:
+    """`out_dir/model.safetensors` (network and, for a training, its group heads) and
+    `out_dir/model.json`: the network's options (backbone, aggregation and its options, out_dim,
+    image_size, stage, freeze_backbone), the preprocessing, the training config and loss history.
+    `load_cosplace(out_dir)` rebuilds the embedding function from these files alone."""
+    return _save_group_model(training_or_model, out_dir, "cosplace", settings)
+
+
+def _save_group_model(training_or_model: GroupTraining | PlaceNet, out_dir: str | Path, kind: str,
+                      settings: dict[str, Any] | None, extra_modules: dict[str, nn.Module] | None = None,
+                      **extra: Any) -> Path:
+    if isinstance(training_or_model, GroupTraining):
+        model, heads = training_or_model.model, training_or_model.heads
+        config, result = training_or_model.config, training_or_model.result
+        history, train_s = result.history, result.extra.get("train_s")
+    elif isinstance(training_or_model, PlaceNet):
+        model, heads, config, history, train_s = training_or_model, nn.ModuleList(), {}, [], None
+    else:
+        raise TypeError(f"save a GroupTraining or a PlaceNet, not {type(training_or_model).__name__}")
+    bundle = nn.ModuleDict({"model": model, "heads": heads, **(extra_modules or {})})
+    head_info = [{"kind": h.kind, "classes": h.num_classes, "dim": model.out_dim} for h in heads]
+    scale_margin = {k: config.get(k) for k in ("scale", "margin")}
+    settings = settings if settings is not None else training_settings(config)
+    return save_model_files(out_dir, bundle, kind, network=dict(model.options), descriptor_dim=model.out_dim,
+                            image_size=model.options["image_size"], preprocessing=PREPROCESSING,
+                            heads=head_info, head_options=scale_margin, groups_used=len(heads),
+                            config=config, settings=settings, settings_hash=settings_hash(settings),
+                            dry_run=dryrun.active(), history=history, train_s=train_s, **extra)
+
+
+def _placenet_from(meta: dict[str, Any], state: dict[str, Tensor]) -> PlaceNet:
+    # the weights come from the file: no pretrained download or wheel is needed to rebuild
+    model = PlaceNet(**{**meta["network"], "pretrained": False})
+    model.load_state_dict(part(state, "model"))
+    return model
+
+
+def _heads_from(meta: dict[str, Any], state: dict[str, Tensor]) -> nn.ModuleList:
+    opts = meta.get("head_options", {})
+    heads = nn.ModuleList(ClassHead(h["dim"], h["classes"], h["kind"], opts.get("scale"), opts.get("margin"))
+                          for h in meta.get("heads", []))
+    heads.load_state_dict(part(state, "heads"))
+    return heads
+
+
+def load_cosplace(out_dir: str | Path, device: str = "cpu") -> PlaceNet:
+    """The saved descriptor network, in eval mode on `device`: `model(normalize(x))` embeds exactly
+    as the trained one did; `model.options["image_size"]` is the size it was trained at."""
+    meta, state = read_model_files(out_dir, "cosplace")
+    return _placenet_from(meta, state).to(device).eval()
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -453,6 +609,8 @@ def evaluate_retrieval(model: nn.Module, db_items: Sequence[ImageItem], query_it
                        image_size: int, ks: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0,
                        device: str = "cpu", batch_size: int = 64, num_workers: int = 0,
                        progress: bool = False) -> Retrieval:
+    """R@k of `query_items` against `db_items` (a dry run embeds `dryrun.ITEMS` of each)."""
+    db_items, query_items = dryrun.items(db_items), dryrun.items(query_items)
     db = embed_paths(model, [it.path for it in db_items], image_size, batch_size, device, num_workers,
                      progress, "embed database")
     q = embed_paths(model, [it.path for it in query_items], image_size, batch_size, device, num_workers,

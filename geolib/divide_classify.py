@@ -10,6 +10,9 @@ many database images the area has.
 Difference from the reference code, on purpose: classes of all groups are ranked by cosine
 (normalised class weights, the quantity the margin heads train); the reference ranks AAMC/LMCC
 classes by the raw inner product with unnormalised weights.
+
+A saved D&C model (`save_dc`) holds the network, the heads and the division's cells (rounded
+corners, groups), so `load_dc` localizes queries with no train data and no database.
 """
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cosplace import (CosPlaceConfig, Division, GroupTraining, PlaceNet, build_heads, divide_items,
-                       train_groups)
+from . import dryrun
+from .cosplace import (CosPlaceConfig, Division, GroupTraining, _heads_from, _load_group_training,
+                       _placenet_from, _save_group_model, _train_group_model, group_settings)
 from .datasets import ImageItem, utm_of
-from .vpr_train import embed_paths, head_kind
+from .vpr_train import (TrainResult, embed_paths, head_kind, part, read_model_files,
+                        saved_model_state)
 
 PROTOCOL_DC = "dc-lr-25m"
 
@@ -44,17 +49,74 @@ def dc_config(head: str = "aamc", **overrides: Any) -> CosPlaceConfig:
 
 def train_dc(items: Sequence[ImageItem], cfg: CosPlaceConfig | None = None,
              out_dir: str | Path | None = None, progress: bool = True) -> GroupTraining:
-    """Cells without heading, one head per group (`groups_num`, all N² by default), then train."""
+    """Cells without heading, one head per group (`groups_num`, all N² by default; fewer when the
+    data has fewer groups, said in one line and kept as `config["groups_used"]`), then train.
+
+    With `out_dir`, training resumes from `out_dir/last` and the model is saved there (`save_dc`);
+    a folder holding a model of other settings is refused."""
     cfg = cfg or dc_config()
-    division = divide_items(items, use_heading=False, M=cfg.M, N=cfg.N,
-                            min_images_per_class=cfg.min_images_per_class)
-    torch.manual_seed(cfg.seed)
-    model = PlaceNet(**cfg.model_options())
-    heads = build_heads(division, min(cfg.groups_num, division.num_groups), model.out_dim, cfg.head,
-                        cfg.scale, cfg.margin)
-    result = train_groups(model, heads, division, [it.path for it in items], cfg, out_dir, progress,
-                          desc="divide&classify")
-    return GroupTraining(model, heads, division, result, cfg.to_dict())
+    settings = group_settings(items, cfg)
+    saved_model_state(out_dir, "dc", settings)
+    return _train_group_model(items, cfg, out_dir, progress, settings, "dc")
+
+
+def load_or_train_dc(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: str | Path,
+                     progress: bool = True) -> GroupTraining:
+    """The D&C model saved in `out_dir` when trained with these settings and data (one printed
+    line, no training), else `train_dc(items, cfg, out_dir)`; other settings are refused."""
+    settings = group_settings(items, cfg)
+    if saved_model_state(out_dir, "dc", settings) == "load":
+        print(f"divide&classify: loading {out_dir} (trained with these settings); delete it to retrain")
+        return _load_group_training(out_dir, items, cfg, "dc")
+    return _train_group_model(items, cfg, out_dir, progress, settings, "dc")
+
+
+# --------------------------------------------------------------------------- saving and loading
+
+class _Cells(nn.Module):
+    """The division a D&C model needs at inference, as tensors beside the weights: each class's
+    rounded corner (float64: exact UTM), the group ids, and each group's classes in head order."""
+
+    def __init__(self, division: Division) -> None:
+        super().__init__()
+        self.register_buffer("class_ids", torch.as_tensor(np.asarray(division.class_ids, np.float64)))
+        self.register_buffer("group_ids", torch.as_tensor(np.asarray(division.group_ids, np.int64)))
+        order = [np.asarray(c, np.int64) for c in division.classes_per_group]
+        self.register_buffer("group_classes", torch.as_tensor(np.concatenate(order) if order else np.zeros(0, np.int64)))
+        self.register_buffer("group_sizes", torch.as_tensor(np.array([len(c) for c in order], np.int64)))
+
+
+def save_dc(training: GroupTraining, out_dir: str | Path, settings: dict[str, Any] | None = None) -> Path:
+    """`out_dir/model.safetensors` (network, group heads, cells) and `out_dir/model.json` (network
+    options, preprocessing, cell size M and N, config, loss history): enough to localize queries
+    with `load_dc(out_dir)` and no train data."""
+    d = training.division
+    return _save_group_model(training, out_dir, "dc", settings, {"cells": _Cells(d)},
+                             division={"M": d.M, "N": d.N, "alpha": d.alpha, "L": d.L,
+                                       "min_images_per_class": d.min_images_per_class,
+                                       "classes": int(len(d.class_ids)), "groups": d.num_groups,
+                                       "dropped_classes": d.dropped_classes, "dropped_images": d.dropped_images})
+
+
+def load_dc(out_dir: str | Path, device: str = "cpu") -> GroupTraining:
+    """A saved D&C model as a `GroupTraining` (`evaluate_dc` takes it); its division holds the cells
+    only (no train images: `image_class` is empty), its result the saved loss history."""
+    meta, state = read_model_files(out_dir, "dc")
+    cells = part(state, "cells")
+    sizes = cells["group_sizes"].numpy()
+    flat = cells["group_classes"].numpy()
+    per_group = np.split(flat, np.cumsum(sizes)[:-1]) if len(sizes) else []
+    info = meta["division"]
+    division = Division(cells["class_ids"].numpy(), cells["group_ids"].numpy(), list(per_group),
+                        np.zeros(0, np.int64), float(info["M"]), info.get("alpha"), int(info["N"]), info.get("L"),
+                        int(info["min_images_per_class"]), dropped_classes=int(info.get("dropped_classes", 0)),
+                        dropped_images=int(info.get("dropped_images", 0)))
+    model = _placenet_from(meta, state).to(device).eval()
+    heads = _heads_from(meta, state).to(device).eval()
+    history = list(meta.get("history", []))
+    result = TrainResult(history, len(history), extra={"loaded_from": str(out_dir), "train_s": meta.get("train_s")})
+    return GroupTraining(model, heads, division, result, {**meta.get("config", {}), "image_size": meta["image_size"],
+                                                          "groups_used": meta.get("groups_used")})
 
 
 # --------------------------------------------------------------------------- inference
@@ -96,7 +158,9 @@ class Localization:
 def evaluate_dc(training: GroupTraining, query_items: Sequence[ImageItem], image_size: int | None = None,
                 ns: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0, device: str = "cpu",
                 batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> Localization:
-    """Embed the queries, classify, score LR@N; no database is read."""
+    """Embed the queries, classify, score LR@N; no database is read (a dry run embeds
+    `dryrun.ITEMS` queries)."""
+    query_items = dryrun.items(query_items)
     size = image_size or training.config.get("image_size", 224)
     emb = embed_paths(training.model.to(device), [it.path for it in query_items], size, batch_size, device,
                       num_workers, progress, "embed queries")

@@ -8,11 +8,13 @@ seeded by (seed, epoch), so a resumed run replays exactly the batches an uninter
 """
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from . import dryrun
+from .checkpoint import load_checkpoint, read_model_state, save_checkpoint
 from .losses import ArcFaceLoss, cosface_loss
 
 log = logging.getLogger(__name__)
@@ -256,22 +259,36 @@ def train(model: nn.Module, param_groups: list[dict[str, Any]],
     untouched by Adam, which is what CosPlace's per-group optimizers achieve. With `out_dir`,
     `out_dir/last` is written after every epoch (weights, optimizer, RNG), and a rerun resumes
     after the last finished epoch, replaying the same batches.
+
+    A dry run (`geolib.dryrun`) stops after `dryrun.EPOCHS` epochs of `dryrun.STEPS` batches
+    whatever the plan holds (callers cap the batch size); its checkpoint is marked, so a real run
+    in the same folder starts afresh instead of resuming from a capped epoch, and the reverse.
     """
     seed_everything(seed)
     optimizer = torch.optim.Adam(param_groups)
+    epochs = dryrun.epochs(epochs)
+    max_steps = dryrun.steps(None)
+    dry = dryrun.active()
     last = Path(out_dir) / "last" if out_dir is not None else None
     history: list[dict[str, Any]] = []
     start = 0
     if resume and last is not None and last.with_name("last.json").exists():
-        meta = load_checkpoint(last, model, optimizer, restore_rng=True)
-        start, history = int(meta["epoch"]), list(meta.get("history", []))
-        log.info("resuming %s from %s after epoch %d", desc, last, start)
+        saved_dry = bool(json.loads(last.with_name("last.json").read_text()).get("meta", {}).get("dry_run", False))
+        if saved_dry != dry:
+            log.info("%s: %s was written by a %s; starting afresh", desc, last,
+                     "dry run" if saved_dry else "real run (this is a dry run)")
+        else:
+            meta = load_checkpoint(last, model, optimizer, restore_rng=True)
+            start, history = int(meta["epoch"]), list(meta.get("history", []))
+            log.info("resuming %s from %s after epoch %d", desc, last, start)
     for epoch in range(start, epochs):
         model.train()
         rng = np.random.default_rng([seed, epoch])
         losses = []
-        bar = tqdm(plan(epoch, rng), desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress,
-                   leave=False)
+        batches = plan(epoch, rng)
+        if max_steps is not None:
+            batches = itertools.islice(batches, max_steps)
+        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for batch in bar:
             loss = step(batch, epoch)
             optimizer.zero_grad(set_to_none=True)
@@ -282,7 +299,8 @@ def train(model: nn.Module, param_groups: list[dict[str, Any]],
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan")}
         history.append(row)
         if last is not None:
-            save_checkpoint(last, model, optimizer, epoch=epoch + 1, history=history, config=config or {})
+            save_checkpoint(last, model, optimizer, epoch=epoch + 1, history=history, config=config or {},
+                            dry_run=dry)
         if on_epoch is not None:
             on_epoch(row)
     return TrainResult(history, start, last)
@@ -312,3 +330,104 @@ def topk_hits(scores: np.ndarray, labels: np.ndarray, ks: Iterable[int]) -> dict
     rank = (scores > true[:, None]).sum(1) + (scores == true[:, None]).sum(1) - 1
     ok = np.isfinite(true)
     return {k: float(100.0 * np.mean(ok & (rank < k))) if len(labels) else 0.0 for k in ks}
+
+
+# --------------------------------------------------------------------------- saved models
+
+MODEL_NAME = "model"  # a saved model is `<out_dir>/model.json` (settings, maps) + `model.safetensors`
+SAVED_FORMAT = 1
+PREPROCESSING = {"resize": "square, bilinear (PIL), to image_size", "colour": "RGB",
+                 "scale": "uint8 / 255", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+_NOT_SETTINGS = ("device", "num_workers")  # change where and how fast, not what is learnt
+
+
+def data_fingerprint(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """What a model was trained on, independent of where the data sits: image count and a hash
+    of the sorted file names (VPR names carry the coordinates, so a rebuilt world changes it)."""
+    import hashlib
+
+    names = sorted(Path(p).name for p in paths)
+    return {"images": len(names), "names": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]}
+
+
+def training_settings(config: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """The settings that decide a trained model: the config without device and loader workers,
+    plus `extra` (the data fingerprint, the encoder...)."""
+    out = {k: v for k, v in dict(config).items() if k not in _NOT_SETTINGS}
+    out.update(extra)
+    return json.loads(json.dumps(out, default=str))  # tuples → lists, as the JSON will read back
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    from .models import config_hash
+
+    return config_hash(settings)
+
+
+def model_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / MODEL_NAME
+
+
+def read_saved_meta(out_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """The JSON side of a saved model, without reading its tensors; clear errors when the folder
+    holds no model, or one of another kind."""
+    path = model_path(out_dir).with_suffix(".json")
+    if not path.exists():
+        held = sorted(p.name for p in Path(out_dir).iterdir()) if Path(out_dir).is_dir() else None
+        raise FileNotFoundError(f"{path}: no saved model here ({'folder holds ' + str(held) if held is not None else 'no such folder'}); "
+                                "train with out_dir=<this folder> first, or give the folder a training saved to")
+    meta = json.loads(path.read_text()).get("meta", {})
+    if kind is not None and meta.get("kind") != kind:
+        raise ValueError(f"{path}: holds a {meta.get('kind')!r} model, not a {kind!r} one; give the folder of a "
+                         f"{kind} training")
+    if int(meta.get("saved_format", 0)) > SAVED_FORMAT:
+        raise ValueError(f"{path}: saved with format {meta.get('saved_format')}, newer than this geolib reads "
+                         f"({SAVED_FORMAT}); update geolib")
+    return meta
+
+
+def save_model_files(out_dir: str | Path, module: nn.Module, kind: str, **meta: Any) -> Path:
+    """Tensors to `model.safetensors`, then `model.json` (atomic, JSON last: see geolib.checkpoint)."""
+    return save_checkpoint(model_path(out_dir), module, kind=kind, saved_format=SAVED_FORMAT, **meta)
+
+
+def read_model_files(out_dir: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    read_saved_meta(out_dir, kind)
+    return read_model_state(model_path(out_dir), "")
+
+
+def part(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of a state dict under `prefix.`, with the prefix cut."""
+    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+
+
+def settings_diff(saved: Mapping[str, Any], wanted: Mapping[str, Any], limit: int = 8) -> str:
+    keys = sorted(set(saved) | set(wanted), key=str)
+    diff = [f"{k}: saved {saved.get(k, '(absent)')!r}, now {wanted.get(k, '(absent)')!r}"
+            for k in keys if saved.get(k) != wanted.get(k)]
+    more = f"; and {len(diff) - limit} more" if len(diff) > limit else ""
+    return "; ".join(diff[:limit]) + more
+
+
+def saved_model_state(out_dir: str | Path | None, kind: str, settings: Mapping[str, Any]) -> str:
+    """What a training should do with `out_dir`: "none" (no folder), "train" (nothing usable saved:
+    no model, or a dry run's), or "load" (a model of these exact settings). A real model trained
+    with other settings is refused, never overwritten or silently reused."""
+    if out_dir is None:
+        return "none"
+    path = model_path(out_dir).with_suffix(".json")
+    if not path.exists():
+        return "train"
+    meta = read_saved_meta(out_dir, kind)
+    same = meta.get("settings_hash") == settings_hash(settings)
+    if meta.get("dry_run") and not dryrun.active():
+        print(f"{out_dir}: holds a dry run's {kind} model; training it for real")
+        return "train"
+    if same:
+        return "load"
+    if meta.get("dry_run"):
+        print(f"{out_dir}: holds a dry run's {kind} model of other settings; training again")
+        return "train"
+    raise ValueError(f"{out_dir} holds a {kind} model trained with other settings "
+                     f"({settings_diff(meta.get('settings', {}), settings)}); give another out_dir for these settings, "
+                     "or delete that folder to retrain there")

