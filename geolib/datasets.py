@@ -11,6 +11,7 @@ folders, stray files) are kept on the dataset: the real University-1652 has both
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from collections import Counter, defaultdict
@@ -174,7 +175,12 @@ def _image_files(folder: Path, ds: GeoDataset) -> list[Path]:
 
 
 def _read_locations(root: Path, ds: GeoDataset) -> dict[int, dict[str, Any]]:
-    """Optional `locations.csv` (label,utm_east,utm_north,utm_zone,lat,lon[,region]) per building."""
+    """`locations.csv` (label,utm_east,utm_north,utm_zone,lat,lon[,region]) beside train/ and test/.
+
+    Only the synthetic world's own export carries it (the public release has no coordinates); it is
+    read whenever present so the default pipeline keeps its GPS sampling and regions. Real data
+    gets the same through the side files `load_university1652` reads when pointed at them.
+    """
     path = root / "locations.csv"
     if not path.exists():
         return {}
@@ -192,6 +198,166 @@ def _read_locations(root: Path, ds: GeoDataset) -> dict[int, dict[str, Any]]:
                 ds.problems.append(Problem("error", f"{path}:{n}", f"row does not parse ({err}); expected "
                                            "label,utm_east,utm_north,utm_zone,lat,lon"))
     return out
+
+
+COORDINATE_COLUMNS = ("building", "utm_east", "utm_north", "utm_zone", "lat", "lon")
+REGION_COLUMNS = ("building", "region")
+_UTM_LETTERS = "CDEFGHJKLMNPQRSTUVWX"
+
+
+def utm_zone_of(lat: float, lon: float) -> tuple[int, str]:
+    """Standard UTM zone number and latitude band of a WGS84 point (the Norway/Svalbard
+    exceptions are not applied: no University-1652 building lies there)."""
+    if not -80.0 <= lat <= 84.0 or not -180.0 <= lon <= 180.0:
+        raise ValueError(f"lat {lat}, lon {lon} is outside UTM's range (lat -80..84, lon -180..180)")
+    zone = min(60, int((lon + 180.0) // 6) + 1)
+    return zone, _UTM_LETTERS[min(len(_UTM_LETTERS) - 1, int((lat + 80.0) // 8))]
+
+
+def _side_rows(path: Path, columns: Sequence[str], required: Sequence[str], what: str,
+               ds: GeoDataset) -> list[tuple[int, dict[str, str]]] | None:
+    """Rows (with their line numbers) of a side CSV, or None after reporting why it cannot be read."""
+    example = ",".join(columns)
+    if not path.is_file():
+        ds.problems.append(Problem("error", str(path), f"{what} file not found; give the path of a CSV "
+                                   f"with the header {example}"))
+        return None
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in required if c not in header]
+        if missing:
+            ds.problems.append(Problem("error", f"{path}:1", f"{what} file lacks column(s) {', '.join(missing)} "
+                                       f"(header is {','.join(header) or 'empty'}); its first line must "
+                                       f"be {example}"))
+            return None
+        return [(n, {(k or "").strip(): (v or "").strip() for k, v in row.items()})
+                for n, row in enumerate(reader, 2) if any((v or "").strip() for v in row.values())]
+
+
+def _side_building(path: Path, n: int, raw: str, known: set[int], seen: set[int],
+                   ds: GeoDataset) -> int | None:
+    """The building id of a side-file row, or None after reporting a bad, duplicate or unknown one."""
+    where = f"{path}:{n}"
+    if not raw.isdigit():
+        ds.problems.append(Problem("error", where, f"building {raw!r} is not a building id (digits such as "
+                                   "0001, the class folder name); fix or remove the row"))
+        return None
+    label = int(raw)
+    if label in seen:
+        ds.problems.append(Problem("error", where, f"building {raw} is listed twice; keep one row"))
+        return None
+    seen.add(label)
+    if label not in known:
+        ds.problems.append(Problem("error", where, f"building {raw} has no class folder under train/ or "
+                                   "test/; remove the row, or check that the file belongs to this dataset"))
+        return None
+    return label
+
+
+def _side_float(path: Path, n: int, row: dict[str, str], column: str, ds: GeoDataset) -> float | None:
+    raw = row.get(column, "")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        ds.problems.append(Problem("error", f"{path}:{n}", f"{column} {raw!r} is not a number; fix the "
+                                   "value or remove the row"))
+        return None
+    return value
+
+
+def read_coordinates(path: Path, known: set[int], ds: GeoDataset) -> dict[int, dict[str, Any]]:
+    """A user's building -> coordinates side file (University-1652 ships none).
+
+    Header `building,utm_east,utm_north,utm_zone,lat,lon`; `building` is the class folder name
+    (0001). Either the UTM triple or lat/lon may be left empty: UTM is then computed from lat/lon
+    (standard zones), so coordinates looked up on a map are enough. Problems go to `ds`.
+    """
+    rows = _side_rows(path, COORDINATE_COLUMNS, ("building",), "coordinates", ds)
+    if rows is None:
+        return {}
+    out: dict[int, dict[str, Any]] = {}
+    seen: set[int] = set()
+    for n, row in rows:
+        label = _side_building(path, n, row.get("building", ""), known, seen, ds)
+        if label is None:
+            continue
+        has_utm = bool(row.get("utm_east") or row.get("utm_north"))
+        has_latlon = bool(row.get("lat") or row.get("lon"))
+        if not has_utm and not has_latlon:
+            ds.problems.append(Problem("error", f"{path}:{n}", "row has neither utm_east/utm_north nor "
+                                       "lat/lon; give one of them or remove the row"))
+            continue
+        loc: dict[str, Any] = {"utm_east": None, "utm_north": None, "utm_zone": None, "lat": None, "lon": None}
+        ok = True
+        for col in (("utm_east", "utm_north") if has_utm else ()) + (("lat", "lon") if has_latlon else ()):
+            loc[col] = _side_float(path, n, row, col, ds)
+            ok &= loc[col] is not None
+        if not ok:
+            continue
+        if has_utm:
+            loc["utm_zone"] = row.get("utm_zone") or None
+            if not loc["utm_zone"]:
+                ds.problems.append(Problem("error", f"{path}:{n}", "utm_zone is empty; give the zone with its "
+                                           "latitude band (e.g. 33T), or leave the UTM columns empty "
+                                           "and give lat/lon"))
+                continue
+        else:
+            try:
+                zone, letter = utm_zone_of(loc["lat"], loc["lon"])
+            except ValueError as err:
+                ds.problems.append(Problem("error", f"{path}:{n}", f"{err}; fix lat/lon"))
+                continue
+            from .world import latlon_to_utm  # only here: the world module pulls in the renderer
+
+            loc["utm_east"], loc["utm_north"] = latlon_to_utm(loc["lat"], loc["lon"], zone)
+            loc["utm_zone"] = f"{zone}{letter}"
+        out[label] = loc
+    return out
+
+
+def read_regions(path: Path, known: set[int], ds: GeoDataset) -> dict[int, str]:
+    """A user's building -> region side file (`building,region`; University-1652's university).
+
+    The region is any non-empty name; it goes to `meta["region"]` for the region classifier.
+    """
+    rows = _side_rows(path, REGION_COLUMNS, REGION_COLUMNS, "regions", ds)
+    if rows is None:
+        return {}
+    out: dict[int, str] = {}
+    seen: set[int] = set()
+    for n, row in rows:
+        label = _side_building(path, n, row.get("building", ""), known, seen, ds)
+        if label is None:
+            continue
+        if not row.get("region"):
+            ds.problems.append(Problem("error", f"{path}:{n}", "region is empty; give the building's region "
+                                       "(university) name or remove the row"))
+            continue
+        out[label] = row["region"]
+    return out
+
+
+def _u1652_buildings(root: Path) -> set[int]:
+    """Every building id with a class folder under train/ or test/ (whatever splits are loaded)."""
+    out: set[int] = set()
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            continue
+        for sub in (root / split).iterdir():
+            if sub.is_dir() and _u1652_role_view(split, sub.name)[1] is not None:
+                out.update(int(c.name) for c in sub.iterdir() if c.is_dir() and c.name.isdigit())
+    return out
+
+
+def _report_uncovered(ds: GeoDataset, path: Path, covered: dict[int, Any], what: str) -> None:
+    labels = sorted({it.label for it in ds.items if it.label is not None} - set(covered))
+    if labels:
+        shown = ", ".join(f"{b:04d}" for b in labels[:8]) + (" ..." if len(labels) > 8 else "")
+        ds.problems.append(Problem("warning", str(path), f"{len(labels)} building(s) have no {what} "
+                                   f"({shown}); their images get none"))
 
 
 def _add_class_folders(ds: GeoDataset, view_dir: Path, view: str, split: str, role: str,
@@ -218,15 +384,41 @@ def _add_class_folders(ds: GeoDataset, view_dir: Path, view: str, split: str, ro
                                       meta={"region": loc["region"]} if loc.get("region") else {}))
 
 
-def load_university1652(root: Path, splits: Sequence[str] = ("train", "test")) -> GeoDataset:
-    """`train/<view>/<id>/…` and `test/{query,gallery}_<view>/<id>/…`; label = int(<id>)."""
-    ds = GeoDataset("university1652", root, [], options={"splits": list(splits)})
+def load_university1652(root: Path, splits: Sequence[str] = ("train", "test"),
+                        coordinates: str | os.PathLike | None = None,
+                        regions: str | os.PathLike | None = None) -> GeoDataset:
+    """`train/<view>/<id>/…` and `test/{query,gallery}_<view>/<id>/…`; label = int(<id>).
+
+    The release has no coordinates and no universities. `coordinates` (building -> UTM/lat/lon,
+    see `read_coordinates`) and `regions` (building -> region, see `read_regions`) are side files
+    the user writes; they are read only when given, and override a `locations.csv` in ROOT (which
+    only the synthetic world's own export has). Without any, items have no UTM and no region.
+    """
+    ds = GeoDataset("university1652", root, [], options={"splits": list(splits),
+                                                         "coordinates": coordinates and str(coordinates),
+                                                         "regions": regions and str(regions)})
     present = [s for s in splits if (root / s).is_dir()]
     if not present:
         ds.problems.append(Problem("error", str(root), "no train/ or test/ folder: point ROOT at the "
                                    "University-1652 folder that holds train/ and test/"))
         return ds
     locations = _read_locations(root, ds)
+    side_coords: dict[int, dict[str, Any]] | None = None
+    side_regions: dict[int, str] | None = None
+    if coordinates is not None or regions is not None:
+        known = _u1652_buildings(root)
+        if coordinates is not None:
+            side_coords = read_coordinates(Path(coordinates).expanduser(), known, ds)
+        if regions is not None:
+            side_regions = read_regions(Path(regions).expanduser(), known, ds)
+        for label in set(side_coords or {}) | set(side_regions or {}) | set(locations):
+            loc = dict(locations.get(label, {}))
+            if side_coords is not None:
+                loc.update({"utm_east": None, "utm_north": None, "utm_zone": None, "lat": None, "lon": None},
+                           **side_coords.get(label, {}))
+            if side_regions is not None:
+                loc["region"] = side_regions.get(label)
+            locations[label] = loc
     for split in present:
         for sub in sorted((root / split).iterdir()):
             if not sub.is_dir():
@@ -236,6 +428,10 @@ def load_university1652(root: Path, splits: Sequence[str] = ("train", "test")) -
                 ds.problems.append(Problem("warning", str(sub), f"not a University-1652 view folder; ignored"))
                 continue
             _add_class_folders(ds, sub, view, split, role, locations)
+    if side_coords is not None:
+        _report_uncovered(ds, Path(coordinates), side_coords, "coordinates")
+    if side_regions is not None:
+        _report_uncovered(ds, Path(regions), side_regions, "region")
     _check_query_classes(ds)
     return ds
 
@@ -483,17 +679,28 @@ def load_vpr(root: Path, split: str = "test", query_folder: str | None = "querie
     """`<split>/<database_folder>/` and `<split>/<query_folder>/` of @-named images.
 
     The query folder is a parameter: releases call it `queries`, `queries_v1`, or split it by
-    condition (`queries_night`). A training split is read whole with `database_folder="."` and
-    `query_folder=None` (SF-XS keeps train images in nested folders).
+    condition (`queries_night`). A training split as released (SF-XS, SF-XL) is a plain tree of
+    @-named images at any depth with no database/queries division; `split="train"` without a
+    `<database_folder>/` reads such a tree whole, as the database (`options["layout"] = "plain"`).
+    `database_folder="."` with `query_folder=None` reads any split whole, whatever its sub-folders.
     """
     ds = GeoDataset("vpr", root, [], options={"split": split, "query_folder": query_folder,
-                                                 "database_folder": database_folder})
+                                                 "database_folder": database_folder, "layout": "split"})
+    split_dir = root / split
+    if split == "train" and split_dir.is_dir() and not (split_dir / database_folder).is_dir():
+        ds.options.update(layout="plain", database_folder=".", query_folder=None)
+        for f in sorted(p for p in split_dir.rglob("*") if p.is_file()):
+            _add_vpr_item(ds, f, split, "gallery", str(f.parent.relative_to(split_dir)))
+        if not ds.items:
+            ds.problems.append(Problem("error", str(split_dir), "no @-named images in the train tree; point "
+                                       "ROOT at the folder that holds train/"))
+        return ds
     folders = [(database_folder, "gallery")] + ([(query_folder, "query")] if query_folder else [])
     for folder, role in folders:
-        path = root / split / folder
+        path = split_dir / folder
         if not path.is_dir():
-            found = sorted(p.name for p in (root / split).iterdir() if p.is_dir()) if (root / split).is_dir() else []
-            ds.problems.append(Problem("error", str(path), f"missing folder; {root / split} holds "
+            found = sorted(p.name for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
+            ds.problems.append(Problem("error", str(path), f"missing folder; {split_dir} holds "
                                        f"{found or 'nothing'} (set query_folder/database_folder)"))
             continue
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -552,11 +759,19 @@ def load_dataset(fmt: str, root: str | os.PathLike, *, check: str = "quick", str
                  **options: Any) -> GeoDataset:
     """Load any supported layout. With `strict`, raise one `DatasetError` listing every error.
 
+    `options` go to the format's loader (e.g. `split`, `query_folder`; University-1652's
+    `coordinates=` and `regions=` side files; None means not given, for every format).
+
     `check="quick"` also catches non-images and truncated files from their first and last bytes,
     so a cut download fails here, not inside a DataLoader worker an hour into training.
     """
     if fmt not in LOADERS:
         raise ValueError(f"unknown dataset format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    side = [k for k in ("coordinates", "regions") if options.get(k) is not None]
+    if side and fmt != "university1652":
+        raise ValueError(f"{' and '.join(side)} side files apply to university1652 only; {fmt} carries "
+                         "its own geometry (drop the option)")
+    options = {k: v for k, v in options.items() if not (k in ("coordinates", "regions") and v is None)}
     root = Path(root).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"{root}: dataset root does not exist; give the folder that holds the "

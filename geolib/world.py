@@ -666,12 +666,13 @@ def _is_export(root: Path) -> bool:
 
 def build_world(preset: str = "default", seed: int = 0, out: str | Path | None = None,
                 force: bool = False, profile: str | None = None, progress: bool = True,
-                record: bool = True) -> Path:
+                record: bool = True, release: bool = False) -> Path:
     """Generate, render and export the world once; later calls with the same key reuse it.
 
     Returns the export root holding `university1652/`, `cvusa/`, `vpr/` and `world.json`. Metrics
     records (images/s, baselines, oracle) go to `outputs/<profile>/metrics/world.jsonl`; the profile
-    defaults to the preset's (large -> full).
+    defaults to the preset's (large -> full). With `release`, `<root>/release/` also gets the
+    release-exact trees of `geolib.release.write_release` (hard links: seconds, no rendering).
     """
     from .paths import outputs_root
 
@@ -683,6 +684,8 @@ def build_world(preset: str = "default", seed: int = 0, out: str | Path | None =
     if not force and marker.exists() and marker.read_text().strip() == key:
         if record:
             _record(root, profile, preset, seed, key, cached=True)
+        if release:
+            _release(root)
         return root
     if root.exists() and any(root.iterdir()) and not _is_export(root):
         raise FileExistsError(f"{root} exists and is not a world export; choose another --out")
@@ -696,7 +699,15 @@ def build_world(preset: str = "default", seed: int = 0, out: str | Path | None =
     tmp.rename(root)
     if record:
         _record(root, profile, preset, seed, key, cached=False)
+    if release:
+        _release(root)
     return root
+
+
+def _release(root: Path) -> None:
+    from .release import write_release
+
+    write_release(root)
 
 
 def _build_into(root: Path, params: WorldParams, preset: str, seed: int, key: str, progress: bool) -> None:
@@ -750,18 +761,20 @@ def _record(root: Path, profile: str, preset: str, seed: int, key: str, cached: 
 
 
 def cli(argv: list[str]) -> int:
-    """`python -m geolib world --preset smoke|default|large --out DIR [--seed N] [--force]`."""
+    """`python -m geolib world --preset smoke|default|large --out DIR [--seed N] [--force] [--release]`."""
     ap = argparse.ArgumentParser(prog="python -m geolib world", description=cli.__doc__)
     ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
     ap.add_argument("--out", default=None, help="export root (default: outputs/data/<key>)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="rebuild even if the cached export matches")
     ap.add_argument("--profile", default=None, help="profile whose metrics get the records")
+    ap.add_argument("--release", action="store_true",
+                    help="also write release-exact dataset trees under <export>/release/")
     args = ap.parse_args(argv)
     if args.seed < 0:
         ap.error("--seed must be >= 0")
     t0 = time.perf_counter()
-    root = build_world(args.preset, args.seed, args.out, args.force, args.profile)
+    root = build_world(args.preset, args.seed, args.out, args.force, args.profile, release=args.release)
     stats = json.loads((root / "build_stats.json").read_text())
     print(f"world {args.preset} (seed {args.seed}) at {root}: {stats['images']} images, "
           f"{stats['images_per_s']:.0f} images/s rendering, {time.perf_counter() - t0:.1f} s this call")
