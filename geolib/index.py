@@ -39,13 +39,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .paths import atomic_path, atomic_write_json
+from .paths import atomic_path, atomic_write_json, outputs_root
 
 INDEX_FILE = "index.faiss"
 META_FILE = "index.json"
@@ -337,7 +338,11 @@ class GalleryIndex:
         return int(self.index.ntotal)
 
     def save(self, directory: str | Path) -> Path:
-        """Write `index.faiss` then `index.json` (each atomically); the JSON carries the index's hash."""
+        """Write `index.faiss` then `index.json` (each atomically); the JSON carries the index's hash.
+
+        A checkpoint path in `extra["checkpoint"]` under the same outputs root as `directory` is
+        written relative to `directory`, so a copied or moved `outputs/` still finds its model.
+        """
         import faiss
 
         directory = Path(directory)
@@ -346,7 +351,11 @@ class GalleryIndex:
         with atomic_path(directory / INDEX_FILE) as tmp:
             faiss.write_index(cpu_index, str(tmp))
             self.meta["sha256"] = _sha256(tmp)
-        atomic_write_json(directory / META_FILE, self.meta, sort_keys=False, indent=None)
+        meta = self.meta
+        extra = meta.get("extra") or {}
+        if extra.get("checkpoint"):
+            meta = {**meta, "extra": {**extra, "checkpoint": checkpoint_for_disk(extra["checkpoint"], directory)}}
+        atomic_write_json(directory / META_FILE, meta, sort_keys=False, indent=None)
         return directory
 
     @classmethod
@@ -355,6 +364,7 @@ class GalleryIndex:
         """Read an index back; raise ValueError naming the mismatch if metadata and index disagree.
 
         The saved nprobe / ef_search are set again, and the index moves to the GPU as in `build`.
+        A relative checkpoint path is resolved against `directory`.
         """
         import faiss
 
@@ -362,7 +372,7 @@ class GalleryIndex:
         index_path, meta_path = directory / INDEX_FILE, directory / META_FILE
         for p in (index_path, meta_path):
             if not p.exists():
-                raise FileNotFoundError(f"{p} is missing; build the index again (notebook 02)")
+                raise FileNotFoundError(missing_index_message(directory, p))
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         digest = _sha256(index_path)
         if meta.get("sha256") != digest:
@@ -373,6 +383,9 @@ class GalleryIndex:
                              f"not {expect_config_hash}; rebuild the index for this model")
         index = faiss.read_index(str(index_path))
         _check(index, meta, source=str(directory))
+        extra = meta.get("extra") or {}
+        if extra.get("checkpoint"):
+            extra["checkpoint"] = checkpoint_from_disk(extra["checkpoint"], directory)
         choice, on_gpu = meta.get("index"), False
         if choice:
             on_gpu = wants_gpu(choice["kind"], gpu, faiss)
@@ -409,6 +422,48 @@ class GalleryIndex:
         return Hit(rank=rank, gallery_index=i, score=score, path=m["paths"][i],
                    place=m["places"][i] if m["places"] is not None else None,
                    coords=m["coords"][i] if m["coords"] is not None else None)
+
+
+def missing_index_message(directory: Path, missing: Path) -> str:
+    """Which notebook builds the index, and where a relative folder was looked for."""
+    name = directory.name
+    if "street" in name:
+        builder = "notebook 05 builds the street index (phase1_street); run it"
+    elif "drone" in name or "satellite" in name:
+        builder = "notebook 02 builds the drone and satellite indexes (phase1_drone, phase1_satellite); run it"
+    else:
+        builder = ("build it first: notebook 02 saves phase1_drone and phase1_satellite, notebook 05 "
+                   "phase1_street")
+    where = "" if directory.is_absolute() else \
+        f"; the relative path {directory} is resolved against the current folder {Path.cwd()}"
+    what = "no gallery index in this folder" if not directory.is_dir() or not any(directory.iterdir()) \
+        else f"{missing.name} is missing"
+    return f"{directory}: {what}; {builder}{where}"
+
+
+def checkpoint_for_disk(checkpoint: str | Path, directory: Path) -> str:
+    """`checkpoint` relative to the index folder when both are under `outputs_root()`, else as given."""
+    ckpt = Path(checkpoint)
+    if not ckpt.is_absolute():
+        return str(checkpoint)
+    root, here, target = outputs_root().resolve(), directory.resolve(), ckpt.resolve()
+    if _under(here, root) and _under(target, root):
+        return Path(os.path.relpath(target, here)).as_posix()
+    return str(checkpoint)
+
+
+def checkpoint_from_disk(checkpoint: str, directory: Path) -> str:
+    """An absolute checkpoint path: a relative one is relative to the index folder (`save`)."""
+    if Path(checkpoint).is_absolute():
+        return checkpoint
+    beside = os.path.normpath(directory.resolve() / checkpoint)
+    if not Path(beside).with_suffix(".json").exists() and Path(checkpoint).with_suffix(".json").exists():
+        return str(Path(checkpoint).resolve())  # written by hand relative to the working folder
+    return beside
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def hits_table(hits: list[list[Hit]]):

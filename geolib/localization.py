@@ -9,8 +9,8 @@ file (not an image, huge, grayscale, CMYK, RGBA) gets a sentence, not a tracebac
 from __future__ import annotations
 
 import functools
-import io
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .images import ImageError, load_image
+from .images import ImageError, load_image, open_image
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -26,8 +26,7 @@ if TYPE_CHECKING:
 
     from .index import GalleryIndex
 
-MAX_UPLOAD_BYTES = 25_000_000
-MAX_UPLOAD_PIXELS = 40_000_000  # ~ a 7,700 × 5,200 photo; the model sees a few hundred pixels anyway
+MAX_UPLOAD_BYTES = 25_000_000  # the pixel limit is the library's one `images.MAX_PIXELS`
 MODE_NOTES = {"L": "grayscale image converted to RGB", "LA": "grayscale image with alpha converted to RGB",
               "CMYK": "CMYK image converted to RGB", "RGBA": "transparency flattened onto white",
               "P": "palette image converted to RGB", "I;16": "16-bit image scaled to 8 bits",
@@ -48,7 +47,7 @@ class Place:
 
 def decode_upload(data: bytes, name: str = "upload") -> tuple["Image.Image", list[str]]:
     """Bytes of an uploaded file → RGB image and notes on what was converted; `ImageError` if unusable."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if not data:
         raise ImageError(f"{name}: the file is empty; choose a JPEG or PNG photo")
@@ -56,15 +55,14 @@ def decode_upload(data: bytes, name: str = "upload") -> tuple["Image.Image", lis
         raise ImageError(f"{name}: {len(data) / 1e6:.0f} MB is too large (limit {MAX_UPLOAD_BYTES / 1e6:.0f} MB); "
                          "downscale the photo first")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            mode, (w, h) = probe.mode, probe.size
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+        with open_image(data, name) as probe:  # the size limit is checked from the header
+            mode = probe.mode
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image that can be read; upload a JPEG or PNG photo") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{name}: unreadable or truncated image ({err}); upload the file again") from None
-    if w * h > MAX_UPLOAD_PIXELS:
-        raise ImageError(f"{name}: {w}×{h} pixels is huge (limit {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels); "
-                         "downscale the photo first")
     img = _decode_via_file(data, name)
     notes = [MODE_NOTES.get(mode, f"{mode} image converted to RGB")] if mode != "RGB" else []
     return img, notes
@@ -93,7 +91,27 @@ def as_image(image_or_path: Any) -> "Image.Image":
         return image_or_path.convert("RGB") if image_or_path.mode != "RGB" else image_or_path
     if isinstance(image_or_path, (bytes, bytearray, memoryview)):
         return decode_upload(bytes(image_or_path))[0]
+    if isinstance(image_or_path, (str, os.PathLike)):
+        check_photo_path(image_or_path)
     return load_image(image_or_path)
+
+
+def check_photo_path(path: str | os.PathLike) -> Path:
+    """Refuse a URL, a missing file or a folder with the sentence a user needs, before decoding.
+
+    `load_image`'s own messages speak of dataset files ("check the dataset root"); a photo handed to
+    `localize` is the user's own file, so it gets its own wording.
+    """
+    text = os.fspath(path)
+    if isinstance(text, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+        raise ImageError(f"{text}: URLs are not supported; download the photo first and pass the file's path")
+    p = Path(text)
+    if p.is_dir():
+        raise ImageError(f"{p}: is a folder, not an image file; pass the path of one photo inside it")
+    if not p.exists():
+        where = "" if p.is_absolute() else f" (a relative path is resolved against the current folder {Path.cwd()})"
+        raise ImageError(f"{p}: file not found{where}")
+    return p
 
 
 def load_index(index: "GalleryIndex | str | os.PathLike") -> "GalleryIndex":

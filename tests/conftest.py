@@ -65,6 +65,27 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
     return path
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A valid-looking 1-bit PNG of any size without its pixels: what a size check reads, in 60 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00"))
+            + chunk(b"IEND", b""))
+
+
+def bmp_header(width: int, height: int) -> bytes:
+    """A BMP header of any size, no pixels: a format whose size only Pillow reads."""
+    import struct
+
+    dib = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + 40, 0, 0, 54) + dib
+
+
 def build_university(root: Path, broken: bool = True) -> Path:
     """Train 0001-0002, test queries 0003-0004, gallery 0003-0005 (0005 a distractor).
 

@@ -76,7 +76,7 @@ def test_mismatched_metadata_fails_clearly(tmp_path):
     GalleryIndex.build(emb, paths, config_hash="one").save(tmp_path / "d")
     with pytest.raises(ValueError, match="not two"):
         GalleryIndex.load(tmp_path / "d", expect_config_hash="two")
-    with pytest.raises(FileNotFoundError, match="index.faiss is missing"):
+    with pytest.raises(FileNotFoundError, match="nothing: no gallery index in this folder"):
         GalleryIndex.load(tmp_path / "nothing")
 
 
@@ -242,3 +242,52 @@ def test_memory_mapped_float16_gallery_builds_in_chunks(tmp_path):
         index, spec, _ = make_index(source, "ivf-flat", {"nlist": 16, "nprobe": 16}, chunk_size=100)
         assert index.ntotal == len(emb)
         assert np.mean(index.search(q, 1)[1][:, 0] == truth) >= 0.9
+
+
+def test_checkpoint_paths_under_the_outputs_root_are_stored_relative(tmp_path, monkeypatch):
+    """Inside one outputs root the JSON holds a relative path; outside it, the path as given."""
+    emb, paths, places, coords = gallery()
+    root = tmp_path / "outputs"
+    monkeypatch.setenv("GEOLIB_OUTPUTS", str(root))
+    inside = str(root / "full" / "checkpoints" / "phase1" / "best")
+    built = GalleryIndex.build(emb, paths, places, coords, extra={"checkpoint": inside, "view": "drone"})
+    built.save(root / "full" / "index" / "phase1_drone")
+    assert built.meta["extra"]["checkpoint"] == inside  # the object in memory keeps its absolute path
+    on_disk = json.loads((root / "full" / "index" / "phase1_drone" / "index.json").read_text())
+    assert on_disk["extra"] == {"checkpoint": "../../checkpoints/phase1/best", "view": "drone"}
+    assert GalleryIndex.load(root / "full" / "index" / "phase1_drone").meta["extra"]["checkpoint"] == inside
+
+    outside = str(tmp_path / "elsewhere" / "best")  # and an index written before relative paths: absolute
+    GalleryIndex.build(emb, paths, places, coords, extra={"checkpoint": outside}).save(root / "idx2")
+    assert json.loads((root / "idx2" / "index.json").read_text())["extra"]["checkpoint"] == outside
+    assert GalleryIndex.load(root / "idx2").meta["extra"]["checkpoint"] == outside
+
+
+def test_saved_files_are_readable_under_the_umask(tmp_path):
+    """mkstemp creates 0600 files; an index (and every atomically written file) gets 0666 & ~umask."""
+    import os
+    import stat
+
+    from geolib.paths import atomic_write_text
+
+    emb, paths, places, coords = gallery()
+    old = os.umask(0o022)
+    try:
+        GalleryIndex.build(emb, paths, places, coords).save(tmp_path / "idx")
+        atomic_write_text(tmp_path / "report.html", "<p>hi</p>")
+        for name in ("idx/index.faiss", "idx/index.json", "report.html"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "private.txt", "x")
+        assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_a_missing_index_names_its_notebook(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no gallery index in this folder; notebook 05 builds"):
+        GalleryIndex.load(tmp_path / "phase1_street")
+    (tmp_path / "phase1_drone").mkdir()
+    (tmp_path / "phase1_drone" / "index.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="index.faiss is missing; notebook 02 builds"):
+        GalleryIndex.load(tmp_path / "phase1_drone")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import geolib
-from conftest import make_image
+from conftest import make_image, png_header
 from geolib import localization as loc
 from geolib.checkpoint import save_checkpoint
 from geolib.datasets import ImageItem, default_transform
@@ -120,9 +120,10 @@ def test_bad_uploads_name_the_problem(monkeypatch):
         loc.decode_upload(b"", "a.jpg")
     with pytest.raises(ImageError, match="not an image"):
         loc.decode_upload(b"%PDF-1.4 hello", "scan.pdf")
-    huge = _png(Image.new("L", (8000, 6000)))
-    with pytest.raises(ImageError, match="huge"):
-        loc.decode_upload(huge, "panorama.png")
+    with pytest.raises(ImageError, match=r"panorama.png: 13500×13500 pixels is too large \(limit 80,000,000"):
+        loc.decode_upload(png_header(13500, 13500), "panorama.png")  # past Pillow's own bomb error
+    with pytest.raises(ImageError, match="pano.png: 9000×9000 pixels is too large"):
+        loc.decode_upload(png_header(9000, 9000), "pano.png")  # Pillow would only warn
     jpeg = _png(Image.new("RGB", (64, 64), (200, 10, 10)), "JPEG")
     with pytest.raises(ImageError, match="truncated.jpg: unreadable or truncated"):
         loc.decode_upload(jpeg[: len(jpeg) // 2], "truncated.jpg")
@@ -149,7 +150,7 @@ def test_explorer_upload_localizes_or_explains(saved, tmp_path):
     assert f"<td>{places[0].place}</td>" in app.upload_results.value
     assert sum(t.name == ex.LOCALIZED_NAME for t in app.map.data) == 2
     for data, name, words in ((b"GIF89a broken", "x.gif", "not an image"),
-                              (_png(Image.new("L", (8000, 6000))), "huge.png", "huge"),
+                              (png_header(12000, 9000), "huge.png", "too large"),
                               (b"", "empty.jpg", "empty")):
         assert app.handle_upload(data, name) is None
         assert words in app.upload_message.value and "Traceback" not in app.upload_message.value
@@ -183,3 +184,58 @@ def test_query_images_and_localize_are_one_path(saved):
     other = create_model("phase1-cpu", **{**TINY, "embed_dim": 8})
     with pytest.raises(ValueError, match="did not build this index"):
         index.query_images(other, batch, view="street")
+
+
+def test_photo_paths_that_are_not_photos_say_what_they_are(saved, tmp_path, monkeypatch):
+    index = saved["index_dir"]
+    with pytest.raises(ImageError, match="nope.jpg: file not found") as err:
+        loc.localize(tmp_path / "nope.jpg", index, model=saved["model"])
+    assert "dataset root" not in str(err.value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ImageError, match=f"resolved against the current folder {tmp_path}"):
+        loc.localize("nope.jpg", index, model=saved["model"])
+    with pytest.raises(ImageError, match="URLs are not supported; download the photo first"):
+        loc.localize("https://example.org/photo.jpg", index, model=saved["model"])
+    (tmp_path / "x.jpg").mkdir()
+    with pytest.raises(ImageError, match="x.jpg: is a folder, not an image file"):
+        loc.localize(tmp_path / "x.jpg", index, model=saved["model"])
+    big = tmp_path / "big.png"
+    big.write_bytes(png_header(15000, 15000))
+    with pytest.raises(ImageError, match="big.png: 15000×15000 pixels is too large"):
+        loc.localize(big, index, model=saved["model"])
+
+
+@pytest.mark.parametrize("name, notebook", [("phase1_street", "notebook 05"), ("phase1_drone", "notebook 02"),
+                                            ("phase1_satellite", "notebook 02")])
+def test_a_missing_index_names_the_notebook_that_builds_it(saved, tmp_path, monkeypatch, name, notebook):
+    photo = saved["items"][0].path
+    with pytest.raises(FileNotFoundError, match=notebook) as err:
+        loc.localize(photo, tmp_path / "index" / name)
+    assert "current folder" not in str(err.value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"{notebook}.*resolved against the current folder {tmp_path}"):
+        loc.localize(photo, Path("index") / name)
+
+
+def test_a_moved_outputs_folder_still_localizes(saved, tmp_path, monkeypatch):
+    """The index names its checkpoint relative to itself, so copying `outputs/` elsewhere keeps it working."""
+    import json
+    import shutil
+
+    old = tmp_path / "old" / "outputs"
+    monkeypatch.setenv("GEOLIB_OUTPUTS", str(old))
+    ck = old / "tiny" / "checkpoints"
+    shutil.copytree(saved["ckpt"].parent, ck)
+    index = GalleryIndex.load(saved["index_dir"])
+    index.meta["extra"]["checkpoint"] = str(ck / "best")
+    index.save(old / "tiny" / "index" / "phase1_street")
+    stored = json.loads((old / "tiny" / "index" / "phase1_street" / "index.json").read_text())
+    assert stored["extra"]["checkpoint"] == "../../checkpoints/best"
+    new = tmp_path / "elsewhere" / "outputs"
+    shutil.move(str(old), str(new))
+    monkeypatch.setenv("GEOLIB_OUTPUTS", str(new))
+    loaded = GalleryIndex.load(new / "tiny" / "index" / "phase1_street")
+    assert loaded.meta["extra"]["checkpoint"] == str(new / "tiny" / "checkpoints" / "best")
+    it = saved["items"][4]
+    places = loc.localize(it.path, new / "tiny" / "index" / "phase1_street", k=1)
+    assert places[0].place == it.label and places[0].score == pytest.approx(1.0, abs=1e-4)
