@@ -94,3 +94,44 @@ def test_write_dc_record():
     rec = dc.write_dc_record("04_phase2", {"LR@1": 40.0}, dataset="synthetic-default", profile="smoke", seed=0)
     assert (rec["task"], rec["protocol"], rec["gallery_view"], rec["model"]) == ("vpr", "dc-lr-25m", None, "dc-aamc")
     assert read_records("smoke", "04_phase2")[-1]["protocol"] == "dc-lr-25m"
+
+
+def test_saved_dc_localizes_with_no_train_data(tmp_path, capsys):
+    import shutil
+
+    root = build_toy_vpr(tmp_path / "world")
+    items = cosplace.load_train_items(root)
+    cfg = dc.dc_config("aamc", backbone="resnet10t", image_size=32, out_dim=16, batch_size=6, epochs=1,
+                       iterations_per_epoch=4, backbone_lr=1e-3, min_images_per_class=5)
+    assert cfg.groups_num == 4  # N=2: all N² groups asked; the toy's cells fall in 2
+    training = dc.train_dc(items, cfg, out_dir=tmp_path / "dc", progress=False)
+    assert len(training.heads) == 2 and training.config["groups_used"] == 2
+    assert "groups_num 4 asked, the data has 2 group(s)" in capsys.readouterr().out
+    _, queries = cosplace.load_test_items(root)
+    before = dc.evaluate_dc(training, queries)
+    shutil.rmtree(root / "train")  # nothing of the training data is left
+    loaded = dc.load_dc(tmp_path / "dc")
+    after = dc.evaluate_dc(loaded, queries)
+    np.testing.assert_array_equal(before.classes, after.classes)
+    np.testing.assert_array_equal(before.centres, after.centres)
+    assert before.metrics == after.metrics and before.classifier_bytes == after.classifier_bytes
+    np.testing.assert_array_equal(loaded.division.class_ids, training.division.class_ids)
+    assert [c.tolist() for c in loaded.division.classes_per_group] == \
+        [c.tolist() for c in training.division.classes_per_group[:2]]
+    assert loaded.result.history == training.result.history and loaded.config["image_size"] == 32
+    with pytest.raises(ValueError, match="holds a 'dc' model, not a 'cosplace' one"):
+        cosplace.load_cosplace(tmp_path / "dc")
+
+
+def test_load_or_train_dc_reuses_the_folder(tmp_path, capsys):
+    root = build_toy_vpr(tmp_path / "world", n_cells=3, train_per_cell=6)
+    items = cosplace.load_train_items(root)
+    cfg = dc.dc_config("lmcc", backbone="resnet10t", image_size=32, out_dim=16, batch_size=4, epochs=1,
+                       iterations_per_epoch=1, min_images_per_class=2, N=1)
+    first = dc.load_or_train_dc(items, cfg, tmp_path / "dc", progress=False)
+    again = dc.load_or_train_dc(items, cfg, tmp_path / "dc", progress=False)
+    assert "loading" in capsys.readouterr().out and again.result.extra["loaded_from"]
+    assert torch.equal(first.heads[0].loss.W, again.heads[0].loss.W)
+    with pytest.raises(ValueError, match="other settings"):
+        dc.load_or_train_dc(items, cosplace.CosPlaceConfig(**{**cfg.to_dict(), "M": 40}),
+                            tmp_path / "dc", progress=False)
