@@ -6,18 +6,119 @@ Chance references are computed, not sampled, so a rerun cannot move them:
 - classification: a random cell (uniform over the classifier's classes) is right with probability
   (classes whose centre lies within the radius) / (classes).
 Both keep queries with no positive in the denominator, as the protocols do.
+
+Evaluation needs only the split it scores: `evaluate_vpr` (a saved CosPlace model, `vpr-25m`) and
+`evaluate_localization` (a saved D&C model, `dc-lr-25m`) read `<root>/<split>/` alone, so a
+test-only release (Tokyo-XS: test/database and test/queries) or a `val` split works as well as
+the root a model was trained on. `resolve_query_folders` names the query folders of a split.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from . import dryrun
 from .datasets import ImageItem, utm_of
 
 DEFAULT_QUERY_FOLDERS = {"day": "queries", "night": "queries_night", "fog": "queries_fog"}
+# the condition a query folder holds, by the names releases use (the world's export, SF-XS's queries_v1)
+FOLDER_CONDITIONS = {"queries": "day", "queries_v1": "day", "queries_day": "day", "queries_night": "night",
+                     "queries_fog": "fog"}
+DATABASE_FOLDER = "database"
+
+
+def resolve_query_folders(root: str | Path, split: str = "test",
+                          query_folders: str | Mapping[str, str] | None = None,
+                          database_folder: str = DATABASE_FOLDER) -> dict[str, str]:
+    """{condition: query folder} of `<root>/<split>/`.
+
+    `query_folders` None: the one folder beside `database/` (named in a printed line), or, when
+    there are several, each mapped to its condition (queries → day, queries_night → night,
+    queries_fog → fog, queries_v1 → day; another name is its own condition). A folder name, or a
+    {condition: folder} dict, is checked: a missing folder fails with what the split holds.
+    """
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        held = sorted(p.name for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else None
+        raise FileNotFoundError(f"{split_dir}: no {split!r} split; {root} holds "
+                                f"{held if held is not None else 'nothing (no such folder)'}. Give a VPR root "
+                                f"with {split}/{database_folder} and {split}/<query folder>, or another split")
+    held = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name != database_folder)
+    if query_folders is None:
+        if not held:
+            raise FileNotFoundError(f"{split_dir}: no query folder beside {database_folder}/ (it holds "
+                                    f"{sorted(p.name for p in split_dir.iterdir())}); add one, e.g. {split}/queries")
+        out: dict[str, str] = {}
+        for name in held:
+            cond = FOLDER_CONDITIONS.get(name) or (name[len("queries_"):] if name.startswith("queries_") else name)
+            out[name if cond in out else cond] = name
+        if len(held) == 1:
+            print(f"{split_dir}: query folder {held[0]!r} (the only one beside {database_folder}/), "
+                  f"as {next(iter(out))} queries")
+        else:
+            print(f"{split_dir}: query folders " + ", ".join(f"{f} → {c}" for c, f in out.items()))
+        return out
+    wanted = ({FOLDER_CONDITIONS.get(query_folders, "day"): query_folders} if isinstance(query_folders, str)
+              else dict(query_folders))
+    missing = [f for f in wanted.values() if not (split_dir / f).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{split_dir}: no query folder {', '.join(map(repr, missing))}; the split holds "
+                                f"{held or 'no query folder'} beside {database_folder}/. Name one with "
+                                f"-p query_folder NAME (or -p query_folders '{{\"day\": \"NAME\"}}'), or leave "
+                                "it unset to use what the split holds")
+    return wanted
+
+
+def split_sets(root: str | Path, split: str = "test", query_folders: str | Mapping[str, str] | None = None,
+               database: bool = True) -> tuple[list[ImageItem] | None, dict[str, list[ImageItem]]]:
+    """(database or None, {condition: queries}) of one split, read from that split only; every
+    folder goes through the VPR loader's checks (bad names and broken files listed at once)."""
+    folders = resolve_query_folders(root, split, query_folders)
+    db = _folder_items(root, split, DATABASE_FOLDER, "gallery") if database else None
+    return db, {cond: _folder_items(root, split, folder, "query") for cond, folder in folders.items()}
+
+
+def _folder_items(root: str | Path, split: str, folder: str, role: str) -> list[ImageItem]:
+    from .datasets import load_dataset
+
+    ds = load_dataset("vpr", root, split=split, database_folder=folder, query_folder=None)
+    if role == "gallery":
+        return ds.items
+    return [dataclasses.replace(it, role="query", view="query") for it in ds.items]
+
+
+def evaluate_vpr(model: Any, root: str | Path, split: str = "test",
+                 query_folders: str | Mapping[str, str] | None = None, image_size: int | None = None,
+                 device: str = "cpu", batch_size: int = 64) -> dict[str, tuple[Any, float]]:
+    """A CosPlace model (a `PlaceNet`, or the folder `save_cosplace` wrote) on any VPR split:
+    per condition, (`cosplace.Retrieval` with R@1/5/10/20 under `vpr-25m`, queries per second).
+    `image_size` defaults to the size the model was trained at."""
+    from .cosplace import load_cosplace
+
+    if isinstance(model, (str, Path)):
+        model = load_cosplace(model, device)
+    size = image_size or model.options["image_size"]
+    database, queries = split_sets(root, split, query_folders)
+    return retrieve_conditions(model, database, queries, size, device, batch_size)
+
+
+def evaluate_localization(training: Any, root: str | Path, split: str = "test",
+                          query_folders: str | Mapping[str, str] | None = None, image_size: int | None = None,
+                          device: str = "cpu", batch_size: int = 64) -> dict[str, tuple[Any, float]]:
+    """A D&C model (a `GroupTraining`, or the folder `save_dc` wrote) on any split's queries: per
+    condition, (`divide_classify.Localization` with LR@1/5/10/20 under `dc-lr-25m`, queries per
+    second). No database is read, so the split needs only its query folders."""
+    from .divide_classify import load_dc
+
+    if isinstance(training, (str, Path)):
+        training = load_dc(training, device)
+    size = image_size or training.config.get("image_size") or training.model.options["image_size"]
+    _, queries = split_sets(root, split, query_folders, database=False)
+    return localize_conditions(training, queries, size, device, batch_size)
 
 
 def query_view(condition: str) -> str:
@@ -85,10 +186,13 @@ def comparison_table(records: Iterable[Mapping[str, Any]], dataset: str) -> "Any
 def retrieve_conditions(model: Any, database: Sequence[ImageItem], queries: Mapping[str, Sequence[ImageItem]],
                         image_size: int, device: str = "cpu", batch_size: int = 64) -> dict[str, tuple[Any, float]]:
     """Per condition: (`cosplace.Retrieval` under vpr-25m, queries per second). The database is
-    embedded once; queries/s counts embedding the query and searching the database."""
+    embedded once; queries/s counts embedding the query and searching the database. A dry run
+    embeds `dryrun.ITEMS` database images and queries per condition."""
     from .cosplace import retrieve
     from .vpr_train import embed_paths
 
+    database = dryrun.items(database)
+    queries = {cond: dryrun.items(items) for cond, items in queries.items()}
     db = embed_paths(model, [it.path for it in database], image_size, batch_size, device)
     out = {}
     for condition, items in queries.items():
@@ -107,6 +211,7 @@ def localize_conditions(training: Any, queries: Mapping[str, Sequence[ImageItem]
 
     out = {}
     for condition, items in queries.items():
+        items = dryrun.items(items)
         result, seconds = timed(lambda: evaluate_dc(training, items, image_size, device=device,
                                                     batch_size=batch_size))
         out[condition] = (result, len(items) / max(seconds, 1e-9))

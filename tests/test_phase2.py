@@ -43,3 +43,92 @@ def test_comparison_table_keeps_last_and_reads_both_protocols():
     assert t["model"].tolist() == ["cosplace", "dc-aamc"]
     assert t["@1"].tolist() == [30.0, 5.0] and t["database needed"].tolist() == [True, False]
     assert phase2.query_view("night") == "query-night"
+
+
+# --------------------------------------------------------------------------- query folders, evaluate-only
+
+def _split(root, split, folders):
+    make_image(root / split / "database" / vpr_name(500000, 4600000, heading=0), seed=1)
+    for i, f in enumerate(folders):
+        make_image(root / split / f / vpr_name(500001 + i, 4600000), seed=2 + i)
+    return root
+
+
+def test_resolve_query_folders_single_several_and_missing(tmp_path, capsys):
+    tokyo = _split(tmp_path / "tokyo", "test", ["queries"])
+    assert phase2.resolve_query_folders(tokyo, "test") == {"day": "queries"}
+    assert "query folder 'queries' (the only one beside database/)" in capsys.readouterr().out
+    sf = _split(tmp_path / "sf", "test", ["queries_v1"])
+    assert phase2.resolve_query_folders(sf, "test") == {"day": "queries_v1"}
+    world = _split(tmp_path / "world", "val", ["queries", "queries_night", "queries_fog", "queries_rain"])
+    assert phase2.resolve_query_folders(world, "val") == {"day": "queries", "fog": "queries_fog",
+                                                           "night": "queries_night", "rain": "queries_rain"}
+    assert "queries_night → night" in capsys.readouterr().out
+    assert phase2.resolve_query_folders(world, "val", "queries_night") == {"night": "queries_night"}
+    with pytest.raises(FileNotFoundError) as err:
+        phase2.resolve_query_folders(sf, "test", {"day": "queries"})
+    msg = str(err.value)
+    assert "no query folder 'queries'" in msg and "['queries_v1']" in msg and "-p query_folder NAME" in msg
+    with pytest.raises(FileNotFoundError, match=r"no 'val' split; .* holds \['test'\]"):
+        phase2.resolve_query_folders(tokyo, "val")
+
+
+def _saved_models(tmp_path):
+    """A toy root with its train split, a CosPlace and a D&C model saved from it (a step each)."""
+    from geolib import cosplace as C, divide_classify as D
+    from phase2_toy import build_toy_vpr
+
+    root = build_toy_vpr(tmp_path / "world", n_cells=4, train_per_cell=4)
+    items = C.load_train_items(root)
+    tiny = dict(backbone="resnet10t", image_size=32, out_dim=16, batch_size=4, epochs=1, iterations_per_epoch=1,
+                min_images_per_class=2, N=1)
+    C.train_cosplace(items, C.CosPlaceConfig(**tiny, L=1, groups_num=1), tmp_path / "cp", progress=False)
+    D.train_dc(items, D.dc_config("aamc", **tiny), tmp_path / "dc", progress=False)
+    return root
+
+
+def test_evaluate_saved_models_on_a_test_only_root_and_on_val(tmp_path):
+    import shutil
+
+    import torch
+
+    from geolib import cosplace as C, divide_classify as D
+
+    torch.set_num_threads(1)
+    root = _saved_models(tmp_path)
+    tokyo = tmp_path / "tokyo"  # Tokyo-XS's layout: test/database and test/queries only
+    shutil.copytree(root / "test", tokyo / "test")
+    val = tmp_path / "valonly"  # a val split with SF-XS's query folder name
+    shutil.copytree(root / "test" / "database", val / "val" / "database")
+    shutil.copytree(root / "test" / "queries", val / "val" / "queries_v1")
+    shutil.rmtree(root)
+
+    res = phase2.evaluate_vpr(tmp_path / "cp", tokyo, "test")
+    assert list(res) == ["day"] and set(res["day"][0].metrics) == {"R@1", "R@5", "R@10", "R@20"}
+    model = C.load_cosplace(tmp_path / "cp")
+    db, q = C.load_test_items(tokyo, "test", "queries")
+    assert res["day"][0].metrics == C.evaluate_retrieval(model, db, q, 32).metrics and res["day"][1] > 0
+    on_val = phase2.evaluate_vpr(model, val, "val")
+    assert on_val["day"][0].metrics == res["day"][0].metrics  # the same images under another split name
+
+    loc = phase2.evaluate_localization(tmp_path / "dc", val, "val")
+    assert set(loc["day"][0].metrics) == {"LR@1", "LR@5", "LR@10", "LR@20"}
+    direct = D.evaluate_dc(D.load_dc(tmp_path / "dc"), q)
+    assert loc["day"][0].metrics == direct.metrics
+    np.testing.assert_array_equal(loc["day"][0].classes, direct.classes)
+    with pytest.raises(FileNotFoundError, match="-p query_folder"):
+        phase2.evaluate_vpr(model, tokyo, "test", {"day": "queries_v1"})
+
+
+def test_evaluations_cap_items_in_a_dry_run(tmp_path, monkeypatch):
+    from geolib import cosplace as C, dryrun
+
+    db = [C.ImageItem(tmp_path / f"d{i}.png", "database", "test", "gallery") for i in range(40)]
+    q = [C.ImageItem(tmp_path / f"q{i}.png", "query", "test", "query") for i in range(30)]
+    embedded = []
+    monkeypatch.setattr("geolib.vpr_train.embed_paths",
+                        lambda model, paths, *a, **k: embedded.append(len(paths)) or np.eye(len(paths), 4, dtype=np.float32))
+    monkeypatch.setattr(C, "retrieve", lambda *a, **k: None)
+    monkeypatch.setenv(dryrun.ENV, "1")
+    phase2.retrieve_conditions(None, db, {"day": q}, 32)
+    assert embedded == [dryrun.ITEMS, dryrun.ITEMS]
