@@ -214,9 +214,12 @@ def utm_zone_of(lat: float, lon: float) -> tuple[int, str]:
     return zone, _UTM_LETTERS[min(len(_UTM_LETTERS) - 1, int((lat + 80.0) // 8))]
 
 
-def _side_rows(path: Path, columns: Sequence[str], required: Sequence[str], what: str,
+def _side_rows(path: Path, columns: Sequence[str], required: Sequence[Sequence[str]], what: str,
                ds: GeoDataset) -> list[tuple[int, dict[str, str]]] | None:
-    """Rows (with their line numbers) of a side CSV, or None after reporting why it cannot be read."""
+    """Rows (with their line numbers) of a side CSV, or None after reporting why it cannot be read.
+
+    The header must hold every column of at least one of the `required` alternatives.
+    """
     example = ",".join(columns)
     if not path.is_file():
         ds.problems.append(Problem("error", str(path), f"{what} file not found; give the path of a CSV "
@@ -225,9 +228,9 @@ def _side_rows(path: Path, columns: Sequence[str], required: Sequence[str], what
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in reader.fieldnames or []]
-        missing = [c for c in required if c not in header]
-        if missing:
-            ds.problems.append(Problem("error", f"{path}:1", f"{what} file lacks column(s) {', '.join(missing)} "
+        if not any(all(c in header for c in alt) for alt in required):
+            missing = " or ".join(",".join(c for c in alt if c not in header) for alt in required)
+            ds.problems.append(Problem("error", f"{path}:1", f"{what} file lacks column(s) {missing} "
                                        f"(header is {','.join(header) or 'empty'}); its first line must "
                                        f"be {example}"))
             return None
@@ -275,7 +278,8 @@ def read_coordinates(path: Path, known: set[int], ds: GeoDataset) -> dict[int, d
     (0001). Either the UTM triple or lat/lon may be left empty: UTM is then computed from lat/lon
     (standard zones), so coordinates looked up on a map are enough. Problems go to `ds`.
     """
-    rows = _side_rows(path, COORDINATE_COLUMNS, ("building",), "coordinates", ds)
+    rows = _side_rows(path, COORDINATE_COLUMNS, (("building", "utm_east", "utm_north", "utm_zone"),
+                                                 ("building", "lat", "lon")), "coordinates", ds)
     if rows is None:
         return {}
     out: dict[int, dict[str, Any]] = {}
@@ -323,7 +327,7 @@ def read_regions(path: Path, known: set[int], ds: GeoDataset) -> dict[int, str]:
 
     The region is any non-empty name; it goes to `meta["region"]` for the region classifier.
     """
-    rows = _side_rows(path, REGION_COLUMNS, REGION_COLUMNS, "regions", ds)
+    rows = _side_rows(path, REGION_COLUMNS, (REGION_COLUMNS,), "regions", ds)
     if rows is None:
         return {}
     out: dict[int, str] = {}

@@ -189,3 +189,78 @@ def test_camera_gain_scales_each_channel_by_one_bounded_factor():
         g = per_channel[:, 0]
         assert ((g > 0.75 * 0.85 - 1e-6) & (g < 1.25 * 1.15 + 1e-6)).all()
     assert not torch.equal(CameraGain()(x), CameraGain()(x))  # drawn afresh per call
+
+
+# --------------------------------------------------------------------------- University-1652 side files
+
+def _side(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_university_side_files_are_read_only_when_given(university_root, tmp_path):
+    coords = _side(tmp_path, "coords.csv", "building,utm_east,utm_north,utm_zone,lat,lon\n"
+                   "0003,500100.5,4600200.0,33T,41.5,12.1\n0004,,,,41.9,12.5\n")
+    regions = _side(tmp_path, "regions.csv", "building,region\n0003,uni-a\n0004,uni-b\n0001,uni-c\n")
+    bare = load_dataset("university1652", university_root)
+    assert all(it.utm_east is None and "region" not in it.meta for it in bare.items)
+    ds = load_dataset("university1652", university_root, coordinates=coords, regions=regions)
+    q3 = ds.select(role="query", view="drone")[0]
+    assert (q3.label, q3.utm_east, q3.utm_zone, q3.meta["region"]) == (3, 500100.5, "33T", "uni-a")
+    q4 = [it for it in ds.items if it.label == 4][0]
+    from geolib.world import utm_to_latlon
+    assert q4.utm_zone == "33T" and 250_000 < q4.utm_east < 350_000  # from lat/lon (12.5 E: zone 33, west part)
+    assert utm_to_latlon(q4.utm_east, q4.utm_north, 33) == pytest.approx((41.9, 12.5), abs=1e-7)
+    assert q4.meta["region"] == "uni-b"
+    t1 = ds.select(split="train", view="satellite")
+    assert [it.meta.get("region") for it in t1] == ["uni-c", None] and t1[0].utm_east is None
+    missing = [str(p) for p in ds.warnings if "coords.csv" in p.path]
+    assert missing and "3 building(s) have no coordinates" in missing[0] and "0005" in missing[0]
+
+
+def test_university_side_file_overrides_locations_csv(university_root, tmp_path):
+    (university_root / "locations.csv").write_text(
+        "label,utm_east,utm_north,utm_zone,lat,lon,region\n3,1.0,2.0,33T,41.5,12.1,r1\n")
+    regions = _side(tmp_path, "regions.csv", "building,region\n0003,uni-a\n")
+    it = load_dataset("university1652", university_root, regions=regions).select(role="query", view="drone")[0]
+    assert (it.utm_east, it.meta["region"]) == (1.0, "uni-a")  # coordinates kept, region replaced
+
+
+@pytest.mark.parametrize("text, where, words", [
+    ("building,east,north\n0003,1,2\n", ":1", ["lacks column", "building,utm_east,utm_north"]),
+    ("building,utm_east,utm_north,utm_zone,lat,lon\n0003,1,2,33T,,\n0004,abc,2,33T,,\n", ":3",
+     ["utm_east 'abc' is not a number"]),
+    ("building,utm_east,utm_north,utm_zone,lat,lon\n0003,1,2,33T,,\n9999,1,2,33T,,\n", ":3",
+     ["building 9999 has no class folder", "remove the row"]),
+    ("building,utm_east,utm_north,utm_zone,lat,lon\n0003,1,2,33T,,\n0003,1,2,33T,,\n", ":3", ["listed twice"]),
+    ("building,utm_east,utm_north,utm_zone,lat,lon\nB3,1,2,33T,,\n", ":2", ["not a building id"]),
+    ("building,utm_east,utm_north,utm_zone,lat,lon\n0003,1,2,,,\n", ":2", ["utm_zone is empty"]),
+])
+def test_university_bad_coordinates_file_names_file_row_and_fix(university_root, tmp_path, text, where, words):
+    coords = _side(tmp_path, "coords.csv", text)
+    with pytest.raises(DatasetError) as info:
+        load_dataset("university1652", university_root, coordinates=coords)
+    err = [p for p in info.value.dataset.errors if "coords.csv" in p.path]
+    assert len(err) == 1 and err[0].path.endswith(where)
+    assert all(w in err[0].message for w in words), err[0].message
+
+
+def test_university_bad_regions_file_and_misplaced_side_files(university_root, tmp_path, vpr_root):
+    regions = _side(tmp_path, "regions.csv", "building,university\n0003,a\n")
+    with pytest.raises(DatasetError, match=r"regions.csv:1.*lacks column\(s\) region"):
+        load_dataset("university1652", university_root, regions=regions)
+    with pytest.raises(DatasetError, match="nope.csv: coordinates file not found"):
+        load_dataset("university1652", university_root, coordinates=tmp_path / "nope.csv")
+    with pytest.raises(ValueError, match="university1652 only"):
+        load_dataset("vpr", vpr_root, query_folder="queries_v1", coordinates=regions)
+
+
+def test_vpr_train_split_as_a_plain_tree(vpr_root):
+    make_image(vpr_root / "train" / "37.7" / vpr_name(500000, 4600000, 0.0), seed=1)
+    make_image(vpr_root / "train" / vpr_name(500010, 4600000, 30.0), seed=2)
+    ds = load_dataset("vpr", vpr_root, split="train")  # no database/ folder: the whole tree
+    assert len(ds.items) == 2 and ds.options["layout"] == "plain"
+    assert {it.meta["folder"] for it in ds.items} == {"37.7", "."}
+    with pytest.raises(DatasetError, match="missing folder"):
+        load_dataset("vpr", vpr_root, split="val")  # an evaluation split is never read whole
