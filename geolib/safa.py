@@ -3,7 +3,13 @@
 The model keeps two branches that share no weight (panorama, satellite). The satellite branch
 polar-transforms its square input inside `forward`, so any aerial tile can be passed as is, and the
 polar switch is a model option that the ablation can turn off. Training goes through `train.fit`
-(the same loop as Phase 1) on a CVUSA-layout dataset; evaluation uses the `cvusa` protocol.
+(the same loop as Phase 1) on a CVUSA- or CVACT-layout dataset; evaluation uses the `cvusa`
+protocol, and on VIGOR also reports the hit rate (`vigor-hit`).
+
+As published: ImageNet-initialised backbones (where the weights are found), no augmentation that
+moves pixels (a panorama's columns are its bearings, aligned with the polar-transformed tile: a
+crop, flip or rotation would break that), and the last epoch is the model (never the epoch that
+scored best on the evaluation split, which is the split every CVUSA/CVACT number is reported on).
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .datasets import GeoDataset, ImageItem, default_transform, labels_of, load_image
+from .datasets import GeoDataset, ImageItem, labels_of, load_image
 from .layers import GeM
 from .render import polar_transform
 
@@ -61,14 +67,16 @@ class GeMAggregation(nn.Module):
 
 class SAFABranch(nn.Module):
     """Backbone feature map (last stage, or `stage`) → aggregation; input size fixed at build time
-    because the SA linears are sized by the map's HW."""
+    because the SA linears are sized by the map's HW. `backbone`: a name (built with `pretrained`,
+    see `distill.pretrained_backbone`) or an already built multi-stage backbone."""
 
-    def __init__(self, backbone: str, input_hw: tuple[int, int], heads: int = 8, aggregation: str = "sa",
+    def __init__(self, backbone: str | nn.Module, input_hw: tuple[int, int], heads: int = 8, aggregation: str = "sa",
                  stage: int = -1, pretrained: bool | str = False) -> None:
         super().__init__()
-        from .models import create_backbone
+        from .distill import pretrained_backbone
 
-        self.backbone = create_backbone(backbone, pretrained, None)
+        self.backbone = backbone if isinstance(backbone, nn.Module) else \
+            pretrained_backbone(backbone, pretrained, log=lambda _: None)[0]
         self.stage = stage
         with torch.no_grad():
             was = self.backbone.training
@@ -92,20 +100,30 @@ class SAFABranch(nn.Module):
 
 
 class SAFAModel(nn.Module):
-    """`forward(x, view)`: panorama (B,3,H,W) or satellite (B,3,S,S) → L2-normalised K·C embedding."""
+    """`forward(x, view)`: panorama (B,3,H,W) or satellite (B,3,S,S) → L2-normalised K·C embedding.
+
+    `pretrained` (default "available": ImageNet weights where found offline, else random init and
+    one line saying so; True: they must load) is looked up once for both branches;
+    `config["weights"]` records where they came from.
+    """
 
     def __init__(self, backbone: str = "resnet10t", pano_hw: tuple[int, int] = (112, 616), sat_size: int = 256,
                  polar: bool = True, heads: int = 8, aggregation: str = "sa", stage: int = -1,
-                 pretrained: bool | str = False) -> None:
+                 pretrained: bool | str = "available", log: Callable[[str], None] = print) -> None:
         super().__init__()
+        from .distill import loaded_weights, pretrained_backbone
+
         self.pano_hw, self.sat_size, self.polar = tuple(pano_hw), int(sat_size), bool(polar)
         sat_hw = self.pano_hw if polar else (self.sat_size, self.sat_size)
+        pano_net, self.weights = pretrained_backbone(backbone, pretrained, log=log)
+        sat_net = pretrained_backbone(backbone, loaded_weights(pretrained, self.weights))[0]
         self.branches = nn.ModuleDict({
-            "panorama": SAFABranch(backbone, self.pano_hw, heads, aggregation, stage, pretrained),
-            "satellite": SAFABranch(backbone, sat_hw, heads, aggregation, stage, pretrained)})
+            "panorama": SAFABranch(pano_net, self.pano_hw, heads, aggregation, stage),
+            "satellite": SAFABranch(sat_net, sat_hw, heads, aggregation, stage)})
         self.embed_dim = self.branches["panorama"].out_dim
         self.config = {"name": "safa", "backbone": backbone, "pano_hw": list(self.pano_hw), "sat_size": self.sat_size,
-                       "polar": self.polar, "heads": heads, "aggregation": aggregation, "stage": stage}
+                       "polar": self.polar, "heads": heads, "aggregation": aggregation, "stage": stage,
+                       "weights": self.weights}
 
     def forward(self, x: Tensor, view: str) -> Tensor:
         if view not in self.branches:
@@ -121,8 +139,24 @@ class SAFAModel(nn.Module):
 
 # --------------------------------------------------------------------------- data and training
 
-def view_transforms(sizes: Mapping[str, tuple[int, int]], train: bool) -> dict[str, Callable]:
-    return {v: default_transform(tuple(hw), train=train) for v, hw in sizes.items()}
+def pair_transform(size: tuple[int, int], train: bool = False, jitter: float = 0.0) -> Callable:
+    """Resize to `size` and normalise; in training, optional photometric jitter and nothing else.
+
+    SAFA trains without augmentation. Anything that moves pixels (a crop, flip or rotation) would
+    shift a panorama's bearings against the polar-transformed tile, whose columns are the same
+    bearings, so it is not offered; `jitter` (brightness/contrast/saturation) keeps the geometry.
+    """
+    from torchvision.transforms import v2
+
+    ops: list[Any] = [v2.ToImage(), v2.Resize(tuple(size), antialias=True)]
+    if train and jitter:
+        ops.append(v2.ColorJitter(jitter, jitter, jitter, 0.0))
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    return v2.Compose(ops)
+
+
+def view_transforms(sizes: Mapping[str, tuple[int, int]], train: bool, jitter: float = 0.0) -> dict[str, Callable]:
+    return {v: pair_transform(tuple(hw), train=train, jitter=jitter) for v, hw in sizes.items()}
 
 
 class PairedViews(torch.utils.data.Dataset):
@@ -153,45 +187,78 @@ class PairedViews(torch.utils.data.Dataset):
 
 
 def cvusa_splits(ds: GeoDataset) -> tuple[str, str]:
-    """(train split, evaluation split) of a CVUSA-layout dataset: val when present, else test."""
+    """(train split, evaluation split) of a CVUSA/CVACT-layout dataset: val when present, else test.
+
+    CVUSA's and CVACT's released val splits are the splits their results are reported on, so the
+    evaluation split is a test set: it is measured, never selected on.
+    """
     splits = {it.split for it in ds.items}
     return "train", ("val" if "val" in splits else "test")
+
+
+def _capped_pairs(items: Sequence[ImageItem]) -> list[ImageItem]:
+    """A dry run's share of a pair split: every view of the first `dryrun.STEPS · BATCH` pairs."""
+    from . import dryrun
+
+    keep = dryrun.label_cap([it.label for it in items], 4 * dryrun.STEPS * dryrun.BATCH)
+    return list(items) if keep is None else [it for it in items if it.label in keep]
 
 
 @torch.no_grad()
 def evaluate_pairs(model: nn.Module, ds: GeoDataset, sizes: Mapping[str, tuple[int, int]],
                    split: str | None = None, query_view: str = "panorama", gallery_view: str = "satellite",
                    batch_size: int = 64, device: str = "cpu") -> dict[str, float]:
-    """R@1/5/10/1% of panorama→satellite under the `cvusa` protocol (one true tile per query)."""
-    from .evaluate import label_ranks, metrics_from_ranks
+    """R@1/5/10/1% of panorama→satellite under the `cvusa` protocol (one true tile per query); on a
+    VIGOR dataset, `hit_rate` too (`vigor-hit`: top-1 is the positive or a semi-positive)."""
+    from . import dryrun
+    from .evaluate import label_ranks, metrics_from_ranks, vigor_metrics
     from .train import embed_items
 
     split = split or cvusa_splits(ds)[1]
     tf = view_transforms(sizes, train=False)
-    q, g = ds.select(view=query_view, split=split), ds.select(view=gallery_view, split=split)
+    q = dryrun.items(ds.select(view=query_view, split=split))
+    g = dryrun.items(ds.select(view=gallery_view, split=split))
     if not q or not g:
         raise ValueError(f"split {split!r} has {len(q)} {query_view} and {len(g)} {gallery_view} images")
     qe = embed_items(model, q, query_view, tf[query_view], batch_size, device)
     ge = embed_items(model, g, gallery_view, tf[gallery_view], batch_size, device)
+    if ds.format == "vigor":
+        return vigor_metrics(qe, ge, *vigor_truth(q, g))
     ranks = label_ranks(qe, labels_of(q), ge, labels_of(g))
     out = metrics_from_ranks(ranks, ks=(1, 5, 10))
     return {k: out[k] for k in ("R@1", "R@5", "R@10", "R@1%") if k in out}
 
 
+def vigor_truth(queries: Sequence[ImageItem], gallery: Sequence[ImageItem]) -> tuple[list[list[int]], list[list[int]]]:
+    """Per panorama: gallery positions of its positive tile and of its semi-positives.
+
+    `load_vigor` labels a tile with its own item index and a panorama with its positive's; the
+    semi-positives are item indices too. Tiles outside `gallery` (a capped set) are left out.
+    """
+    where = {int(it.label): i for i, it in enumerate(gallery)}
+    pos = [[where[int(it.label)]] if int(it.label) in where else [] for it in queries]
+    semi = [[where[s] for s in it.meta.get("semi_positives", []) if s in where] for it in queries]
+    return pos, semi
+
+
 def train_safa(model: SAFAModel, ds: GeoDataset, cfg: "Any", out_dir: str | Path, *, alpha: float = 10.0,
-               max_minutes: float | None = None, progress: bool = True):
-    """SAFA's weighted soft-margin triplet (α=10) through `train.fit`; evaluates R@1 each epoch."""
+               max_minutes: float | None = None, progress: bool = True, jitter: float = 0.0):
+    """SAFA's weighted soft-margin triplet (α=10) through `train.fit`, on un-augmented pairs (`jitter`:
+    optional photometric jitter); R@1 each `eval_every` epochs is a curve, and the kept (`best`)
+    checkpoint is the last epoch's. A dry run trains `dryrun` capped epochs, batches and pairs."""
+    from . import dryrun
     from .losses import SoftMarginTriplet
     from .train import fit
 
     cfg.views = SAFA_VIEWS
+    cfg.epochs, cfg.batch_size = dryrun.epochs(cfg.epochs), dryrun.batch(cfg.batch_size)
     cfg.extra.setdefault("model", model.config)
     train_split, eval_split = cvusa_splits(ds)
     sizes = model.input_sizes()
-    places = PairedViews(ds.select(split=train_split), view_transforms(sizes, train=True))
+    places = PairedViews(_capped_pairs(ds.select(split=train_split)), view_transforms(sizes, train=True, jitter=jitter))
 
     def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
         return {"panorama→satellite R@1": evaluate_pairs(m, ds, sizes, eval_split, device=cfg.device)["R@1"]}
 
     return fit(model, places, cfg, out_dir, SoftMarginTriplet(alpha), evaluate=evaluate,
-               select_metric="panorama→satellite R@1", progress=progress, max_minutes=max_minutes)
+               select_metric="last", progress=progress, max_minutes=max_minutes)

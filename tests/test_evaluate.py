@@ -233,3 +233,20 @@ def test_npy_rows_reads_only_what_is_asked(tmp_path):
     np.save(tmp_path / "v.npy", np.zeros(5))
     with pytest.raises(ValueError, match="2-D"):
         NpyRows(tmp_path / "v.npy")
+
+
+def test_vigor_hit_rate_counts_semi_positives_on_a_hand_case():
+    from geolib.evaluate import hit_rate, vigor_metrics
+
+    # top-1 of query 0 is its positive, of query 1 a semi-positive, of query 2 neither
+    assert hit_rate([4, 7, 1], [4, 0, 2], [[5, 6, 8], [7, 3, 9], [3, 5, 6]]) == pytest.approx(200 / 3)
+    with pytest.raises(ValueError, match="one of each per query"):
+        hit_rate([1, 2], [1], [[2]])
+    # gallery: 4 one-hot tiles; queries equal to tile 1 (positive 0, semi 1), tile 2 (positive 2), tile 3 (positive 0)
+    g = np.eye(4, dtype=np.float32)
+    q = g[[1, 2, 3]]
+    out = vigor_metrics(q, g, [0, 2, 0], [[1, 3], [0], [2]], ks=(1, 2))
+    assert out["R@1"] == pytest.approx(100 / 3)  # only query 1 ranks its positive first
+    assert out["hit_rate"] == pytest.approx(200 / 3)  # query 0's top-1 is a semi-positive
+    # ties (query 2 scores 0 against tiles 0, 1, 2) go to the lower index: tile 0, its positive, ranks first
+    assert vigor_metrics(np.array([[0, 0, 0, 1.0]], np.float32), g[:3], [0], [[]])["R@1"] == 100.0

