@@ -14,8 +14,9 @@ from typing import Sequence, TypeVar
 ENV = "GEOLIB_DRY_RUN"
 STEPS = 2          # optimiser steps per training run
 EPOCHS = 1         # epochs per training run
-BATCH = 4          # batch size (places or images) per step
-ITEMS = 24         # images per evaluated set (queries, gallery, database)
+BATCH = 2          # batch size (places or images) per step
+ITEMS = 8          # images per evaluated set (queries, gallery, database)
+PLACES = 4         # training places (labels) kept, with all their images
 
 T = TypeVar("T")
 
@@ -57,6 +58,15 @@ def items(seq: Sequence[T], n: int = ITEMS) -> list[T]:
             kept.append(it)
             count[lab] += 1
     return kept
+
+
+def places(seq: Sequence[T], n: int = PLACES) -> list[T]:
+    """Every item of the `n` smallest labels (a training set that still has each view of a place)."""
+    seq = list(seq)
+    if not active():
+        return seq
+    keep = set(sorted({getattr(it, "label", None) for it in seq} - {None})[:n])
+    return [it for it in seq if getattr(it, "label", None) in keep]
 
 
 def label_cap(labels: Sequence[int], n: int = ITEMS) -> set[int] | None:
