@@ -10,10 +10,15 @@ unseen. So two tasks are reported, each under its own protocol:
 - `closed-set`: held-out images of the train regions, scored by the classifier;
 - `open-set`: unseen regions, solved by nearest-neighbour retrieval of region (and place)
   prototypes, the mean embedding of each region's reference images.
+
+Regions are not part of every dataset: real University-1652 names buildings, not regions, unless a
+building → region CSV is supplied. `region_labels` returns None then, so a caller can skip this
+classifier with a message. A trained classifier is saved with its region and place id maps
+(`save_hierarchical`, safetensors + JSON) and reloaded without its training embeddings.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .vpr_train import ClassHead, TrainResult, topk_hits, train
+from .vpr_train import (ClassHead, TrainResult, read_model_files, save_model_files, saved_model_state,
+                        settings_hash, topk_hits, train, training_settings)
 
 PROTOCOL_CLOSED = "closed-set"
 PROTOCOL_OPEN = "open-set"
@@ -56,6 +62,7 @@ class HierarchicalClassifier(nn.Module):
         if cfg.place_mode not in PLACE_MODES:
             raise ValueError(f"place_mode must be one of {PLACE_MODES}, got {cfg.place_mode!r}")
         self.place_mode = cfg.place_mode
+        self.dim = int(dim)
         self.register_buffer("place_region", torch.as_tensor(np.asarray(place_region), dtype=torch.long))
         self.num_regions = int(self.place_region.max()) + 1 if len(self.place_region) else 0
         self.encoder = encoder
@@ -120,10 +127,59 @@ def closed_set_split(place: np.ndarray, test_share: float = 0.25, seed: int = 0)
 
 def fit_hierarchical(features: np.ndarray | Tensor, region: np.ndarray, place: np.ndarray,
                      cfg: HierarchicalConfig | None = None, encoder: nn.Module | None = None,
-                     out_dir: str | Path | None = None, progress: bool = True) -> tuple[HierarchicalClassifier, TrainResult]:
+                     out_dir: str | Path | None = None, progress: bool = True,
+                     region_ids: Sequence[Any] | None = None, place_ids: Sequence[Any] | None = None,
+                     settings: dict[str, Any] | None = None) -> tuple[HierarchicalClassifier, TrainResult]:
     """Train on (N, D) frozen embeddings (or, with `encoder`, its inputs, fine-tuned at
-    `encoder_lr`). Region and place ids are contiguous from 0."""
+    `encoder_lr`). Region and place ids are contiguous from 0.
+
+    With `out_dir`, training resumes from `out_dir/last` and the classifier is saved there
+    (`save_hierarchical`, with `region_ids` / `place_ids`: the dataset's id of each local index);
+    a folder of other settings (config, labels, and `settings` such as the encoder's name) is
+    refused. More epochs in the same folder continue the run."""
     cfg = cfg or HierarchicalConfig()
+    full = hierarchical_settings(features, region, place, cfg, **(settings or {}))
+    if saved_model_state(out_dir, "hierarchical", full) == "nosave":
+        out_dir = None
+    model, result = _fit(features, region, place, cfg, encoder, out_dir, progress, full)
+    if out_dir is not None:
+        save_hierarchical(model, out_dir, region_ids, place_ids, cfg, result.history, full)
+    return model, result
+
+
+def hierarchical_settings(features: np.ndarray | Tensor, region: np.ndarray, place: np.ndarray,
+                          cfg: HierarchicalConfig, **extra: Any) -> dict[str, Any]:
+    """What decides a trained classifier: its config, the labels it learnt (a hash) and the
+    embeddings' shape; `extra` names what the labels cannot show (the encoder)."""
+    import hashlib
+
+    labels = np.stack([np.asarray(region, np.int64), np.asarray(place, np.int64)])
+    data = {"images": int(len(labels[0])), "dim": int(np.shape(features)[1]) if len(np.shape(features)) > 1 else None,
+            "labels": hashlib.sha256(labels.tobytes()).hexdigest()[:16]}
+    return training_settings(cfg.to_dict(), data=data, **extra)
+
+
+def load_or_fit_hierarchical(features: np.ndarray | Tensor, region: np.ndarray, place: np.ndarray,
+                             cfg: HierarchicalConfig, out_dir: str | Path, region_ids: Sequence[Any] | None = None,
+                             place_ids: Sequence[Any] | None = None, settings: dict[str, Any] | None = None,
+                             progress: bool = False) -> tuple[HierarchicalClassifier, TrainResult]:
+    """The classifier saved in `out_dir` when trained with these settings and labels (one printed
+    line, no training), else `fit_hierarchical(..., out_dir=out_dir)`; other settings are refused."""
+    full = hierarchical_settings(features, region, place, cfg, **(settings or {}))
+    if saved_model_state(out_dir, "hierarchical", full) == "load":
+        print(f"hierarchical: loading {out_dir} (trained with these settings); delete it to retrain")
+        saved = load_hierarchical(out_dir, cfg.device)
+        return saved.model, TrainResult(saved.history, len(saved.history), extra={"loaded_from": str(out_dir)})
+    return fit_hierarchical(features, region, place, cfg, out_dir=out_dir, progress=progress,
+                            region_ids=region_ids, place_ids=place_ids, settings=settings)
+
+
+def _fit(features: np.ndarray | Tensor, region: np.ndarray, place: np.ndarray, cfg: HierarchicalConfig,
+         encoder: nn.Module | None, out_dir: str | Path | None, progress: bool,
+         settings: dict[str, Any]) -> tuple[HierarchicalClassifier, TrainResult]:
+    from . import dryrun
+
+    batch_size = dryrun.batch(cfg.batch_size)
     x = torch.as_tensor(np.asarray(features) if not isinstance(features, Tensor) else features)
     x = x.float() if x.is_floating_point() else x
     y_region = torch.as_tensor(np.asarray(region), dtype=torch.long)
@@ -138,15 +194,132 @@ def fit_hierarchical(features: np.ndarray | Tensor, region: np.ndarray, place: n
 
     def plan(epoch: int, rng: np.random.Generator):
         order = rng.permutation(len(x))
-        return [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
     def step(index: np.ndarray, epoch: int) -> Tensor:
         i = torch.as_tensor(index)
         return model.loss(x[i].to(cfg.device), y_region[i].to(cfg.device), y_place[i].to(cfg.device))
 
     result = train(model, groups, step, plan, cfg.epochs, seed=cfg.seed, out_dir=out_dir,
-                   config=cfg.to_dict(), desc="hierarchical", progress=progress)
+                   config={**cfg.to_dict(), "settings": settings, "settings_hash": settings_hash(settings)},
+                   desc="hierarchical", progress=progress)
     return model.eval(), result
+
+
+# --------------------------------------------------------------------------- regions, saving, loading
+
+def region_labels(items: Sequence[Any], regions_csv: str | Path | None = None) -> np.ndarray | None:
+    """Each item's region, or None when the items carry none (real University-1652 names
+    buildings only), so the caller can skip the hierarchical classifier with a message.
+
+    `regions_csv` (columns `label` — or building/place/id — and `region`) maps each item's label
+    (building id) to a region; without it, `item.meta["region"]` is read. Integer-looking regions
+    come back as int64, others as strings. Some items with a region and some without is an error.
+    """
+    items = list(items)
+    if regions_csv is not None:
+        mapping = _read_regions_csv(Path(regions_csv))
+        missing = sorted({it.label for it in items if it.label not in mapping}, key=str)
+        if missing:
+            raise ValueError(f"{regions_csv}: no region for {len(missing)} label(s) of the images, e.g. "
+                             f"{missing[:10]}; add a row (label,region) for each building")
+        values = [mapping[it.label] for it in items]
+    else:
+        values = [(it.meta or {}).get("region") for it in items]
+        values = [None if v is None or (isinstance(v, str) and not v.strip()) else v for v in values]
+        absent = [it for it, v in zip(items, values) if v is None]
+        if len(absent) == len(items):
+            return None
+        if absent:
+            raise ValueError(f"{len(absent)} of {len(items)} images carry no region (first: {absent[0].path}); "
+                             "give every building a region (locations.csv's region column, or a regions CSV)")
+    try:
+        return np.array([int(v) for v in values], np.int64)
+    except (TypeError, ValueError):
+        return np.array([str(v) for v in values])
+
+
+def _read_regions_csv(path: Path) -> dict[Any, Any]:
+    import pandas as pd
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: regions CSV not found; give a CSV with columns label,region "
+                                "(one row per building id)")
+    table = pd.read_csv(path, dtype=str)
+    cols = {c.strip().lower(): c for c in table.columns}
+    key = next((cols[c] for c in ("label", "building", "place", "id", "class") if c in cols), None)
+    if key is None or "region" not in cols:
+        raise ValueError(f"{path}: columns {list(table.columns)}; expected a building column (label, building, "
+                         "place or id) and a region column")
+    out: dict[Any, Any] = {}
+    for raw, region in zip(table[key], table[cols["region"]]):
+        raw = str(raw).strip()
+        out[int(raw) if raw.isdigit() else raw] = str(region).strip()
+    return out
+
+
+class _HeadParts(nn.Module):
+    """The trained part of a classifier (adapter, heads, place → region map), without the
+    encoder, which has its own checkpoint."""
+
+    def __init__(self, model: HierarchicalClassifier) -> None:
+        super().__init__()
+        self.adapter, self.region_head, self.place_head = model.adapter, model.region_head, model.place_head
+        self.register_buffer("place_region", model.place_region)
+
+
+def save_hierarchical(model: HierarchicalClassifier, out_dir: str | Path, region_ids: Sequence[Any] | None = None,
+                      place_ids: Sequence[Any] | None = None, config: HierarchicalConfig | dict[str, Any] | None = None,
+                      history: list[dict[str, Any]] | None = None, settings: dict[str, Any] | None = None) -> Path:
+    """`out_dir/model.safetensors` + `model.json`: the heads and adapter, the embedding width, the
+    config, and the dataset ids of local regions and places (`region_ids[r]`, `place_ids[p]`)."""
+    from . import dryrun
+
+    config = config.to_dict() if isinstance(config, HierarchicalConfig) else dict(config or {})
+    n_regions, n_places = model.num_regions, len(model.place_region)
+    region_ids = list(range(n_regions)) if region_ids is None else np.asarray(region_ids).tolist()
+    place_ids = list(range(n_places)) if place_ids is None else np.asarray(place_ids).tolist()
+    if len(region_ids) != n_regions or len(place_ids) != n_places:
+        raise ValueError(f"{len(region_ids)} region ids and {len(place_ids)} place ids for a classifier of "
+                         f"{n_regions} regions and {n_places} places; give one id per local index")
+    settings = settings if settings is not None else training_settings(config)
+    return save_model_files(out_dir, _HeadParts(model), "hierarchical", dim=model.dim,
+                            place_region=model.place_region.tolist(), region_ids=region_ids, place_ids=place_ids,
+                            config=config, history=history or [], settings=settings,
+                            settings_hash=settings_hash(settings), dry_run=dryrun.active(),
+                            encoder_saved=False, with_encoder=model.encoder is not None)
+
+
+@dataclass
+class SavedHierarchical:
+    """A reloaded classifier with the dataset ids of its local regions and places."""
+
+    model: HierarchicalClassifier
+    region_ids: np.ndarray
+    place_ids: np.ndarray
+    config: HierarchicalConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def predict(self, features: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(region id, place id) of each embedding, in the dataset's ids."""
+        x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+        region, place = self.model.scores(x.to(next(iter(self.model.buffers())).device))
+        return self.region_ids[region.argmax(1).cpu().numpy()], self.place_ids[place.argmax(1).cpu().numpy()]
+
+
+def load_hierarchical(out_dir: str | Path, device: str = "cpu", encoder: nn.Module | None = None) -> SavedHierarchical:
+    """The classifier `save_hierarchical` wrote, in eval mode; pass the `encoder` it was trained
+    with if it was fine-tuned with one (the file holds the heads only)."""
+    meta, state = read_model_files(out_dir, "hierarchical")
+    if meta.get("with_encoder") and encoder is None:
+        raise ValueError(f"{out_dir}: this classifier was trained with an encoder, which is saved apart; "
+                         "pass it as load_hierarchical(..., encoder=...)")
+    known = {k: v for k, v in meta.get("config", {}).items() if k in HierarchicalConfig.__dataclass_fields__}
+    cfg = HierarchicalConfig(**{**known, "device": device})
+    model = HierarchicalClassifier(int(meta["dim"]), meta["place_region"], cfg, encoder)
+    _HeadParts(model).load_state_dict(state)
+    return SavedHierarchical(model.to(device).eval(), np.asarray(meta["region_ids"]), np.asarray(meta["place_ids"]),
+                             cfg, list(meta.get("history", [])))
 
 
 @torch.no_grad()

@@ -452,7 +452,8 @@ def train_cosplace(items: Sequence[ImageItem], cfg: CosPlaceConfig | None = None
     """
     cfg = cfg or CosPlaceConfig()
     settings = group_settings(items, cfg)
-    saved_model_state(out_dir, "cosplace", settings)
+    if saved_model_state(out_dir, "cosplace", settings) == "nosave":
+        out_dir = None
     return _train_group_model(items, cfg, out_dir, progress, settings, "cosplace")
 
 
@@ -479,7 +480,8 @@ def _train_group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir:
     start = time.perf_counter()
     result = train_groups(model, heads, division, [it.path for it in items], cfg, out_dir, progress,
                           desc="divide&classify" if kind == "dc" else "cosplace",
-                          config={**cfg.to_dict(), "settings_hash": settings_hash(settings)})
+                          config={**cfg.to_dict(), "settings": settings,
+                                  "settings_hash": settings_hash(settings)})
     result.extra["train_s"] = time.perf_counter() - start
     training = GroupTraining(model, heads, division, result, {**cfg.to_dict(), "groups_used": groups})
     if out_dir is not None:
@@ -497,10 +499,11 @@ def load_or_train_cosplace(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_
     one printed line), else `train_cosplace(items, cfg, out_dir)`; a folder of other settings is
     refused with the settings that differ."""
     settings = group_settings(items, cfg)
-    if saved_model_state(out_dir, "cosplace", settings) == "load":
+    state = saved_model_state(out_dir, "cosplace", settings)
+    if state == "load":
         print(f"cosplace: loading {out_dir} (trained with these settings); delete it to retrain")
         return _load_group_training(out_dir, items, cfg, "cosplace")
-    return _train_group_model(items, cfg, out_dir, progress, settings, "cosplace")
+    return _train_group_model(items, cfg, None if state == "nosave" else out_dir, progress, settings, "cosplace")
 
 
 def _load_group_training(out_dir: str | Path, items: Sequence[ImageItem], cfg: CosPlaceConfig,

@@ -56,7 +56,8 @@ def train_dc(items: Sequence[ImageItem], cfg: CosPlaceConfig | None = None,
     a folder holding a model of other settings is refused."""
     cfg = cfg or dc_config()
     settings = group_settings(items, cfg)
-    saved_model_state(out_dir, "dc", settings)
+    if saved_model_state(out_dir, "dc", settings) == "nosave":
+        out_dir = None
     return _train_group_model(items, cfg, out_dir, progress, settings, "dc")
 
 
@@ -65,10 +66,11 @@ def load_or_train_dc(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: s
     """The D&C model saved in `out_dir` when trained with these settings and data (one printed
     line, no training), else `train_dc(items, cfg, out_dir)`; other settings are refused."""
     settings = group_settings(items, cfg)
-    if saved_model_state(out_dir, "dc", settings) == "load":
+    state = saved_model_state(out_dir, "dc", settings)
+    if state == "load":
         print(f"divide&classify: loading {out_dir} (trained with these settings); delete it to retrain")
         return _load_group_training(out_dir, items, cfg, "dc")
-    return _train_group_model(items, cfg, out_dir, progress, settings, "dc")
+    return _train_group_model(items, cfg, None if state == "nosave" else out_dir, progress, settings, "dc")
 
 
 # --------------------------------------------------------------------------- saving and loading

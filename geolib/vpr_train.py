@@ -411,23 +411,40 @@ def settings_diff(saved: Mapping[str, Any], wanted: Mapping[str, Any], limit: in
 
 def saved_model_state(out_dir: str | Path | None, kind: str, settings: Mapping[str, Any]) -> str:
     """What a training should do with `out_dir`: "none" (no folder), "train" (nothing usable saved:
-    no model, or a dry run's), or "load" (a model of these exact settings). A real model trained
-    with other settings is refused, never overwritten or silently reused."""
+    no model, a dry run's, or one of the same settings trained for fewer epochs, which the resumable
+    `last` checkpoint continues), or "load" (a model of these exact settings). A model or an
+    unfinished run of other settings is refused, never overwritten or silently resumed; a dry run
+    meeting one gets "nosave" (train, keep nothing there), so it never clobbers a real run."""
     if out_dir is None:
         return "none"
     path = model_path(out_dir).with_suffix(".json")
-    if not path.exists():
+    last = Path(out_dir) / "last.json"
+    if path.exists():
+        meta = read_saved_meta(out_dir, kind)
+        saved, saved_dry, what = meta.get("settings", {}), bool(meta.get("dry_run")), f"a {kind} model"
+    elif last.exists():
+        meta = json.loads(last.read_text()).get("meta", {})
+        saved, saved_dry = meta.get("config", {}).get("settings"), bool(meta.get("dry_run"))
+        what = f"an unfinished {kind} run (last.json)"
+        if saved is None:  # written before settings were recorded: nothing to compare
+            return "train"
+    else:
         return "train"
-    meta = read_saved_meta(out_dir, kind)
-    same = meta.get("settings_hash") == settings_hash(settings)
-    if meta.get("dry_run") and not dryrun.active():
+    if saved_dry and not dryrun.active():
         print(f"{out_dir}: holds a dry run's {kind} model; training it for real")
         return "train"
-    if same:
-        return "load"
-    if meta.get("dry_run"):
+    if settings_hash(saved) == settings_hash(settings):
+        return "load" if path.exists() else "train"
+    differ = {k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k)}
+    if differ == {"epochs"} and int(settings.get("epochs") or 0) >= int(saved.get("epochs") or 0):
+        print(f"{out_dir}: {what} trained for {saved.get('epochs')} epochs; continuing to {settings.get('epochs')}")
+        return "train"
+    if saved_dry:
         print(f"{out_dir}: holds a dry run's {kind} model of other settings; training again")
         return "train"
-    raise ValueError(f"{out_dir} holds a {kind} model trained with other settings "
-                     f"({settings_diff(meta.get('settings', {}), settings)}); give another out_dir for these settings, "
+    if dryrun.active():
+        print(f"{out_dir}: holds {what} of other settings; this dry run trains without saving there")
+        return "nosave"
+    raise ValueError(f"{out_dir} holds {what} trained with other settings "
+                     f"({settings_diff(saved, settings)}); give another out_dir for these settings, "
                      "or delete that folder to retrain there")

@@ -147,3 +147,63 @@ def test_closed_set_on_an_empty_held_out_set(toy):
     model, _ = C.fit_hierarchical(feats, region, place, C.HierarchicalConfig(epochs=1), progress=False)
     res = C.evaluate_closed_set(model, feats[:0], region[:0], place[:0])
     assert res.metrics["region_top1"] == 0.0 and res.confusion.sum() == 0
+
+
+# --------------------------------------------------------------------------- regions, saving, loading
+
+def test_region_labels_none_without_regions_and_from_a_csv(tmp_path):
+    from pathlib import Path
+
+    from geolib.datasets import ImageItem
+
+    def item(label, region=None):
+        return ImageItem(Path(f"/x/{label}.jpg"), "street", "train", "train", label,
+                         meta={"region": region} if region is not None else {})
+
+    plain = [item(1), item(2)]
+    assert C.region_labels(plain) is None  # real University-1652: buildings only
+    assert C.region_labels([item(1, "3"), item(2, "0")]).tolist() == [3, 0]
+    assert C.region_labels([item(1, "north"), item(2, "south")]).tolist() == ["north", "south"]
+    with pytest.raises(ValueError, match="1 of 2 images carry no region"):
+        C.region_labels([item(1, "3"), item(2)])
+    csv = tmp_path / "regions.csv"
+    csv.write_text("building,region\n0001,campus-a\n0002,campus-b\n")
+    assert C.region_labels(plain, csv).tolist() == ["campus-a", "campus-b"]
+    with pytest.raises(ValueError, match=r"regions.csv: no region for 1 label\(s\).*\[7\]"):
+        C.region_labels([item(7)], csv)
+    (tmp_path / "bad.csv").write_text("name,zone\n1,2\n")
+    with pytest.raises(ValueError, match="expected a building column"):
+        C.region_labels(plain, tmp_path / "bad.csv")
+
+
+def test_saved_classifier_scores_identically_with_its_id_maps(toy, tmp_path):
+    x, region, place, train, test = toy
+    cfg = C.HierarchicalConfig(head="cosface", place_mode="masked", hidden=8, epochs=2)
+    region_ids = np.array([f"r{r}" for r in range(6)])
+    place_ids = np.arange(24) + 1000
+    model, res = C.fit_hierarchical(x[train], region[train], place[train], cfg, out_dir=tmp_path / "h",
+                                    progress=False, region_ids=region_ids, place_ids=place_ids)
+    saved = C.load_hierarchical(tmp_path / "h")
+    assert saved.config.place_mode == "masked" and saved.history == res.history
+    xt = torch.as_tensor(x[test])
+    for a, b in zip(model.scores(xt), saved.model.scores(xt)):
+        assert torch.equal(a, b)
+    r_pred, p_pred = saved.predict(x[test])
+    assert r_pred.tolist() == region_ids[model.scores(xt)[0].argmax(1).numpy()].tolist()
+    assert set(p_pred.tolist()) <= set(place_ids.tolist())
+    meta_files = sorted(p.name for p in (tmp_path / "h").iterdir())
+    assert "model.json" in meta_files and "model.safetensors" in meta_files
+
+
+def test_load_or_fit_hierarchical_reuses_and_refuses(toy, tmp_path, capsys):
+    x, region, place, train, _ = toy
+    cfg = C.HierarchicalConfig(epochs=1)
+    C.load_or_fit_hierarchical(x[train], region[train], place[train], cfg, tmp_path / "h", settings={"encoder": "a"})
+    _, res = C.load_or_fit_hierarchical(x[train], region[train], place[train], cfg, tmp_path / "h",
+                                        settings={"encoder": "a"})
+    assert res.extra["loaded_from"] and "loading" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="encoder: saved 'a', now 'b'"):
+        C.load_or_fit_hierarchical(x[train], region[train], place[train], cfg, tmp_path / "h", settings={"encoder": "b"})
+    with pytest.raises(ValueError, match="other settings"):
+        C.load_or_fit_hierarchical(x[train], region[train], place[train], C.HierarchicalConfig(epochs=1, lr=0.1),
+                                   tmp_path / "h", settings={"encoder": "a"})

@@ -1,4 +1,6 @@
-"""Batched per-image augmentation (vpr_train.Augment): identities, ranges and per-image draws."""
+"""vpr_train: batched per-image augmentation (identities, ranges, per-image draws), the loop's dry-run caps,
+and the rules for a folder that already holds a saved model."""
+import pytest
 import torch
 
 from geolib.vpr_train import Augment, color_jitter, normalize, random_resized_crop
@@ -47,3 +49,65 @@ def test_crop_identity_and_per_image_crops():
 def test_augment_output_shape_and_type():
     out = Augment(12)(_batch(size=16))
     assert out.shape == (6, 3, 12, 12) and out.dtype == torch.float32
+
+
+def _tiny_run(out_dir=None, epochs=3, batches=5):
+    from torch import nn
+
+    from geolib.vpr_train import train
+
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    calls = []
+
+    def step(batch, epoch):
+        calls.append((epoch, batch))
+        return model(torch.ones(1, 2)).pow(2).sum()
+
+    res = train(model, [{"params": model.parameters(), "lr": 0.1}], step, lambda epoch, rng: list(range(batches)),
+                epochs, out_dir=out_dir, progress=False)
+    return res, calls
+
+
+def test_train_honours_dry_run_caps(monkeypatch):
+    from geolib import dryrun
+
+    res, calls = _tiny_run()
+    assert len(calls) == 15 and len(res.history) == 3
+    monkeypatch.setenv(dryrun.ENV, "1")
+    res, calls = _tiny_run()
+    assert len(res.history) == dryrun.EPOCHS and len(calls) == dryrun.EPOCHS * dryrun.STEPS
+
+
+def test_a_real_run_does_not_resume_a_dry_runs_checkpoint(tmp_path, monkeypatch):
+    from geolib import dryrun
+
+    monkeypatch.setenv(dryrun.ENV, "1")
+    _tiny_run(tmp_path / "run")
+    assert (tmp_path / "run" / "last.json").exists()
+    monkeypatch.delenv(dryrun.ENV)
+    res, calls = _tiny_run(tmp_path / "run")
+    assert res.resumed_from == 0 and len(calls) == 15
+    res, calls = _tiny_run(tmp_path / "run", epochs=4)  # a real checkpoint is resumed
+    assert res.resumed_from == 3 and len(calls) == 5
+
+
+def test_saved_model_state_rules(tmp_path, monkeypatch):
+    from torch import nn
+
+    from geolib import dryrun
+    from geolib.vpr_train import save_model_files, saved_model_state, settings_hash
+
+    a = {"lr": 0.1, "epochs": 2}
+    assert saved_model_state(None, "x", a) == "none" and saved_model_state(tmp_path, "x", a) == "train"
+    save_model_files(tmp_path, nn.Linear(1, 1), "x", settings=a, settings_hash=settings_hash(a), dry_run=False)
+    assert saved_model_state(tmp_path, "x", a) == "load"
+    assert saved_model_state(tmp_path, "x", {**a, "epochs": 5}) == "train"  # longer: the run continues
+    with pytest.raises(ValueError, match="epochs: saved 2, now 1"):
+        saved_model_state(tmp_path, "x", {**a, "epochs": 1})
+    with pytest.raises(ValueError, match="lr: saved 0.1, now 0.2"):
+        saved_model_state(tmp_path, "x", {**a, "lr": 0.2})
+    with pytest.raises(ValueError, match="holds a 'x' model, not a 'y' one"):
+        saved_model_state(tmp_path, "y", a)
+    monkeypatch.setenv(dryrun.ENV, "1")
+    assert saved_model_state(tmp_path, "x", {**a, "lr": 0.2}) == "nosave"  # a dry run leaves a real model alone
