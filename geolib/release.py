@@ -68,6 +68,10 @@ def write_release(world_root: str | os.PathLike, out: str | os.PathLike | None =
     if out.exists() and any(out.iterdir()) and not marker.exists():
         raise FileExistsError(f"{out} exists and is not a release written by write_release; choose "
                               "another out or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for old in out.parent.glob(f".{out.name}.building-*"):  # left by a run that was killed
+        if not _alive(old.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(old, ignore_errors=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -84,6 +88,16 @@ def write_release(world_root: str | os.PathLike, out: str | os.PathLike | None =
             return release_paths(out)  # another process finished the same release first
         raise
     return release_paths(out)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _build(world_root: Path, meta: dict[str, Any], out: Path) -> None:

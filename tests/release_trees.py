@@ -182,3 +182,8 @@ def make_vigor(root: Path) -> Path:
 
 MAKERS = {"university1652": make_u1652, "sf-xs": make_sf_xs, "tokyo-xs": make_tokyo_xs,
           "sf-xl": make_sf_xl_test, "cvusa": make_cvusa, "cvact": make_cvact, "vigor": make_vigor}
+
+
+def make_all(root: Path) -> dict[str, Path]:
+    """Every tiny tree under `root/<name>` (names as geolib.release.TREES, without side files)."""
+    return {name: make(Path(root) / name) for name, make in MAKERS.items()}

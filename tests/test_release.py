@@ -84,7 +84,11 @@ def test_release_is_reused_and_refuses_a_foreign_folder(world_release, tmp_path)
     root, paths = world_release
     marker = root / "release" / ".complete"
     before = marker.stat().st_ino
+    (root / ".release.building-999999999").mkdir()  # a killed run's leftovers (no such process)
     assert write_release(root) == paths and marker.stat().st_ino == before  # reused, not rebuilt
+    marker.write_text("world-0000 release-0\n")  # another world's release: rebuilt, leftovers cleared
+    assert write_release(root) == paths and marker.read_text().startswith(json.loads(
+        (root / "world.json").read_text())["key"])
     assert not [p for p in root.iterdir() if p.name.startswith(".release.building")]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
