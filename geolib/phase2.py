@@ -94,13 +94,14 @@ def _folder_items(root: str | Path, split: str, folder: str, role: str) -> list[
 def evaluate_vpr(model: Any, root: str | Path, split: str = "test",
                  query_folders: str | Mapping[str, str] | None = None, image_size: int | None = None,
                  device: str = "cpu", batch_size: int = 64) -> dict[str, tuple[Any, float]]:
-    """A CosPlace model (a `PlaceNet`, or the folder `save_cosplace` wrote) on any VPR split:
+    """A CosPlace model (a `PlaceNet`, a training, or the folder `save_cosplace` wrote) on any VPR split:
     per condition, (`cosplace.Retrieval` with R@1/5/10/20 under `vpr-25m`, queries per second).
     `image_size` defaults to the size the model was trained at."""
     from .cosplace import load_cosplace
 
     if isinstance(model, (str, Path)):
         model = load_cosplace(model, device)
+    model = getattr(model, "model", model)  # a GroupTraining: its descriptor network
     size = image_size or model.options["image_size"]
     database, queries = split_sets(root, split, query_folders)
     return retrieve_conditions(model, database, queries, size, device, batch_size)
