@@ -5,6 +5,7 @@ table is produced by the same code path and recorded with its protocol.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import dryrun
 from .datasets import GeoDataset, ImageItem, default_transform, labels_of
 from .evaluate import PROTOCOL_UNIVERSITY, label_ranks, metrics_from_ranks, recall_curve, topk_search
 from .records import write_record
@@ -93,7 +95,8 @@ def evaluate_crossview(model: nn.Module, ds: GeoDataset, image_size: int,
     for q, g in directions:
         for role, view in (("query", q), ("gallery", g)):
             if (role, view) not in ev.sets:
-                ev.sets[(role, view)] = embed_set(model, ds.select(view=view, split=split, role=role), view,
+                items = dryrun.items(ds.select(view=view, split=split, role=role))
+                ev.sets[(role, view)] = embed_set(model, items, view,
                                                   image_size, device, batch_size, flip, cache)
         qs, gs = ev.sets[("query", q)], ev.sets[("gallery", g)]
         if not qs.items or not gs.items:
@@ -159,9 +162,9 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
 
     if hasattr(model, "config"):
         cfg.extra.setdefault("model", model.config)  # so the checkpoint can rebuild its model
-    train_items = ds.select(split="train")
+    train_items = dryrun.places(ds.select(split="train"))
     places = MultiViewPlaces(train_items, cfg.views, default_transform(image_size, train=True, colour=augment),
-                             seed=cfg.seed, preload=preload)
+                             seed=cfg.seed, preload=preload, with_paths=bool(getattr(extra_loss, "needs_paths", False)))
     pair_loss = make_pair_loss(loss, **(loss_options or {}))
 
     def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
@@ -170,7 +173,8 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
         row["mean R@1"] = float(np.mean(list(row.values()))) if row else 0.0
         return row
 
-    return fit(model, places, cfg, out_dir, pair_loss, evaluate=evaluate if eval_directions else None,
+    in_training = bool(eval_directions) and not dryrun.active()  # a dry run evaluates once, at the end
+    return fit(model, places, cfg, out_dir, pair_loss, evaluate=evaluate if in_training else None,
                extra_loss=extra_loss, extra_modules=[pair_loss, *extra_modules], select_metric=rules[select],
                on_epoch=on_epoch, progress=progress, max_minutes=max_minutes)
 
@@ -197,8 +201,16 @@ def phase1_model(cfg: dict[str, Any]) -> nn.Module:
     """The model a resolved `phase1` profile section describes (notebook 02 and `geolib train`)."""
     from .models import create_model
 
-    return create_model(cfg["model"], img_size=cfg["image_size"], l2l=cfg["l2l"], fusion=cfg["fusion"],
-                        pooling=cfg["pooling"], **cfg.get("model_options", {}))
+    options = dict(cfg.get("model_options") or {})
+    build = lambda **o: create_model(cfg["model"], img_size=cfg["image_size"], l2l=cfg["l2l"],  # noqa: E731
+                                     fusion=cfg["fusion"], pooling=cfg["pooling"], **o)
+    try:
+        return build(**options)
+    except RuntimeError as err:
+        if not (dryrun.active() and options.get("pretrained") and "not found" in str(err)):
+            raise
+        print(f"dry run: {str(err).splitlines()[0]}; random init instead (a real run stops here)")
+        return build(**{**options, "pretrained": False})
 
 
 FOUNDATION_TEACHERS = ("clip-vit-b16", "dinov2-vit-s14")
@@ -211,19 +223,20 @@ def phase1_distillation(cfg: dict[str, Any], ds: GeoDataset, model: nn.Module, c
     `cfg["teachers"]`: a list of names (each must load), `"available"` (CLIP ViT-B/16 and DINOv2
     ViT-S/14 where their weights are found, one line for each that is not) or None. Teacher
     embeddings of the training images are cached on disk, so each image goes through a teacher
-    once, however many epochs and runs follow.
+    once, however many epochs and runs follow; each training image is distilled toward the
+    teachers' embeddings of that same image.
     """
-    from .teachers import PlaceDistillation, build_teacher_cache, describe, load_teachers
+    from .teachers import ImageDistillation, build_teacher_cache, describe, load_teachers
 
     teachers, status = load_teachers(cfg.get("teachers"), default=FOUNDATION_TEACHERS, log=log)
     if not teachers:
         return None, status
     views = ("street", "drone", "satellite")
-    items = [it for it in ds.select(split="train") if it.view in views]
+    items = [it for it in dryrun.places(ds.select(split="train")) if it.view in views]
     caches = {n: build_teacher_cache(t.to(cfg["device"]), [it.path for it in items], cache_dir)
               for n, t in teachers.items()}
     log(f"teachers used: {describe(teachers)}")
-    module = PlaceDistillation.from_caches(caches, items, views, model.embed_dim,
+    module = ImageDistillation.from_caches(caches, items, views, model.embed_dim,
                                            cfg.get("distill_loss", "cosine"), cfg.get("distill_weight", 1.0))
     return module, status
 
@@ -247,40 +260,151 @@ def phase1_train_config(cfg: dict[str, Any]) -> "TrainConfig":
 
 # --------------------------------------------------------------------------- command line
 
+PHASE1_FLAG_HELP = {
+    "model": "registry name (phase1, phase1-cpu)", "batch_size": "global batch, split over processes",
+    "teachers": 'JSON list of teacher names, "available" or "none"',
+    "minutes": 'training time budget in minutes ("none": no budget)',
+}
+
+
+def _phase1_keys() -> dict[str, list[Any]]:
+    """Every key of any profile's `phase1` and `common` sections, with the values they take."""
+    from .profiles import PROFILES, section_keys
+
+    return {k: [sections[part][k] for sections in PROFILES.values() for part in ("common", "phase1")
+                if k in sections.get(part, {})] for k in section_keys("phase1")}
+
+
+def _flag_type(values: Sequence[Any]) -> tuple[str, Callable[[str], Any]]:
+    """(kind, parser) of a profile key from the values its profiles give it."""
+    import json
+
+    seen = [v for v in values if v is not None]
+
+    def maybe(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+        def parse(text: str) -> Any:
+            return None if text.strip().lower() in ("none", "null") else convert(text)
+        parse.__name__ = getattr(convert, "__name__", "value")
+        return parse
+
+    def json_or_text(text: str) -> Any:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    json_or_text.__name__ = "JSON"
+    if seen and all(isinstance(v, bool) for v in seen):
+        return "bool", bool
+    if any(isinstance(v, (dict, list)) for v in seen):
+        return "json", maybe(json_or_text)
+    if seen and all(isinstance(v, int) and not isinstance(v, bool) for v in seen):
+        return "int", maybe(int)
+    if seen and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seen):
+        return "float", maybe(float)
+    return "str", maybe(str)
+
+
 def build_parser():
+    """One flag per key of the profiles' `phase1` (and `common`) sections, generated from the keys,
+    so a new profile setting is a new flag without touching this parser."""
     import argparse
 
     from .profiles import PROFILE_NAMES
 
     p = argparse.ArgumentParser(prog="python -m geolib train",
-                                description="Train Phase 1 outside a notebook; under torchrun it runs DDP.")
+                                description="Train Phase 1 outside a notebook, teachers included, as notebook 02 "
+                                            "does; under torchrun it runs DDP. Unset flags take the profile's value.")
     p.add_argument("--profile", default="default", choices=PROFILE_NAMES)
-    p.add_argument("--data-root", help="University-1652 root; default: the synthetic world of the profile")
-    p.add_argument("--model", help="registry name (phase1, phase1-cpu)")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch, split over processes")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--loss", choices=("infonce", "triplet"))
-    p.add_argument("--minutes", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--u1652-root", "--data-root", dest="u1652_root",
+                   help="a University-1652 root holding train/ and test/; default: the synthetic world's")
+    p.add_argument("--u1652-coordinates", help="CSV building -> utm_east, utm_north (needed by --sampling gps)")
     p.add_argument("--out", help="checkpoint folder (default outputs/<profile>/checkpoints/phase1)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="the profile's models and sizes on capped work (geolib.dryrun): does this command get through?")
+    for key, values in sorted(_phase1_keys().items()):
+        kind, parse = _flag_type(values)
+        flags = [f"--{key.replace('_', '-')}"]
+        shown = ", ".join(sorted({json.dumps(v) for v in values}))
+        helptext = PHASE1_FLAG_HELP.get(key, f"profiles: {shown}")
+        if kind == "bool":
+            p.add_argument(*flags, dest=key, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        else:
+            meta = {"json": "JSON", "int": "N", "float": "X"}.get(kind, key.split("_")[-1].upper())
+            p.add_argument(*flags, dest=key, type=parse, default=None, metavar=meta,
+                           help=helptext + (" (JSON)" if kind == "json" else ""))
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m geolib train …`; `torchrun --nproc_per_node N -m geolib train …` for DDP."""
-    import os
+def validate_phase1(cfg: dict[str, Any]) -> list[str]:
+    """One line per setting that cannot train, so a bad command fails before any data is read."""
+    errors = []
+    for key in ("epochs", "batch_size", "image_size", "eval_every"):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            errors.append(f"--{key.replace('_', '-')} must be an integer ≥ 1, got {value!r}")
+    if not isinstance(cfg.get("lr"), (int, float)) or not cfg["lr"] > 0:
+        errors.append(f"--lr must be a number > 0, got {cfg.get('lr')!r}")
+    if cfg.get("minutes") is not None and not (isinstance(cfg["minutes"], (int, float)) and cfg["minutes"] >= 0):
+        errors.append(f"--minutes must be a number ≥ 0 or none, got {cfg['minutes']!r}")
+    if not isinstance(cfg.get("model_options", {}), dict):
+        errors.append(f"--model-options must be a JSON object, got {cfg.get('model_options')!r}")
+    teachers = cfg.get("teachers")
+    if not (teachers is None or isinstance(teachers, str) or
+            (isinstance(teachers, list) and all(isinstance(t, str) for t in teachers))):
+        errors.append(f'--teachers must be a JSON list of names, "available" or "none", got {teachers!r}')
+    return errors
 
-    from .paths import profile_dir
+
+def dry_run_dataset(ds: GeoDataset) -> GeoDataset:
+    """The share of a dataset a dry run touches: the train places of `dryrun.STEPS` batches and
+    `dryrun.items` of every evaluated (split, role, view) set."""
+    from dataclasses import replace
+
+    from . import dryrun
+
+    train = [it for it in ds.items if it.split == "train"]
+    keep = dryrun.label_cap([it.label for it in train], 4 * dryrun.STEPS * dryrun.BATCH) or set()
+    items = [it for it in train if it.label in keep]
+    groups: dict[tuple[str, str, str], list[ImageItem]] = {}
+    for it in ds.items:
+        if it.split != "train":
+            groups.setdefault((it.split, it.role, it.view), []).append(it)
+    for group in groups.values():
+        items += dryrun.items(group)
+    return replace(ds, items=items, pairs=[])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m geolib train …`; `torchrun --nproc_per_node N -m geolib train …` for DDP.
+
+    Bad arguments and dataset errors print one message and exit (2 and 1), without a traceback.
+    """
+    import os
+    import sys
+
+    from . import dataroots, dryrun
+    from .datasets import DatasetError
+    from .needs import NeedMissing, Needs
+    from .needs import phase1 as phase1_needs
+    from .paths import outputs_root, profile_dir
     from .profiles import resolve
+
     args = build_parser().parse_args(argv)
-    if args.data_root and not Path(args.data_root).is_dir():
-        print(f"error: --data-root {args.data_root} is not a folder")
+    data_flags = ("profile", "out", "dry_run", "u1652_root", "u1652_coordinates")
+    overrides = {k: v for k, v in vars(args).items() if k not in data_flags}
+    if args.dry_run:
+        os.environ[dryrun.ENV] = "1"  # resolve() then caps epochs, batches and the world's size
+    cfg = resolve(args.profile, "phase1", **overrides)
+    for key in argv_keys(argv) & set(overrides):
+        if overrides[key] is None:
+            cfg[key] = None  # "--minutes none", "--teachers none": unset, not the profile's value
+    errors = validate_phase1(cfg)
+    if args.u1652_root and not Path(args.u1652_root).is_dir():
+        errors.append(f"--u1652-root {args.u1652_root} is not a folder; give the University-1652 root")
+    if errors:
+        for line in errors:
+            print(f"error: {line}", file=sys.stderr)
         return 2
-    cfg = resolve(args.profile, "phase1", data_root=args.data_root, model=args.model, image_size=args.image_size,
-                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
-                  minutes=args.minutes, seed=args.seed)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
         backend = "nccl" if cfg["device"].startswith("cuda") else "gloo"
@@ -288,18 +412,29 @@ def main(argv: list[str] | None = None) -> int:
         if cfg["device"].startswith("cuda"):
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     rank = int(os.environ.get("RANK", "0"))
-    if cfg["data_root"]:
-        root = Path(cfg["data_root"])
-    else:
-        from .world import build_world
-        root = build_world(cfg["preset"], seed=cfg["seed"], profile=args.profile, progress=rank == 0) / "university1652"
-    from .datasets import load_dataset
-
-    ds = load_dataset("university1652", root)
+    try:  # the data as notebook 02 reads it
+        data = dataroots.u1652(args.profile, cfg["preset"], cfg["seed"], args.u1652_root, args.u1652_coordinates)
+        ds = data.load()
+        cfg = phase1_needs(cfg, ds.items, Needs(log=print if rank == 0 else (lambda _: None)))
+    except (DatasetError, FileNotFoundError, NeedMissing) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if dryrun.active():
+        ds = dry_run_dataset(ds)
     net = phase1_model(cfg)
     train_cfg = phase1_train_config(cfg)
     out = Path(args.out) if args.out else profile_dir(args.profile, "checkpoints") / "phase1"
+    # as notebook 02: teachers cached under outputs/cache/teachers; rank 0 embeds, the others then read
+    if world_size > 1 and rank > 0:
+        torch.distributed.barrier()
+    distill, status = phase1_distillation(cfg, ds, net, outputs_root() / "cache" / "teachers",
+                                          log=print if rank == 0 else (lambda _: None))
+    if world_size > 1 and rank == 0:
+        torch.distributed.barrier()
+    if rank == 0 and status:
+        print(f"teachers: {status}")
     res = train_crossview(net, ds, train_cfg, out, **phase1_fit_options(cfg), progress=rank == 0,
+                          extra_loss=distill, extra_modules=[distill] if distill else [],
                           eval_directions=(("street", "drone"), ("street", "satellite")) if rank == 0 or world_size == 1 else ())
     if rank == 0:
         print(f"trained {len(res.history)} epoch(s); last: {res.history[-1] if res.history else None}")
@@ -307,3 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def argv_keys(argv: list[str] | None) -> set[str]:
+    """Profile keys named on the command line (`--flip-tta` → `flip_tta`)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    return {a[2:].split("=")[0].replace("-", "_") for a in args if a.startswith("--")}

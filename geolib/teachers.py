@@ -119,29 +119,74 @@ def _hf_call(spec: str, load: Callable[[], Any]) -> Any:
         raise TeacherUnavailable(f"teacher {spec} not found offline or at that path ({first})") from err
 
 
+def processor_settings(source: str) -> dict[str, Any]:
+    """Mean, std and crop size from the image processor saved beside a model (hub cache or local
+    dir): the normalisation the teacher was trained with. Empty when none is saved."""
+    from transformers import AutoImageProcessor
+
+    try:
+        proc = AutoImageProcessor.from_pretrained(str(source))
+    except (OSError, ValueError):  # no preprocessor_config.json: the caller's defaults apply
+        return {}
+    out: dict[str, Any] = {}
+    if getattr(proc, "image_mean", None) is not None and getattr(proc, "image_std", None) is not None:
+        out["mean"], out["std"] = tuple(proc.image_mean), tuple(proc.image_std)
+    crop = getattr(proc, "crop_size", None)
+    if getattr(proc, "do_center_crop", False) and isinstance(crop, Mapping) and crop.get("height"):
+        out["image_size"] = int(crop["height"])
+    return out
+
+
 def clip_teacher(source: str | Any, name: str | None = None) -> Teacher:
-    """CLIP image tower with its projection: the image embedding CLIP aligns with text."""
+    """CLIP image tower with its projection: the image embedding CLIP aligns with text.
+
+    A full CLIP checkpoint (`CLIPModel`, as released) loads as is: only its vision tower and
+    visual projection are kept. Mean and std come from its saved image processor."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    settings: dict[str, Any] = {}
     if isinstance(source, CLIPVisionConfig):
         net = CLIPVisionModelWithProjection(source)
     else:
-        net = _hf_call(str(source), lambda: CLIPVisionModelWithProjection.from_pretrained(str(source)))
+        net = _hf_call(str(source), lambda: CLIPVisionModelWithProjection.from_pretrained(
+            str(source), config=_clip_vision_config(str(source))))
+        settings = processor_settings(str(source))
     cfg = net.config
     return Teacher(name or f"clip:{source}", net, lambda m, x: m(pixel_values=x).image_embeds,
-                   cfg.projection_dim, cfg.image_size, CLIP_MEAN, CLIP_STD)
+                   cfg.projection_dim, cfg.image_size, settings.get("mean", CLIP_MEAN), settings.get("std", CLIP_STD))
 
 
-def dinov2_teacher(source: str | Any, name: str | None = None, image_size: int = 224) -> Teacher:
-    """DINOv2 class token (after its final LayerNorm); 224 px = 16×16 patches of 14."""
+def _clip_vision_config(source: str) -> Any:
+    """The vision config of a CLIP checkpoint, with the projection width of the whole model.
+
+    A released CLIP is a `CLIPModel`: its projection width sits in the top-level config, and the
+    vision config alone would default it to 512 and fail to load any other width."""
+    from transformers import AutoConfig, CLIPVisionConfig
+
+    config = AutoConfig.from_pretrained(source)
+    if getattr(config, "model_type", "") != "clip":
+        return CLIPVisionConfig.from_pretrained(source)
+    vision = config.vision_config.to_dict()
+    vision["projection_dim"] = config.projection_dim
+    return CLIPVisionConfig(**{k: v for k, v in vision.items() if k not in ("model_type", "transformers_version")})
+
+
+def dinov2_teacher(source: str | Any, name: str | None = None, image_size: int | None = None) -> Teacher:
+    """DINOv2 class token (after its final LayerNorm); 224 px = 16×16 patches of 14.
+
+    `image_size`: given, else the saved image processor's crop size, else 224."""
     from transformers import Dinov2Config, Dinov2Model
 
+    settings: dict[str, Any] = {}
     if isinstance(source, Dinov2Config):
         net = Dinov2Model(source)
     else:
         net = _hf_call(str(source), lambda: Dinov2Model.from_pretrained(str(source)))
+        settings = processor_settings(str(source))
+    size = image_size or settings.get("image_size", 224)
     return Teacher(name or f"dinov2:{source}", net, lambda m, x: m(pixel_values=x).pooler_output,
-                   net.config.hidden_size, image_size, IMAGENET_MEAN, IMAGENET_STD)
+                   net.config.hidden_size, size, settings.get("mean", IMAGENET_MEAN),
+                   settings.get("std", IMAGENET_STD))
 
 
 def timm_teacher(model_name: str, name: str | None = None, pretrained: bool | str = True,
@@ -318,59 +363,67 @@ def _default_loader(size: int) -> Callable[[str], Tensor]:
     return lambda path: transform(load_image(path))
 
 
-class PlaceDistillation(nn.Module):
-    """Distillation as `train.fit`'s `extra_loss(images, embeddings, labels)`, from cached teachers.
+class ImageDistillation(nn.Module):
+    """Distillation as `train.fit`'s `extra_loss(images, embeddings, labels, paths)`, from cached teachers.
 
-    The training set draws one random image per view and place each epoch, and `fit` passes place
-    labels, not paths; so each view's embedding is distilled toward the mean cached teacher
-    embedding of its place's images in that view (a place prototype), built once from the caches.
+    Each view's embedding of an image is pulled toward each teacher's cached embedding of that same
+    image: the training set yields the path it drew for every view (`needs_paths` asks
+    `train_crossview` for them), and the rows come from one buffer per teacher, keyed by path.
     Pass the module in `extra_modules` too, so its projection heads are trained and checkpointed.
     """
 
-    def __init__(self, loss: "DistillationLoss", targets: Mapping[str, Mapping[str, Tensor]],
-                 labels: Sequence[int], weight: float = 1.0) -> None:
+    needs_paths = True
+
+    def __init__(self, loss: "DistillationLoss", caches: Mapping[str, TeacherCache],
+                 views: Sequence[str], weight: float = 1.0) -> None:
         super().__init__()
-        self.loss, self.weight = loss, weight
-        self.row = {int(lab): i for i, lab in enumerate(labels)}
-        for t, views in targets.items():
-            for v, tensor in views.items():
-                self.register_buffer(_buffer_name(t, v), tensor.float(), persistent=False)
-        self.targets = {t: list(views) for t, views in targets.items()}
+        self.loss, self.weight, self.views = loss, weight, tuple(views)
+        self.teachers = list(caches)
+        self.row = {t: dict(c._row) for t, c in caches.items()}
+        for t, cache in caches.items():
+            self.register_buffer(_buffer_name(t), cache.embeddings.float(), persistent=False)
 
     @classmethod
     def from_caches(cls, caches: Mapping[str, TeacherCache], items: Sequence[Any], views: Sequence[str],
-                    student_dim: int, kind: str = "cosine", weight: float = 1.0) -> "PlaceDistillation":
-        """`items`: the training `ImageItem`s (path, view, label) the caches were built over."""
+                    student_dim: int, kind: str = "cosine", weight: float = 1.0) -> "ImageDistillation":
+        """`items`: the training `ImageItem`s the caches were built over; each must be cached, so a
+        missing image fails here, naming it, not in the middle of an epoch."""
         from .losses import DistillationLoss
 
-        labels = sorted({int(it.label) for it in items if it.view in views})
-        row = {lab: i for i, lab in enumerate(labels)}
-        targets: dict[str, dict[str, Tensor]] = {}
         for name, cache in caches.items():
-            dim = cache.embeddings.shape[1]
-            targets[name] = {}
-            for v in views:
-                chosen = [it for it in items if it.view == v]
-                emb = cache.lookup([str(it.path) for it in chosen]).float()
-                idx = torch.tensor([row[int(it.label)] for it in chosen], dtype=torch.long)
-                total = torch.zeros(len(labels), dim).index_add_(0, idx, emb)
-                count = torch.bincount(idx, minlength=len(labels)).clamp(min=1)
-                targets[name][v] = total / count[:, None]
-        loss = DistillationLoss(student_dim, {n: c.embeddings.shape[1] for n, c in caches.items()}, kind)
-        return cls(loss, targets, labels, weight)
+            missing = [str(it.path) for it in items if it.view in views and str(it.path) not in cache]
+            if missing:
+                raise KeyError(f"{missing[0]} (and {len(missing) - 1} more) not in the {name} cache; "
+                               "rebuild it over the training set")
+        # heads keyed like the buffers: a module name cannot hold the dots of a local teacher path
+        loss = DistillationLoss(student_dim, {_buffer_name(n): c.embeddings.shape[1] for n, c in caches.items()}, kind)
+        return cls(loss, caches, views, weight)
 
-    def forward(self, images: Mapping[str, Tensor], embeddings: Mapping[str, Tensor], labels: Tensor) -> Tensor:
-        rows = torch.tensor([self.row[int(lab)] for lab in labels.tolist()], device=labels.device)
+    def targets(self, teacher: str, paths: Sequence[str], device: torch.device) -> Tensor:
+        """The teacher's cached embeddings of `paths`, in order, on `device`."""
+        rows = self.row[teacher]
+        try:
+            idx = torch.tensor([rows[str(p)] for p in paths], dtype=torch.long, device=device)
+        except KeyError as err:
+            raise KeyError(f"{err.args[0]} is not in the {teacher} cache; rebuild it over the training set") from None
+        return getattr(self, _buffer_name(teacher)).index_select(0, idx)
+
+    def forward(self, images: Mapping[str, Tensor], embeddings: Mapping[str, Tensor], labels: Tensor,
+                paths: Mapping[str, Sequence[str]] | None = None) -> Tensor:
+        if paths is None:
+            raise ValueError("per-image distillation needs the drawn image paths: build the training set "
+                             "with MultiViewPlaces(with_paths=True) (train_crossview does so for this module)")
         parts = []
         for v, emb in embeddings.items():
-            wanted = {t: getattr(self, _buffer_name(t, v))[rows] for t, views in self.targets.items() if v in views}
-            if wanted:
-                parts.append(self.loss(emb, wanted))
+            if v not in self.views or v not in paths:
+                continue
+            wanted = {_buffer_name(t): self.targets(t, paths[v], emb.device) for t in self.teachers}
+            parts.append(self.loss(emb, wanted))
         return self.weight * torch.stack(parts).mean() if parts else embeddings[next(iter(embeddings))].sum() * 0
 
 
-def _buffer_name(teacher: str, view: str) -> str:
-    return f"target_{cache_key(teacher)}_{view}".replace(".", "_").replace("-", "_")
+def _buffer_name(teacher: str) -> str:
+    return f"target_{cache_key(teacher)}".replace(".", "_").replace("-", "_")
 
 
 def describe(teachers: Mapping[str, Teacher]) -> dict[str, dict[str, Any]]:
@@ -380,5 +433,5 @@ def describe(teachers: Mapping[str, Teacher]) -> dict[str, dict[str, Any]]:
 
 
 __all__ = ["Teacher", "TeacherUnavailable", "TeacherCache", "create_teacher", "load_teachers",
-           "build_teacher_cache", "clip_teacher", "dinov2_teacher", "timm_teacher",
-           "efficientnet_lite0_teacher", "checkpoint_teacher", "describe", "PlaceDistillation"]
+           "build_teacher_cache", "processor_settings", "clip_teacher", "dinov2_teacher", "timm_teacher",
+           "efficientnet_lite0_teacher", "checkpoint_teacher", "describe", "ImageDistillation"]

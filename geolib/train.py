@@ -74,7 +74,7 @@ class MultiViewPlaces(torch.utils.data.Dataset):
     """
 
     def __init__(self, items: Sequence[ImageItem], views: Sequence[str], transform: Callable,
-                 seed: int = 0, preload: bool = False):
+                 seed: int = 0, preload: bool = False, with_paths: bool = False):
         grouped = {v: by_label(it for it in items if it.view == v) for v in views}
         labels = set.intersection(*(set(g) for g in grouped.values())) if grouped else set()
         if not labels:
@@ -86,6 +86,7 @@ class MultiViewPlaces(torch.utils.data.Dataset):
         self.images = {v: [grouped[v][lab] for lab in self.labels] for v in views}
         self.transform = transform
         self.seed, self.epoch = seed, 0
+        self.with_paths = with_paths  # items also name the drawn image of each view (per-image distillation)
         self.decoded: dict[str, torch.Tensor] = {}
         if preload:
             from torchvision.transforms.v2.functional import pil_to_tensor
@@ -101,14 +102,15 @@ class MultiViewPlaces(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int] | tuple[dict[str, torch.Tensor], int, dict[str, str]]:
         rng = np.random.default_rng((self.seed, self.epoch, i))
-        out = {}
+        out, paths = {}, {}
         for v in self.views:
             choices = self.images[v][i]
             path = choices[rng.integers(len(choices))].path
             out[v] = self.transform(self.decoded[path] if path in self.decoded else load_image(path))
-        return out, self.labels[i]
+            paths[v] = str(path)
+        return (out, self.labels[i], paths) if self.with_paths else (out, self.labels[i])
 
 
 def gps_neighbours(utm: np.ndarray, k: int = 128) -> np.ndarray:
@@ -323,7 +325,10 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
     """Train, evaluate every `cfg.eval_every` epochs, keep `best` and `last` checkpoints, resume.
 
     `pair_loss(a, b)` scores two views' embeddings of the same places. `extra_loss(images,
-    embeddings, labels)` adds terms such as distillation or the instance loss; `extra_modules` are
+    embeddings, labels)` adds terms such as distillation or the instance loss, on this process's own
+    rows (under DDP, not the gathered batch); when the training set yields a third item (the drawn
+    image paths per view, `MultiViewPlaces(with_paths=True)`), it is passed too: `extra_loss(images,
+    embeddings, labels, paths)`. `extra_modules` are
     trained with the model (loss temperature, projection heads) and checkpointed with it.
     `select_metric` names the history field whose highest value is kept as `best` (default: the
     lowest training loss); `"last"` keeps the final epoch, written once at the end.
@@ -382,15 +387,17 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
             m.eval()
         t0, losses = time.perf_counter(), []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank > 0, leave=False)
-        for images, labels in bar:
+        for batch in bar:
+            images, labels, paths = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
             images = {v: x.to(device, non_blocking=True).contiguous(memory_format=fmt) for v, x in images.items()}
             labels = labels.to(device)
             with autocast(device, cfg.amp):
-                emb = embed_batch(train_model, model, {v: images[v] for v in cfg.views})
-                emb = _gather(emb) if world > 1 else emb
+                local = embed_batch(train_model, model, {v: images[v] for v in cfg.views})
+                emb = _gather(local) if world > 1 else local
                 loss = multiview_loss(emb, pair_loss, pairs)
                 if extra_loss is not None:
-                    loss = loss + extra_loss(images, emb, labels)
+                    more = (images, local, labels) if paths is None else (images, local, labels, paths)
+                    loss = loss + extra_loss(*more)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

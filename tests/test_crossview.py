@@ -143,3 +143,69 @@ def test_history_plot_draws_recall_evaluated_after_the_first_epoch():
     (line,) = ax.get_lines()
     assert list(line.get_xdata()) == [1.0, 2.0] and list(line.get_ydata()) == [5.0, 9.0]
     assert ax.get_xlabel() == "training minutes"
+
+
+def test_train_cli_has_a_flag_for_every_phase1_key_and_validates_first(capsys):
+    import argparse
+
+    from geolib.crossview import build_parser, main
+    from geolib.profiles import section_keys
+
+    parser = build_parser()
+    flags = {s for a in parser._actions for s in a.option_strings}
+    for key in section_keys("phase1"):
+        assert f"--{key.replace('_', '-')}" in flags, key
+    for extra in ("--u1652-root", "--data-root", "--out", "--profile", "--dry-run"):
+        assert extra in flags
+    args = parser.parse_args(["--no-flip-tta", "--model-options", '{"embed_dim": 8}', "--teachers", '["a", "b"]',
+                              "--lr", "3e-4", "--epochs", "2", "--minutes", "none", "--teachers", "available"])
+    assert args.flip_tta is False and args.model_options == {"embed_dim": 8} and args.lr == 3e-4
+    assert args.epochs == 2 and args.minutes is None and args.teachers == "available"
+    assert parser.parse_args(["--teachers", '["clip:/x"]']).teachers == ["clip:/x"]
+    assert any(isinstance(a, argparse.BooleanOptionalAction) and "--flip-tta" in a.option_strings for a in parser._actions)
+    assert main(["--profile", "smoke", "--epochs", "0", "--batch-size", "0", "--lr", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --epochs must be an integer ≥ 1, got 0", "error: --batch-size must be an integer ≥ 1, got 0",
+                   "error: --lr must be a number > 0, got 0.0"]
+
+
+def test_train_cli_reports_dataset_errors_in_one_message(tmp_path, capsys):
+    from conftest import build_university
+    from geolib.crossview import main
+
+    root = build_university(tmp_path / "u", broken=True)
+    assert main(["--profile", "smoke", "--u1652-root", str(root), "--out", str(tmp_path / "o")]) == 1
+    captured = capsys.readouterr()
+    assert "university1652 dataset at" in captured.err and "truncated JPEG" in captured.err
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_train_cli_dry_run_distils_tiny_clip_and_dinov2_teachers_per_image(world, tmp_path, monkeypatch, capsys):
+    """`python -m geolib train` wires the teachers as notebook 02 does: cached under outputs/cache/teachers,
+    each training image distilled toward the teachers' embedding of that image."""
+    import json
+
+    from geolib import teachers as T
+    from geolib.crossview import main
+    from geolib.paths import outputs_root
+    from tiny_teachers import tiny_teacher_dirs
+
+    monkeypatch.setenv("GEOLIB_DRY_RUN", "0")  # restored after the test; main sets it for --dry-run
+    specs = tiny_teacher_dirs(tmp_path / "teachers")
+    seen: list[dict] = []
+    forward = T.ImageDistillation.forward
+
+    def spy(self, images, embeddings, labels, paths=None):
+        seen.append(paths)
+        return forward(self, images, embeddings, labels, paths)
+
+    monkeypatch.setattr(T.ImageDistillation, "forward", spy)
+    assert main(["--profile", "smoke", "--u1652-root", str(world.root), "--out", str(tmp_path / "ck"), "--dry-run",
+                 "--teachers", json.dumps(specs), "--distill-weight", "0.5", "--no-preload"]) == 0
+    out = capsys.readouterr().out
+    assert "trained 1 epoch(s)" in out and all(f"'{s}': 'used'" in out for s in specs)
+    cached = sorted(p.name for p in (outputs_root() / "cache" / "teachers").iterdir())
+    assert len([n for n in cached if n.endswith(".safetensors")]) == 2
+    assert seen and set(seen[0]) == {"street", "drone", "satellite"}
+    train_paths = {str(it.path) for it in world.select(split="train")}
+    assert all(p in train_paths for batch in seen for v in batch.values() for p in v)

@@ -131,22 +131,50 @@ def test_cache_default_loader_reads_images(tmp_path):
     assert cache.lookup(paths[::-1]).shape == (3, 32)
 
 
-def test_place_distillation_targets_are_place_means():
+def test_image_distillation_targets_are_the_same_images_teacher_embeddings():
     from types import SimpleNamespace as Item
 
-    from geolib.teachers import PlaceDistillation
+    from geolib.teachers import ImageDistillation
 
     items = [Item(path=f"p{i}", view=v, label=lab) for i, (v, lab) in
              enumerate([("drone", 5), ("drone", 5), ("drone", 9), ("street", 5), ("street", 9)])]
-    emb = torch.tensor([[1.0, 0], [3, 0], [0, 2], [0, 1], [1, 1]])
-    cache = TeacherCache("t", [it.path for it in items], emb)
-    term = PlaceDistillation.from_caches({"t": cache}, items, ["drone", "street"], student_dim=2)
-    assert torch.equal(term.target_t_drone, torch.tensor([[2.0, 0], [0, 2]]))  # label 5: mean of rows 0, 1
+    emb = torch.tensor([[1.0, 0], [0, 3], [0, 2], [0, 1], [1, 1]])
+    cache = TeacherCache("t.v1", [it.path for it in items], emb)  # a dot, as in a local teacher path
+    term = ImageDistillation.from_caches({"t.v1": cache}, items, ["drone", "street"], student_dim=2)
     for head in term.loss.heads.values():
         head.weight.data, head.bias.data = torch.eye(2), torch.zeros(2)
-    student = {"drone": torch.tensor([[1.0, 0], [0, 1]]), "street": torch.tensor([[0.0, 1], [1, 1]])}
-    # labels (5, 9): drone matches (2,0),(0,2) and street matches (0,1),(1,1): loss 0
-    assert term({}, student, torch.tensor([5, 9])).item() == pytest.approx(0.0, abs=1e-6)
-    # swapped places: drone 1 − cos = 1 each, street 1 − 1/√2 each; mean over views
-    want = (1.0 + (1 - 2 ** -0.5)) / 2
-    assert term({}, student, torch.tensor([9, 5])).item() == pytest.approx(want, rel=1e-5)
+    # place 5 has two drone images, (1,0) and (0,3): each is its own target, not their mean (1/2, 3/2)
+    student = {"drone": torch.tensor([[0.0, 1], [0, 1]]), "street": torch.tensor([[0.0, 1], [1, 1]])}
+    paths = {"drone": ["p1", "p2"], "street": ["p3", "p4"]}
+    assert term({}, student, torch.tensor([5, 9]), paths).item() == pytest.approx(0.0, abs=1e-6)
+    paths["drone"] = ["p0", "p2"]  # the other image of place 5: drone 1 − cos = 1 for it, 0 for p2
+    assert term({}, student, torch.tensor([5, 9]), paths).item() == pytest.approx((0.5 + 0.0) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="with_paths=True"):
+        term({}, student, torch.tensor([5, 9]))
+    with pytest.raises(KeyError, match="p9 is not in the t.v1 cache"):
+        term({}, student, torch.tensor([5, 9]), {"drone": ["p9", "p2"]})
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """Tiny random CLIP (a full CLIPModel, as released) and DINOv2, saved with their processors."""
+    from tiny_teachers import tiny_teacher_dirs
+
+    return tiny_teacher_dirs(tmp_path_factory.mktemp("teachers"))
+
+
+def test_tiny_released_layout_teachers_load_through_the_real_code(tiny_dirs):
+    from geolib.teachers import CLIP_STD, IMAGENET_STD
+
+    clip_spec, dino_spec = tiny_dirs
+    assert clip_spec.startswith("clip:") and dino_spec.startswith("dinov2:")
+    used, status = load_teachers(tiny_dirs)
+    assert status == {clip_spec: "used", dino_spec: "used"}
+    clip, dino = used[clip_spec], used[dino_spec]
+    assert (clip.dim, clip.image_size, dino.dim, dino.image_size) == (16, 224, 32, 224)
+    # each teacher's normalisation comes from its saved image processor
+    assert torch.allclose(clip.scale.flatten(), torch.tensor(IMAGENET_STD) / torch.tensor(CLIP_STD))
+    assert torch.allclose(dino.scale.flatten(), torch.ones(3))
+    x = torch.randn(2, 3, 48, 48)
+    bare = create_teacher(clip_spec.split(":", 1)[1])  # a bare local dir: its config says CLIP
+    assert torch.allclose(bare(x), clip(x), atol=1e-5) and clip(x).shape == (2, 16)
