@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import dryrun
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import GeoDataset, ImageItem, by_label
 from .images import load_image
@@ -378,6 +379,7 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
         if progress and rank == 0:
             print(f"resuming from {last_path}.json after epoch {start_epoch}")
     resumed_from = start_epoch
+    max_steps = dryrun.steps(None)  # a dry run checks the path with a few steps
     t_start = time.perf_counter()  # the budget counts from here, after any resume
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
@@ -387,7 +389,9 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
             m.eval()
         t0, losses = time.perf_counter(), []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank > 0, leave=False)
-        for batch in bar:
+        for step, batch in enumerate(bar):
+            if max_steps is not None and step >= max_steps:
+                break
             images, labels, paths = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
             images = {v: x.to(device, non_blocking=True).contiguous(memory_format=fmt) for v, x in images.items()}
             labels = labels.to(device)
