@@ -201,16 +201,8 @@ def phase1_model(cfg: dict[str, Any]) -> nn.Module:
     """The model a resolved `phase1` profile section describes (notebook 02 and `geolib train`)."""
     from .models import create_model
 
-    options = dict(cfg.get("model_options") or {})
-    build = lambda **o: create_model(cfg["model"], img_size=cfg["image_size"], l2l=cfg["l2l"],  # noqa: E731
-                                     fusion=cfg["fusion"], pooling=cfg["pooling"], **o)
-    try:
-        return build(**options)
-    except RuntimeError as err:
-        if not (dryrun.active() and options.get("pretrained") and "not found" in str(err)):
-            raise
-        print(f"dry run: {str(err).splitlines()[0]}; random init instead (a real run stops here)")
-        return build(**{**options, "pretrained": False})
+    return create_model(cfg["model"], img_size=cfg["image_size"], l2l=cfg["l2l"], fusion=cfg["fusion"],
+                        pooling=cfg["pooling"], **(cfg.get("model_options") or {}))
 
 
 FOUNDATION_TEACHERS = ("clip-vit-b16", "dinov2-vit-s14")

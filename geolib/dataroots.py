@@ -108,7 +108,7 @@ def vpr(profile: str, preset: str, seed: int, vpr_root: str | Path | None = None
 def vpr_tests(profile: str, preset: str, seed: int, vpr_test_roots: Mapping[str, str | Path] | None = None,
               ) -> dict[str, DataRoot]:
     """Test-only sets evaluated with the model trained on `vpr_root`: the given ones, else the world's
-    release-exact Tokyo-XS stand-in (night queries of an unseen area)."""
+    release-exact Tokyo-XS stand-in (the test area laid out as Tokyo-XS is released: test/ only, night queries)."""
     if vpr_test_roots is not None:
         if not isinstance(vpr_test_roots, Mapping):
             raise TypeError('-p vpr_test_roots takes a mapping, e.g. \'{"tokyo-xs": "/data/tokyo_xs"}\'')
@@ -122,10 +122,6 @@ def vpr_tests(profile: str, preset: str, seed: int, vpr_test_roots: Mapping[str,
 
 # ------------------------------------------------------------------------- place-recognition folders
 
-CONDITION_OF = {"queries": "day", "queries_v1": "day", "queries_day": "day", "queries_night": "night",
-                "queries_fog": "fog"}
-
-
 def vpr_splits(root: Path) -> list[str]:
     """The evaluation splits a place-recognition root has (`<split>/database/`), in train/val/test order."""
     order = {"train": 0, "val": 1, "test": 2}
@@ -134,31 +130,8 @@ def vpr_splits(root: Path) -> list[str]:
     return sorted(found, key=lambda s: (order.get(s, 3), s))
 
 
-def query_folders(root: Path, split: str, query_folder: str | None = None,
-                  log=print) -> dict[str, str]:
-    """Condition -> query folder of `<root>/<split>/`.
+def query_folders(root: Path, split: str, query_folder: str | None = None) -> dict[str, str]:
+    """Condition -> query folder of `<root>/<split>/` (see `phase2.resolve_query_folders`)."""
+    from .phase2 import resolve_query_folders
 
-    `query_folder` names the one to use. Without it, a split holding exactly one folder beside
-    `database/` uses that folder (SF-XS: `queries`, SF-XL: `queries_v1`) and says which; several
-    known folders (`queries`, `queries_night`, `queries_fog`) become the day, night and fog conditions.
-    """
-    base = Path(root) / split
-    if not base.is_dir():
-        raise FileNotFoundError(f"{base}: no such split; {root} has splits {vpr_splits(root) or 'none'}")
-    present = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name != "database")
-    if query_folder:
-        if query_folder not in present:
-            raise FileNotFoundError(f"{base}: no query folder {query_folder!r}; it holds {present or 'nothing'} "
-                                    f"beside database/ (set -p query_folder NAME)")
-        return {CONDITION_OF.get(query_folder, query_folder): query_folder}
-    if not present:
-        raise FileNotFoundError(f"{base}: no query folder beside database/; a split holds database/ and "
-                                "queries/ (or queries_v1/)")
-    if len(present) == 1:
-        log(f"{base}: queries from {present[0]}/ (the one folder beside database/)")
-        return {CONDITION_OF.get(present[0], present[0]): present[0]}
-    known = {CONDITION_OF[f]: f for f in present if f in CONDITION_OF}
-    if not known or len({CONDITION_OF[f] for f in present if f in CONDITION_OF}) < len([f for f in present if f in CONDITION_OF]):
-        raise ValueError(f"{base} holds several query folders {present}: choose one with -p query_folder NAME")
-    return dict(sorted(known.items(), key=lambda kv: ("day", "night", "fog").index(kv[0])
-                       if kv[0] in ("day", "night", "fog") else 3))
+    return resolve_query_folders(root, split, query_folder)

@@ -55,6 +55,8 @@ def resolve_query_folders(root: str | Path, split: str = "test",
         out: dict[str, str] = {}
         for name in held:
             cond = FOLDER_CONDITIONS.get(name) or (name[len("queries_"):] if name.startswith("queries_") else name)
+            if len(held) == 1 and name in ("queries", "queries_v1"):
+                cond = "all"  # a release's one query folder mixes conditions (Tokyo-XS: day, sunset, night)
             out[name if cond in out else cond] = name
         if len(held) == 1:
             print(f"{split_dir}: query folder {held[0]!r} (the only one beside {database_folder}/), "
@@ -62,14 +64,18 @@ def resolve_query_folders(root: str | Path, split: str = "test",
         else:
             print(f"{split_dir}: query folders " + ", ".join(f"{f} → {c}" for c, f in out.items()))
         return out
-    wanted = ({FOLDER_CONDITIONS.get(query_folders, "day"): query_folders} if isinstance(query_folders, str)
-              else dict(query_folders))
+    if isinstance(query_folders, str):
+        cond = FOLDER_CONDITIONS.get(query_folders, query_folders)
+        if query_folders in ("queries", "queries_v1") and not {"queries_night", "queries_fog"} & set(held):
+            cond = "all"  # the release's one query folder, whatever conditions it mixes
+        wanted = {cond: query_folders}
+    else:
+        wanted = dict(query_folders)
     missing = [f for f in wanted.values() if not (split_dir / f).is_dir()]
     if missing:
         raise FileNotFoundError(f"{split_dir}: no query folder {', '.join(map(repr, missing))}; the split holds "
                                 f"{held or 'no query folder'} beside {database_folder}/. Name one with "
-                                f"-p query_folder NAME (or -p query_folders '{{\"day\": \"NAME\"}}'), or leave "
-                                "it unset to use what the split holds")
+                                f"-p query_folder NAME, or leave it unset to use what the split holds")
     return wanted
 
 
@@ -163,14 +169,14 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def comparison_table(records: Iterable[Mapping[str, Any]], dataset: str) -> "Any":
-    """One row per (model, query view) of this dataset's `vpr` records (the last of duplicates):
-    R@1/5 or LR@1/5, whether a database is needed, its or the classifier's memory, queries/s."""
+def comparison_table(records: Iterable[Mapping[str, Any]], dataset: str, split: str = "test") -> "Any":
+    """One row per (model, query view) of this dataset's `vpr` records on `split` (the last of
+    duplicates): R@1/5 or LR@1/5, whether a database is needed, its or the classifier's memory, queries/s."""
     import pandas as pd
 
     rows = []
     for r in records:
-        if r.get("task") != "vpr" or r.get("dataset") != dataset:
+        if r.get("task") != "vpr" or r.get("dataset") != dataset or (r.get("split") or "test") != split:
             continue
         m = r.get("metrics") or {}
         retrieval = r.get("protocol") == "vpr-25m"
@@ -217,3 +223,25 @@ def localize_conditions(training: Any, queries: Mapping[str, Sequence[ImageItem]
                                                     batch_size=batch_size))
         out[condition] = (result, len(items) / max(seconds, 1e-9))
     return out
+
+
+def course_table(records: Iterable[Mapping[str, Any]], models: Sequence[str],
+                 sets: Sequence[tuple[str, str]]) -> "Any":
+    """The course project's first table: one row per (dataset, split, query condition) of `sets`,
+    R@1 and R@5 (LR@1/LR@5 for D&C) of each model, read from the records (the last of duplicates)."""
+    import pandas as pd
+
+    cells: dict[tuple[str, str, str], dict[str, Any]] = {}
+    wanted = set(sets)
+    for r in records:
+        if r.get("task") != "vpr" or r.get("model") not in models or (r.get("dataset"), r.get("split")) not in wanted:
+            continue
+        m = r.get("metrics") or {}
+        at = ("R@1", "R@5") if r.get("protocol") == "vpr-25m" else ("LR@1", "LR@5")
+        row = cells.setdefault((r["dataset"], r["split"], r.get("query_view") or ""), {})
+        for k in at:
+            row[f"{r['model']} {k}"] = m.get(k)
+    order = {s: i for i, s in enumerate(sets)}
+    rows = [{"dataset": d, "split": s, "queries": q.removeprefix("query-"), **v}
+            for (d, s, q), v in sorted(cells.items(), key=lambda kv: (order[kv[0][:2]], kv[0][2]))]
+    return pd.DataFrame(rows)

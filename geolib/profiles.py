@@ -40,7 +40,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                     "students": ["mobilenetv3_small_050"], "perturb": [False, True], "copies": 2,
                     "student_image_size": 32, "student_epochs": 1, "student_batch_size": 4, "student_lr": 1e-3,
                     "safa_backbone": "resnet10t", "pano_hw": [32, 64], "sat_size": 32, "safa_heads": 8,
-                    "safa_head_rows": [1], "safa_lr": 1e-3},
+                    "safa_head_rows": [1], "safa_lr": 1e-3,
+                    "safa_pretrained": "available", "student_pretrained": "available"},
         "explorer": {"k": 10, "n_examples": 3, "grid_k": 5, "interactive": "auto", "fallback_epochs": 1},
     },
     "default": {
@@ -124,7 +125,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                     "students": ["mobilenetv3_small_050", "efficientnet_lite0", "mobilenetv4_conv_small"],
                     "perturb": [False, True], "copies": 2, "student_image_size": 48, "student_epochs": 4,
                     "student_batch_size": 32, "student_lr": 1e-3, "safa_backbone": "resnet10t",
-                    "pano_hw": [32, 128], "sat_size": 64, "safa_heads": 8, "safa_head_rows": [1, 4], "safa_lr": 1e-3},
+                    "pano_hw": [32, 128], "sat_size": 64, "safa_heads": 8, "safa_head_rows": [1, 4], "safa_lr": 1e-3,
+                    "safa_pretrained": "available", "student_pretrained": "available"},
         "explorer": {"k": 10, "n_examples": 6, "grid_k": 5, "interactive": "auto", "fallback_epochs": 2},
     },
     "full": {
@@ -154,7 +156,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                     "students": ["fastvit_t8", "efficientnet_lite0", "mobilenetv4_conv_small"],
                     "perturb": [False, True], "copies": 4, "student_image_size": 224, "student_epochs": 30,
                     "student_batch_size": 64, "student_lr": 1e-4, "safa_backbone": "vgg16",
-                    "pano_hw": [112, 616], "sat_size": 256, "safa_heads": 8, "safa_head_rows": [1, 4], "safa_lr": 1e-5},
+                    "pano_hw": [112, 616], "sat_size": 256, "safa_heads": 8, "safa_head_rows": [1, 4], "safa_lr": 1e-5,
+                    "safa_pretrained": True, "student_pretrained": True},
         "explorer": {"k": 20, "n_examples": 8, "grid_k": 5, "interactive": "auto", "fallback_epochs": 0},
     },
 }
@@ -258,6 +261,9 @@ def dry_run_caps(cfg: dict[str, Any]) -> dict[str, Any]:
                                        for k, v in cfg["gem"].items() if k in ("augment_copies", "iterations_per_epoch")}}
     cfg["num_workers"] = 0
     cfg["minutes"] = None
+    for k in ("safa_pretrained", "student_pretrained"):  # weights missing offline: random init, said once
+        if cfg.get(k) is True:
+            cfg[k] = "available"
     if "preset" in cfg:  # the synthetic world where no data root is given: the smallest one
         cfg["preset"] = "smoke"
     cfg["dry_run"] = True
