@@ -77,6 +77,10 @@ def pretrained_backbone(name: str, pretrained: bool | str = "available", img_siz
                                "from random weights") from None
         log(f"{name}: ImageNet weights not found offline; starting from random weights")
         return create_backbone(impl, False, img_size), f"{RANDOM_INIT} (ImageNet weights not found offline)"
+    from .models import _DRY_RUN_RANDOM
+
+    if impl in _DRY_RUN_RANDOM:  # a dry run went on without the weights: say so in the status too
+        return net, f"{RANDOM_INIT} (dry run: ImageNet weights not found offline)"
     return net, ("imagenet" if want is True else f"file:{want}")
 
 

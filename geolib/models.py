@@ -70,6 +70,9 @@ def config_hash(config: Mapping[str, Any]) -> str:
 # backbone
 
 
+_DRY_RUN_RANDOM: set[str] = set()  # backbones a dry run already said it initialises at random
+
+
 def create_backbone(name: str, pretrained: bool | str = False, img_size: int | None = None,
                     out_indices: list[int] | None = None, **options: Any) -> nn.Module:
     """A timm backbone returning multi-stage features.
@@ -97,8 +100,11 @@ def create_backbone(name: str, pretrained: bool | str = False, img_size: int | N
         message = f"pretrained weights for {name} not found in {where}: {type(err).__name__}: {first}"
         from . import dryrun
 
-        if dryrun.active():  # a dry run checks the path, not the numbers: go on, and say so
-            print(f"dry run: {message}; random init instead (a real run stops here)")
+        if dryrun.active():  # a dry run checks the path, not the numbers: go on, and say so once
+            if name not in _DRY_RUN_RANDOM:
+                _DRY_RUN_RANDOM.add(name)
+                print(f"dry run: no pretrained weights for {name} in {where}; random init instead "
+                      "(a real run stops here)")
             return _timm_create(name, False, {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"})
         raise RuntimeError(message) from err
 

@@ -130,3 +130,25 @@ def headings(items: Sequence[ImageItem], alpha: float, needs: Needs) -> float:
         needs.met(f"headings: {len(items) - missing} of {len(items)} train images ({missing} without are dropped "
                   "from heading classes)")
     return alpha
+
+
+def min_images_per_class(items: Sequence[ImageItem], cfg: dict[str, Any], needs: Needs) -> int:
+    """CosPlace keeps classes with at least `min_images_per_class` images; when no class has that
+    many (a small or sparse train split), fall back to keeping every class, printed and recorded."""
+    from .cosplace import divide_items
+
+    wanted = int(cfg["min_images_per_class"])
+    try:
+        summary = divide_items(items, M=cfg["M"], alpha=cfg["alpha"], N=cfg["N"], L=cfg["L"],
+                               min_images_per_class=wanted).summary()
+        reason = None if summary["classes"] else f"none of the {summary['dropped_classes']} classes has " \
+                                                  f"{wanted} images"
+    except ValueError as err:
+        reason = str(err).split(";")[0]
+    if reason is None:
+        return wanted
+    needs.fallback("min_images_per_class",
+                   f"{reason} (min_images_per_class {wanted}); every class is kept (min_images_per_class 1). "
+                   "A train split laid out for CosPlace has enough images per class; set -p min_images_per_class N "
+                   "to choose")
+    return 1
