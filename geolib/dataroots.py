@@ -87,11 +87,12 @@ def pairs(profile: str, preset: str, seed: int, pairs_root: str | Path | None = 
     fmt = pairs_format or "cvusa"
     if fmt not in PAIRS_FORMATS:
         raise ValueError(f"-p pairs_format {fmt}: choose one of {', '.join(PAIRS_FORMATS)}")
+    options = {"split": ("train", "test")} if fmt == "vigor" else {}  # VIGOR: train and evaluate in one run
     if pairs_root:
-        return DataRoot(fmt, _folder(pairs_root, "pairs_root"), fmt, False)
+        return DataRoot(fmt, _folder(pairs_root, "pairs_root"), fmt, False, options=options)
     if pairs_format and pairs_format != "cvusa":
         root = world(profile, preset, seed)
-        return DataRoot(fmt, release(root)[fmt], f"synthetic-{preset}-{fmt}", True, world=root)
+        return DataRoot(fmt, release(root)[fmt], f"synthetic-{preset}-{fmt}", True, world=root, options=options)
     root = world(profile, preset, seed)
     return DataRoot("cvusa", root / "cvusa", f"synthetic-{preset}", True, world=root)
 

@@ -584,23 +584,26 @@ def _latlon_from_name(name: str, pattern: str) -> tuple[float | None, float | No
     return (float(m.group(1)), float(m.group(2))) if m else (None, None)
 
 
-def load_vigor(root: Path, split: str = "test", mode: str = "cross",
+def load_vigor(root: Path, split: str | Sequence[str] = "test", mode: str = "cross",
                cities: Sequence[str] | None = None) -> GeoDataset:
     """VIGOR as released: `<city>/{panorama,satellite}/` with `splits/<city>/` label files.
 
     Each panorama lists one positive and three semi-positive satellite tiles; the positive is the
-    pair, the semi-positives go in `meta["semi_positives"]` for the hit-rate protocol.
+    pair, the semi-positives go in `meta["semi_positives"]` for the hit-rate protocol. `split` may
+    name both splits (`("train", "test")`), for a run that trains and evaluates; labels stay unique.
     """
-    if mode not in VIGOR_CITIES or split not in ("train", "test"):
+    splits = [split] if isinstance(split, str) else list(split)
+    if mode not in VIGOR_CITIES or not splits or any(s not in ("train", "test") for s in splits):
         raise ValueError("VIGOR needs mode 'cross' or 'same' and split 'train' or 'test'")
-    ds = GeoDataset("vigor", root, [], options={"split": split, "mode": mode})
+    ds = GeoDataset("vigor", root, [], options={"split": split if isinstance(split, str) else splits, "mode": mode})
     label_dir = next((root / d for d in ("splits__corrected", "splits") if (root / d).is_dir()), root / "splits")
-    for city in cities or VIGOR_CITIES[mode][split]:
-        sat_index = _vigor_satellites(ds, label_dir, city, split)
-        if sat_index is None:
-            continue
-        name = "pano_label_balanced.txt" if mode == "cross" else f"same_area_balanced_{split}.txt"
-        _vigor_panoramas(ds, label_dir / city / name, city, split, sat_index)
+    for one in splits:
+        for city in cities or VIGOR_CITIES[mode][one]:
+            sat_index = _vigor_satellites(ds, label_dir, city, one)
+            if sat_index is None:
+                continue
+            name = "pano_label_balanced.txt" if mode == "cross" else f"same_area_balanced_{one}.txt"
+            _vigor_panoramas(ds, label_dir / city / name, city, one, sat_index)
     return ds
 
 
