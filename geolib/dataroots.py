@@ -107,14 +107,17 @@ def vpr(profile: str, preset: str, seed: int, vpr_root: str | Path | None = None
 
 
 def vpr_tests(profile: str, preset: str, seed: int, vpr_test_roots: Mapping[str, str | Path] | None = None,
-              ) -> dict[str, DataRoot]:
-    """Test-only sets evaluated with the model trained on `vpr_root`: the given ones, else the world's
-    release-exact Tokyo-XS stand-in (the test area laid out as Tokyo-XS is released: test/ only, night queries)."""
+              synthetic: bool = True) -> dict[str, DataRoot]:
+    """Test-only sets evaluated with the model trained on `vpr_root`: the given ones, else (when
+    `vpr_root` is the world's too) the world's release-exact Tokyo-XS stand-in: the world's test area
+    laid out as Tokyo-XS is released, `test/` only, with its night queries."""
     if vpr_test_roots is not None:
         if not isinstance(vpr_test_roots, Mapping):
             raise TypeError('-p vpr_test_roots takes a mapping, e.g. \'{"tokyo-xs": "/data/tokyo_xs"}\'')
         return {name: DataRoot("vpr", _folder(path, f"vpr_test_roots[{name!r}]"), name, False)
                 for name, path in vpr_test_roots.items()}
+    if not synthetic:  # a real vpr_root is never mixed with the world's stand-ins
+        return {}
     root = world(profile, preset, seed)
     rel = release(root)
     return {f"synthetic-{preset}-tokyo-xs": DataRoot("vpr", rel["tokyo-xs"], f"synthetic-{preset}-tokyo-xs", True,

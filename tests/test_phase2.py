@@ -56,10 +56,12 @@ def _split(root, split, folders):
 
 def test_resolve_query_folders_single_several_and_missing(tmp_path, capsys):
     tokyo = _split(tmp_path / "tokyo", "test", ["queries"])
-    assert phase2.resolve_query_folders(tokyo, "test") == {"day": "queries"}
+    # a release's one query folder mixes conditions (Tokyo-XS: day, sunset, night): it is "all"
+    assert phase2.resolve_query_folders(tokyo, "test") == {"all": "queries"}
     assert "query folder 'queries' (the only one beside database/)" in capsys.readouterr().out
     sf = _split(tmp_path / "sf", "test", ["queries_v1"])
-    assert phase2.resolve_query_folders(sf, "test") == {"day": "queries_v1"}
+    assert phase2.resolve_query_folders(sf, "test") == {"all": "queries_v1"}
+    assert phase2.resolve_query_folders(sf, "test", "queries_v1") == {"all": "queries_v1"}
     world = _split(tmp_path / "world", "val", ["queries", "queries_night", "queries_fog", "queries_rain"])
     assert phase2.resolve_query_folders(world, "val") == {"day": "queries", "fog": "queries_fog",
                                                            "night": "queries_night", "rain": "queries_rain"}
@@ -104,18 +106,18 @@ def test_evaluate_saved_models_on_a_test_only_root_and_on_val(tmp_path):
     shutil.rmtree(root)
 
     res = phase2.evaluate_vpr(tmp_path / "cp", tokyo, "test")
-    assert list(res) == ["day"] and set(res["day"][0].metrics) == {"R@1", "R@5", "R@10", "R@20"}
+    assert list(res) == ["all"] and set(res["all"][0].metrics) == {"R@1", "R@5", "R@10", "R@20"}
     model = C.load_cosplace(tmp_path / "cp")
     db, q = C.load_test_items(tokyo, "test", "queries")
-    assert res["day"][0].metrics == C.evaluate_retrieval(model, db, q, 32).metrics and res["day"][1] > 0
+    assert res["all"][0].metrics == C.evaluate_retrieval(model, db, q, 32).metrics and res["all"][1] > 0
     on_val = phase2.evaluate_vpr(model, val, "val")
-    assert on_val["day"][0].metrics == res["day"][0].metrics  # the same images under another split name
+    assert on_val["all"][0].metrics == res["all"][0].metrics  # the same images under another split name
 
     loc = phase2.evaluate_localization(tmp_path / "dc", val, "val")
-    assert set(loc["day"][0].metrics) == {"LR@1", "LR@5", "LR@10", "LR@20"}
+    assert set(loc["all"][0].metrics) == {"LR@1", "LR@5", "LR@10", "LR@20"}
     direct = D.evaluate_dc(D.load_dc(tmp_path / "dc"), q)
-    assert loc["day"][0].metrics == direct.metrics
-    np.testing.assert_array_equal(loc["day"][0].classes, direct.classes)
+    assert loc["all"][0].metrics == direct.metrics
+    np.testing.assert_array_equal(loc["all"][0].classes, direct.classes)
     with pytest.raises(FileNotFoundError, match="-p query_folder"):
         phase2.evaluate_vpr(model, tokyo, "test", {"day": "queries_v1"})
 
