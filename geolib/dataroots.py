@@ -29,11 +29,21 @@ class DataRoot:
     world: Path | None = None         # the synthetic world's export root, when synthetic
     options: dict[str, Any] = field(default_factory=dict)
 
+    def _side(self) -> dict[str, Path]:
+        return {k: v for k, v in (("coordinates", self.coordinates), ("regions", self.regions)) if v is not None}
+
     def load(self, **kwargs: Any):
         from .datasets import load_dataset
 
-        side = {k: v for k, v in (("coordinates", self.coordinates), ("regions", self.regions)) if v is not None}
-        return load_dataset(self.format, self.root, **{**self.options, **side, **kwargs})
+        return load_dataset(self.format, self.root, **{**self.options, **self._side(), **kwargs})
+
+    def check(self, decode: bool = False, max_problems: int = 20, **kwargs: Any):
+        """`check-data` on this root (side files included), its report printed; raises on errors."""
+        from .validate import check_data, format_report
+
+        checked = check_data(self.format, self.root, decode=decode, **{**self.options, **self._side(), **kwargs})
+        print(format_report(checked, max_problems=max_problems))
+        return checked.raise_on_errors()
 
     def describe(self) -> str:
         side = ", ".join(f"{k} {v}" for k, v in (("coordinates", self.coordinates), ("regions", self.regions)) if v)

@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-folder", default=None, help="vpr: query folder name (default queries), e.g. queries_v1")
     p.add_argument("--database-folder", default=None, help="vpr: database folder name (default database)")
     p.add_argument("--mode", help="vigor: cross (cross-area, default) or same (same-area)")
+    p.add_argument("--coordinates", type=Path, default=None,
+                   help="university1652: side file building -> utm_east, utm_north (checked against the folders)")
+    p.add_argument("--regions", type=Path, default=None,
+                   help="university1652: side file building -> region (checked against the folders)")
     p.add_argument("--quick", action="store_true", help="check file ends only, do not decode every image")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-problems", type=int, default=200)
@@ -160,6 +164,12 @@ def loader_options(args: argparse.Namespace) -> dict[str, Any]:
     for flag, value in (("--query-folder", args.query_folder), ("--database-folder", args.database_folder)):
         if value is not None and fmt != "vpr":
             raise UsageError(f"{flag} applies to --format vpr only; drop it for {fmt}")
+    side = {k: v for k, v in (("coordinates", args.coordinates), ("regions", args.regions)) if v is not None}
+    for flag, value in side.items():
+        if fmt != "university1652":
+            raise UsageError(f"--{flag} applies to --format university1652 only; drop it for {fmt}")
+        if not value.is_file():
+            raise UsageError(f"--{flag} {value}: no such file; give the CSV (see docs/data.md)")
     if fmt == "folder":
         if args.split is not None:
             raise UsageError("--format folder has no splits (every image is checked); drop --split")
@@ -187,7 +197,7 @@ def loader_options(args: argparse.Namespace) -> dict[str, Any]:
         options.update({k: v for k, v in (("split", args.split), ("mode", args.mode)) if v is not None})
     elif args.split is not None:
         options["splits"] = (args.split,)
-    return options
+    return {**options, **side}
 
 
 def _cli_wording(ds: GeoDataset) -> None:

@@ -127,3 +127,17 @@ def test_split_is_passed_to_the_loader(university_root, capsys):
     assert main(["--format", "university1652", "--split", "test", "--quick", str(university_root)]) == 0
     out = capsys.readouterr().out
     assert "test/gallery/satellite" in out and "train/train" not in out
+
+
+def test_cli_checks_university1652_side_files(tmp_path, capsys):
+    from release_trees import make_u1652
+
+    root = make_u1652(tmp_path / "u")
+    regions = tmp_path / "regions.csv"
+    labels = sorted(p.name for p in (root / "train" / "satellite").iterdir())
+    regions.write_text("building,region\n" + "".join(f"{b},{i % 2}\n" for i, b in enumerate(labels)))
+    assert main([str(root), "--format", "university1652", "--quick", "--regions", str(regions)]) == 0
+    regions.write_text("building,region\n" + f"{labels[0]},\n")
+    assert main([str(root), "--format", "university1652", "--quick", "--regions", str(regions)]) == 1
+    assert "regions.csv" in capsys.readouterr().err
+    assert main([str(root), "--format", "cvusa", "--regions", str(regions)]) == 2
