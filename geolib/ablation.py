@@ -41,8 +41,9 @@ def part_c_rows(heads: Sequence[int]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def part_b_rows(students: Sequence[str], perturb: Sequence[bool]) -> dict[str, dict[str, Any]]:
-    return {f"B/student-{s}-{'mp' if p else 'plain'}": {"backbone": s, "perturb": bool(p)}
+def part_b_rows(students: Sequence[str], perturb: Sequence[bool], part: str = "B") -> dict[str, dict[str, Any]]:
+    """`<part>/student-<backbone>-plain|mp`; `part="B2"` names the rows on the pairs dataset."""
+    return {f"{part}/student-{s}-{'mp' if p else 'plain'}": {"backbone": s, "perturb": bool(p)}
             for s in students for p in perturb}
 
 
@@ -147,13 +148,13 @@ def load_backbone(model: torch.nn.Module, checkpoint: str | Path) -> int:
 def run_teacher_row(teacher: torch.nn.Module, ds: Any, cfg: Mapping[str, Any], runner: RowRunner,
                     dataset: str, teacher_id: str) -> dict[str, Any]:
     """The teacher's own R@1 and cost, the reference every student is compared to."""
-    from .crossview import evaluate_crossview, record_evaluation
+    from .crossview import record_evaluation
 
     size = int(teacher.img_size)
     row_cfg = {"row": "B/teacher", "teacher": teacher_id, "dataset": dataset}
 
     def run() -> dict[str, Any]:
-        ev = evaluate_crossview(teacher, ds, size, PART_A_DIRECTIONS, cfg["device"])
+        ev = _evaluate(teacher, ds, size, PART_A_DIRECTIONS, cfg["device"])
         cost = _cost(teacher, size, "street", cfg["cost_runs"])
         record_evaluation(ev, source=SOURCE, model="teacher", dataset=dataset, profile=cfg["profile"],
                           seed=cfg["seed"], config=row_cfg, task="distillation", extra_metrics=cost)
@@ -164,15 +165,20 @@ def run_teacher_row(teacher: torch.nn.Module, ds: Any, cfg: Mapping[str, Any], r
 
 def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module, ds: Any,
                     cfg: Mapping[str, Any], out: Path, runner: RowRunner, dataset: str, teacher_id: str,
-                    caches: dict[bool, Any]) -> dict[str, Any]:
-    """Distil one student; teacher embeddings come from `caches` (filled once per perturb setting)."""
-    from .crossview import evaluate_crossview, record_evaluation
-    from .distill import (DistillConfig, StudentModel, cache_teacher, save_student, train_items,
-                          train_student)
+                    caches: dict[bool, Any], views: Sequence[str] | None = None,
+                    directions: Sequence[tuple[str, str]] = PART_A_DIRECTIONS,
+                    split: str = "test") -> dict[str, Any]:
+    """Distil one student; teacher embeddings come from `caches` (filled once per perturb setting).
 
-    from .distill import loaded_weights, weights_status
+    `views` (default `cfg["views"]`), `directions` and the evaluation `split` make the same row run
+    on a pairs dataset: `("panorama", "satellite")`, panorama→satellite on `cvusa_splits(ds)[1]`,
+    recorded under protocol `cvusa` (`vigor-hit` with the hit rate on VIGOR).
+    """
+    from .crossview import record_evaluation
+    from .distill import (DistillConfig, StudentModel, cache_teacher, loaded_weights, save_student,
+                          train_items, train_student, weights_status)
 
-    views = tuple(cfg["views"])
+    views = tuple(views or cfg["views"])
     size = int(cfg["student_image_size"])
     pretrained = cfg.get("student_pretrained", "available")
     weights = weights_status(spec["backbone"], pretrained)
@@ -196,14 +202,118 @@ def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module
                            minutes=cfg["minutes_per_row"])
         history = train_student(student, caches[perturb], dc)
         path = save_student(student, out / name.replace("/", "_"))
-        ev = evaluate_crossview(student, ds, size, PART_A_DIRECTIONS, cfg["device"])
-        cost = _cost(student, size, "street", cfg["cost_runs"])
+        ev = _evaluate(student, ds, size, directions, cfg["device"], split)
+        cost = _cost(student, size, directions[0][0], cfg["cost_runs"])
         record_evaluation(ev, source=SOURCE, model=f"student-{spec['backbone']}" + ("-mp" if perturb else ""),
                           dataset=dataset, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg,
-                          task="distillation", extra_metrics=cost)
+                          task="distillation", extra_metrics=cost, protocol=_protocol(ds), split=split)
         return {"directions": _directions(ev), "cost": cost, "history": history, "checkpoint": str(path)}
 
     return runner.run(name, row_cfg, run)
+
+
+PAIRS_VIEWS = ("panorama", "satellite")
+PAIRS_DIRECTIONS = (("panorama", "satellite"),)
+
+
+def _protocol(ds: Any) -> str:
+    """University-1652's protocol on its layout; `cvusa` on CVUSA/CVACT pairs, `vigor-hit` on VIGOR."""
+    from .crossview import PROTOCOL_UNIVERSITY
+    from .evaluate import PROTOCOL_VIGOR
+    from .safa import PROTOCOL_CVUSA
+
+    fmt = getattr(ds, "format", None)
+    return PROTOCOL_VIGOR if fmt == "vigor" else PROTOCOL_CVUSA if fmt in ("cvusa", "cvact") else PROTOCOL_UNIVERSITY
+
+
+def _evaluate(model: torch.nn.Module, ds: Any, size: int, directions: Sequence[tuple[str, str]], device: str,
+              split: str = "test") -> Any:
+    """`evaluate_crossview`, reported as each layout's protocol: on pairs R@1/5/10/1% without AP
+    (one true tile per query, AP would only restate its rank), and on VIGOR the hit rate as well
+    (top-1 is the positive or one of its semi-positives), read from the same embeddings."""
+    from .crossview import evaluate_crossview
+
+    ev = evaluate_crossview(model, ds, size, directions, device, split=split)
+    if getattr(ds, "format", None) not in ("cvusa", "cvact", "vigor"):
+        return ev
+    from .evaluate import vigor_metrics
+    from .safa import vigor_truth
+
+    for r in ev.results.values():
+        r.metrics.pop("AP", None)
+        if ds.format == "vigor":
+            qs, gs = ev.sets[("query", r.query)], ev.sets[("gallery", r.gallery)]
+            r.metrics["hit_rate"] = vigor_metrics(qs.emb, gs.emb, *vigor_truth(qs.items, gs.items))["hit_rate"]
+    return ev
+
+
+def paired_train(ds: Any, views: Sequence[str] = PAIRS_VIEWS) -> Any:
+    """`ds` with only the train items whose label every view has (the evaluation splits untouched).
+
+    VIGOR's train split holds many tiles that are no panorama's positive; they pair with nothing, so
+    a contrastive teacher cannot use them, and a dry run that caps the train split by label could
+    keep only such tiles.
+    """
+    from dataclasses import replace
+
+    train = [it for it in ds.items if it.split == "train"]
+    shared = set.intersection(*({it.label for it in train if it.view == v} for v in views))
+    if not shared:
+        raise ValueError(f"{ds.root}: no train pair has every view {list(views)}; the teacher needs a "
+                         "train split of panorama/satellite pairs (a CVUSA, CVACT or VIGOR root with its train split)")
+    return replace(ds, items=[it for it in ds.items if it.split != "train" or it.label in shared])
+
+
+def run_pairs_teacher_row(ds: Any, cfg: Mapping[str, Any], out: Path, runner: RowRunner,
+                          dataset: str) -> Path:
+    """Train Distill4Geo's teacher on a CVUSA/CVACT/VIGOR train split; returns its checkpoint.
+
+    The teacher is Sample4Geo-style: the profile's Phase 1 model with one encoder shared by
+    panorama and satellite, trained with InfoNCE through `train_crossview`. Its row ("B2/teacher",
+    task distillation, model teacher) holds panorama→satellite R@1/5/10/1% on the evaluation split
+    (`cvusa_splits`: val for CVUSA/CVACT, test for VIGOR; the hit rate too on VIGOR) and its cost.
+
+    Simplification (geolocal's, not the paper's): the panorama is resized to the model's square
+    input (the CPU default's EfficientNet-Lite0, like Swin, takes one square size), not kept at its
+    aspect ratio; training uses that plain resize, no crop, so both views keep all their pixels.
+    """
+    from .crossview import phase1_model, record_evaluation, train_crossview
+    from .datasets import default_transform
+    from .safa import cvusa_splits
+    from .train import TrainConfig
+
+    p = dict(cfg["phase1"])
+    layout = {v: "shared" for v in PAIRS_VIEWS}
+    p["model_options"] = {**(p.get("model_options") or {}), "views": layout}
+    size = int(p["image_size"])
+    eval_split = cvusa_splits(ds)[1]
+    name = "B2/teacher"
+    row_cfg = {"row": name, **{k: p[k] for k in ("model", "image_size", "model_options", "l2l", "fusion", "pooling")},
+               "loss": "infonce", "epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "lr": p["lr"],
+               "minutes": cfg["minutes_per_row"], "dataset": dataset, "split": eval_split, "seed": cfg["seed"]}
+
+    def train() -> dict[str, Any]:
+        torch.manual_seed(cfg["seed"])
+        model = phase1_model(p)
+        pairs = paired_train(ds)
+        n_train = len({it.label for it in pairs.items if it.split == "train"})
+        # a batch is at most every train pair (a tiny tree, a capped dry run): InfoNCE needs no more
+        tc = TrainConfig(views=PAIRS_VIEWS, epochs=cfg["epochs"], batch_size=min(int(cfg["batch_size"]), n_train),
+                         lr=p["lr"], weight_decay=p.get("weight_decay", 0.05), warmup=p.get("warmup", 0.1),
+                         device=cfg["device"], seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]),
+                         channels_last=p.get("channels_last", False))
+        res = train_crossview(model, pairs, tc, out / name.replace("/", "_"), image_size=size, loss="infonce",
+                              eval_directions=(), max_minutes=cfg["minutes_per_row"], progress=False,
+                              preload=p.get("preload", False), transform=default_transform(size))
+        ev = _evaluate(model, ds, size, PAIRS_DIRECTIONS, cfg["device"], eval_split)
+        cost = _cost(model, size, "panorama", cfg["cost_runs"])
+        record_evaluation(ev, source=SOURCE, model="teacher", dataset=dataset, profile=cfg["profile"],
+                          seed=cfg["seed"], config=row_cfg, protocol=_protocol(ds), split=eval_split,
+                          task="distillation", extra_metrics=cost)
+        return {"directions": _directions(ev), "cost": cost, "history": res.history,
+                "checkpoint": str(res.last_path)}
+
+    return Path(runner.run(name, row_cfg, train)["results"]["checkpoint"])
 
 
 # --------------------------------------------------------------------------- part C

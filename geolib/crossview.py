@@ -142,7 +142,8 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
                     on_epoch: Callable[[dict[str, Any]], None] | None = None,
                     augment: str = "jitter", preload: bool = False,
                     select: str = "last", flip: bool = False,
-                    cache: "EmbeddingCache | None" = None) -> "FitResult":
+                    cache: "EmbeddingCache | None" = None,
+                    transform: Callable | None = None) -> "FitResult":
     """Train on the train split's places; after some epochs, R@1 of `eval_directions` on the test split.
 
     The evaluations are curves to watch, not a selection rule. `select` decides which epoch is kept
@@ -153,6 +154,8 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
     number for the very queries it was chosen on).
     `flip` and `cache` are those of `evaluate_crossview`: with the final evaluation's settings and
     cache, the curve measures what the table reports, and the last epoch's embeddings are reused.
+    `transform` replaces the training transform (near-square crop jitter + `augment`): on a
+    panorama that crop would keep a quarter of it, so pair datasets train on plain resizes.
     """
     rules = {"last": "last", "train-loss": None, "test": "mean R@1"}
     if select not in rules:
@@ -163,7 +166,8 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
     if hasattr(model, "config"):
         cfg.extra.setdefault("model", model.config)  # so the checkpoint can rebuild its model
     train_items = dryrun.places(ds.select(split="train"))
-    places = MultiViewPlaces(train_items, cfg.views, default_transform(image_size, train=True, colour=augment),
+    places = MultiViewPlaces(train_items, cfg.views,
+                             transform or default_transform(image_size, train=True, colour=augment),
                              seed=cfg.seed, preload=preload, with_paths=bool(getattr(extra_loss, "needs_paths", False)))
     pair_loss = make_pair_loss(loss, **(loss_options or {}))
 
