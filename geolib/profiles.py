@@ -261,6 +261,8 @@ def dry_run_caps(cfg: dict[str, Any]) -> dict[str, Any]:
                                        for k, v in cfg["gem"].items() if k in ("augment_copies", "iterations_per_epoch")}}
     cfg["num_workers"] = 0
     cfg["minutes"] = None
+    if isinstance(cfg.get("dc_heads"), list):  # one head checks D&C's path; the others differ by a loss
+        cfg["dc_heads"] = cfg["dc_heads"][:1]
     for k in ("safa_pretrained", "student_pretrained"):  # weights missing offline: random init, said once
         if cfg.get(k) is True:
             cfg[k] = "available"

@@ -30,7 +30,7 @@ import numpy as np
 from .datasets import parse_vpr_name
 from .images import is_image_file
 
-RELEASE_VERSION = "1"
+RELEASE_VERSION = "2"
 TREES = ("university1652", "sf-xs", "tokyo-xs", "sf-xl", "cvusa", "cvact", "vigor", "sidefiles")
 COORDINATES_FILE = "university1652_coordinates.csv"
 REGIONS_FILE = "university1652_regions.csv"
@@ -107,8 +107,7 @@ def _build(world_root: Path, meta: dict[str, Any], out: Path) -> None:
     write_sf_xs(vpr, out / "sf-xs")
     _link_folder(vpr / "test" / "database", out / "tokyo-xs" / "test" / "database")
     _link_folder(vpr / "test" / "queries_night", out / "tokyo-xs" / "test" / "queries")
-    _link_folder(vpr / "test" / "database", out / "sf-xl" / "test" / "database")
-    _link_folder(vpr / "test" / "queries", out / "sf-xl" / "test" / "queries_v1")
+    write_sf_xl(vpr, out / "sf-xl")
     write_cvusa(world_root / "cvusa", out / "cvusa")
     pairs = cvusa_pairs(world_root, meta)
     write_cvact(world_root / "cvusa", pairs, out / "cvact")
@@ -244,6 +243,18 @@ def write_sf_xs(vpr: Path, dst: Path) -> None:
     for split in ("val", "test"):
         _link_folder(vpr / split / "database", dst / split / "database")
         _link_folder(vpr / split / "queries", dst / split / "queries")
+
+
+def write_sf_xl(vpr: Path, dst: Path) -> None:
+    """SF-XL's `processed/` folder: train/ a plain tree of every train database image (SF-XL keeps
+    every heading; CosPlace and D&C divide it themselves), val/ with database/ and queries/, and the
+    test set with its `queries_v1/` (the world's day queries)."""
+    for f in _images(vpr / "train" / "database"):
+        link(f, dst / "train" / f.name)
+    _link_folder(vpr / "val" / "database", dst / "val" / "database")
+    _link_folder(vpr / "val" / "queries", dst / "val" / "queries")
+    _link_folder(vpr / "test" / "database", dst / "test" / "database")
+    _link_folder(vpr / "test" / "queries", dst / "test" / "queries_v1")
 
 
 # --------------------------------------------------------------------------- CVUSA, CVACT, VIGOR

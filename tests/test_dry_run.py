@@ -88,6 +88,19 @@ def test_full_profile_dry_run_on_release_exact_data(release, teachers, tmp_path)
 
 
 @pytest.mark.timeout(300)
+def test_divide_and_classify_on_sf_xl_processed(release, tmp_path):
+    """D&C as published: cells of SF-XL's train tree, LR@N on its test `queries_v1` (detected)."""
+    out = tmp_path / "out"
+    res = run(out, "--profile", "full", "--dry-run", "--only", "04", "-p", "methods", '["dc"]',
+              "-p", "vpr_root", str(release["sf-xl"]))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    dc = [r for r in records(out, "full", "04_phase2_classifier") if r["model"].startswith("dc-")]
+    assert {(r["dataset"], r["split"]) for r in dc} >= {("sf-xl", "test"), ("sf-xl", "val")}
+    assert all(r["protocol"] == "dc-lr-25m" and "LR@1" in r["metrics"] for r in dc)
+    assert dc[0]["config"]["backbone"] == "efficientnet_b0" and dc[0]["config"]["trained_on"] == "train"
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("fmt", ["cvact", "vigor"])
 def test_safa_dry_run_on_cvact_and_vigor_releases(release, fmt, tmp_path):
     """Part C on the CVACT (.mat) and VIGOR (city folders, semi-positives) release layouts; a small

@@ -57,7 +57,8 @@ def test_trees_hold_exactly_the_release_layout(world_release):
     assert _dirs(paths["sf-xs"]) == {"train", "val", "val/database", "val/queries", "test", "test/database",
                                      "test/queries"}
     assert _dirs(paths["tokyo-xs"]) == {"test", "test/database", "test/queries"}
-    assert _dirs(paths["sf-xl"]) == {"test", "test/database", "test/queries_v1"}
+    assert _dirs(paths["sf-xl"]) == {"train", "val", "val/database", "val/queries", "test", "test/database",
+                                     "test/queries_v1"}  # SF-XL's processed/ folder
     assert all("night" in p.name for p in (paths["tokyo-xs"] / "test" / "queries").iterdir())
     assert _dirs(paths["cvusa"]) == {"splits", "bingmap", "bingmap/19", "streetview", "streetview/panos"}
     assert _dirs(paths["cvact"]) == {"ANU_data_small", "ANU_data_small/streetview", "ANU_data_small/satview_polish"}
