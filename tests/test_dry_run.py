@@ -72,7 +72,8 @@ def test_full_profile_dry_run_on_release_exact_data(release, teachers, tmp_path)
     assert p1[0]["config"]["sampling"] == "random" and "sampling" in p1[0]["config"]["fallbacks"]
     assert p1[0]["config"]["teachers"] and p1[0]["config"]["dry_run"] is True
     # notebook 03: part C on CVUSA with the published SAFA
-    c = [r for r in records(out, "full", "03_distillation_ablation") if r["dataset"] == "cvusa"]
+    c = [r for r in records(out, "full", "03_distillation_ablation") if r["dataset"] == "cvusa"
+         and r["model"].startswith("safa")]
     assert c and c[0]["config"]["backbone"] == "vgg16" and c[0]["config"]["pano_hw"] == [112, 616]
     # notebook 04: the course table from one trained model (SF-XS val/test, Tokyo-XS), D&C on SF-XL,
     # and the hierarchical classifier with the regions side file
