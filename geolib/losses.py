@@ -111,14 +111,17 @@ class DistillationLoss(nn.Module):
         if not teacher_dims:
             raise ValueError("DistillationLoss needs at least one teacher")
         self.kind = kind
-        self.heads = nn.ModuleDict({name: nn.Linear(student_dim, dim) for name, dim in teacher_dims.items()})
+        # module names cannot hold "." (a teacher named by its local folder often does)
+        self.keys = {name: name if name and "." not in name else f"t{i}_" + "".join(c if c.isalnum() else "_" for c in name)
+                     for i, name in enumerate(teacher_dims)}
+        self.heads = nn.ModuleDict({self.keys[name]: nn.Linear(student_dim, dim) for name, dim in teacher_dims.items()})
         self.last: dict[str, float] = {}
 
     def forward(self, student: Tensor, teachers: Mapping[str, Tensor]) -> Tensor:
-        missing = set(teachers) - set(self.heads)
+        missing = set(teachers) - set(self.keys)
         if missing:
-            raise KeyError(f"no projection head for teachers {sorted(missing)}; known: {sorted(self.heads)}")
-        parts = {name: self._one(self.heads[name](student), t) for name, t in teachers.items()}
+            raise KeyError(f"no projection head for teachers {sorted(missing)}; known: {sorted(self.keys)}")
+        parts = {name: self._one(self.heads[self.keys[name]](student), t) for name, t in teachers.items()}
         self.last = {name: float(v.detach()) for name, v in parts.items()}
         return torch.stack(list(parts.values())).mean()
 

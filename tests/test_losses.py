@@ -105,3 +105,12 @@ def test_make_pair_loss():
     assert make_pair_loss("triplet", alpha=5.0).alpha == 5.0
     with pytest.raises(ValueError, match="infonce, triplet"):
         make_pair_loss("contrastive")
+
+
+def test_distillation_loss_takes_teachers_named_by_local_folders():
+    """A teacher named by its path holds dots, which torch module names may not."""
+    loss = DistillationLoss(4, {"clip:/models/clip-vit-b16.v2": 3, "dinov2": 5})
+    student = torch.randn(2, 4)
+    value = loss(student, {"clip:/models/clip-vit-b16.v2": torch.randn(2, 3), "dinov2": torch.randn(2, 5)})
+    assert torch.isfinite(value) and set(loss.last) == {"clip:/models/clip-vit-b16.v2", "dinov2"}
+    assert "dinov2" in dict(loss.heads.named_children())  # plain names keep their checkpoint keys
