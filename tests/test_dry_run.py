@@ -103,18 +103,20 @@ def test_divide_and_classify_on_sf_xl_processed(release, tmp_path):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("fmt", ["cvact", "vigor"])
-def test_safa_dry_run_on_cvact_and_vigor_releases(release, fmt, tmp_path):
-    """Part C on the CVACT (.mat) and VIGOR (city folders, semi-positives) release layouts; a small
-    backbone here, since the full-size SAFA ran in the test above: these check the data paths."""
+def test_distill4geo_and_safa_dry_run_on_cvact_and_vigor_releases(release, fmt, tmp_path):
+    """Distill4Geo on the pairs (B2: the full profile's teacher and a student) and SAFA (C) on the CVACT
+    (.mat) and VIGOR (city folders, semi-positives) release layouts; SAFA with a small backbone here,
+    since the full-size one ran in the test above: these check the data paths."""
     out = tmp_path / "out"
-    res = run(out, "--profile", "full", "--dry-run", "--only", "03", "-p", "rows", '["C"]',
+    res = run(out, "--profile", "full", "--dry-run", "--only", "03", "-p", "rows", '["B2", "C"]',
               "-p", "pairs_root", str(release[fmt]), "-p", "pairs_format", fmt,
               "-p", "safa_backbone", "resnet10t", "-p", "pano_hw", "[32, 128]", "-p", "sat_size", "64")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = [r for r in records(out, "full", "03_distillation_ablation") if r["dataset"] == fmt]
-    assert rows
+    models = {r["model"] for r in rows}
+    assert "teacher" in models and any(m.startswith("student-") for m in models) and any(m.startswith("safa") for m in models)
     if fmt == "vigor":
-        assert "hit_rate" in rows[0]["metrics"]
+        assert all("hit_rate" in r["metrics"] for r in rows)
 
 
 @pytest.mark.timeout(600)
