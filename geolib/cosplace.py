@@ -1,6 +1,6 @@
 """CosPlace (Berton et al., CVPR 2022): train by classifying map cells × headings, then retrieve.
 
-The map is cut into classes of M metres × α degrees (DESIGN.md §4). Neighbouring classes look
+The map is cut into classes of M metres × α degrees (docs/reference.md). Neighbouring classes look
 alike, so classes are split into groups whose members are N cells (and L heading bins) apart,
 and each group gets its own CosFace classifier; epoch k trains group k mod groups_num. At test
 time the classifiers are dropped and the descriptor is used for retrieval (positives ≤ 25 m).
@@ -190,7 +190,7 @@ class PlaceNet(nn.Module):
     """timm backbone (last stage) → aggregation → L2-normalised descriptor.
 
     `gem` is CosPlace's head (L2 over channels, GeM, Linear to `out_dim`, L2); `mixvpr` is
-    DESIGN.md §4's MixVPR (descriptor `out_channels · out_rows`); `attention` a learned query over
+    docs/reference.md's MixVPR (descriptor `out_channels · out_rows`); `attention` a learned query over
     the spatial tokens, then Linear to `out_dim`. Layers come from `geolib.layers`.
 
     `stage` picks the backbone feature map that is aggregated (timm's `out_indices` numbering; for
@@ -273,7 +273,7 @@ class PlaceNet(nn.Module):
 
 @dataclass
 class CosPlaceConfig:
-    """CosPlace's defaults (DESIGN.md §4 and its parser); a notebook shrinks sizes and counts.
+    """CosPlace's defaults (docs/reference.md and its parser); a notebook shrinks sizes and counts.
 
     `augment_copies` > 0 (with `freeze_backbone`) runs the frozen backbone once per image and
     copy on augmented images before training, and each batch then picks one stored copy per image:
@@ -498,12 +498,19 @@ def load_or_train_cosplace(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_
     """The model saved in `out_dir` when it was trained with these settings and data (no training,
     one printed line), else `train_cosplace(items, cfg, out_dir)`; a folder of other settings is
     refused with the settings that differ."""
+    return load_or_train_group_model(items, cfg, out_dir, progress, "cosplace")
+
+
+def load_or_train_group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: str | Path,
+                              progress: bool, kind: str) -> GroupTraining:
+    """What `load_or_train_cosplace` and `divide_classify.load_or_train_dc` share (`kind`: cosplace, dc)."""
     settings = group_settings(items, cfg)
-    state = saved_model_state(out_dir, "cosplace", settings)
+    state = saved_model_state(out_dir, kind, settings)
     if state == "load":
-        print(f"cosplace: loading {out_dir} (trained with these settings); delete it to retrain")
-        return _load_group_training(out_dir, items, cfg, "cosplace")
-    return _train_group_model(items, cfg, None if state == "nosave" else out_dir, progress, settings, "cosplace")
+        print(f"{'divide&classify' if kind == 'dc' else kind}: loading {out_dir} (trained with these settings); "
+              "delete it to retrain")
+        return _load_group_training(out_dir, items, cfg, kind)
+    return _train_group_model(items, cfg, None if state == "nosave" else out_dir, progress, settings, kind)
 
 
 def _load_group_training(out_dir: str | Path, items: Sequence[ImageItem], cfg: CosPlaceConfig,

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from . import dryrun
-from .cosplace import (CosPlaceConfig, Division, GroupTraining, _heads_from, _load_group_training,
-                       _placenet_from, _save_group_model, _train_group_model, group_settings)
+from .cosplace import (CosPlaceConfig, Division, GroupTraining, _heads_from, _placenet_from, _save_group_model,
+                       _train_group_model, group_settings, load_or_train_group_model)
 from .datasets import ImageItem, utm_of
 from .vpr_train import (TrainResult, embed_paths, head_kind, part, read_model_files,
                         saved_model_state)
@@ -65,12 +65,7 @@ def load_or_train_dc(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: s
                      progress: bool = True) -> GroupTraining:
     """The D&C model saved in `out_dir` when trained with these settings and data (one printed
     line, no training), else `train_dc(items, cfg, out_dir)`; other settings are refused."""
-    settings = group_settings(items, cfg)
-    state = saved_model_state(out_dir, "dc", settings)
-    if state == "load":
-        print(f"divide&classify: loading {out_dir} (trained with these settings); delete it to retrain")
-        return _load_group_training(out_dir, items, cfg, "dc")
-    return _train_group_model(items, cfg, None if state == "nosave" else out_dir, progress, settings, "dc")
+    return load_or_train_group_model(items, cfg, out_dir, progress, "dc")
 
 
 # --------------------------------------------------------------------------- saving and loading
