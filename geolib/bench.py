@@ -3,7 +3,7 @@
 Why a command and not unit tests: tests never time things (CONVENTIONS.md); a claim such as
 "IVF answers 20× faster than exact search at 10⁶ items with recall@10 ≥ 0.95" is only true on a
 given machine, so it is measured here and each row is kept as a metrics record
-(`outputs/bench/metrics/bench.jsonl`, `task` `bench`, `profile` `bench`, DESIGN.md §5) with the
+(`outputs/bench/metrics/bench.jsonl`, `task` `bench`, `profile` `bench`, docs/reference.md) with the
 machine in its config.
 
 Sections:

@@ -1,4 +1,4 @@
-"""Loaders for every dataset layout of DESIGN.md §3, returning one uniform description.
+"""Loaders for every dataset layout of docs/data.md, returning one uniform description.
 
 Real and synthetic data go through the same code: the synthetic world is exported in the real
 layouts, so every default run exercises the loaders that real-data users depend on.
@@ -656,7 +656,7 @@ VPR_FLOATS = {"utm_east", "utm_north", "lat", "lon", "heading", "pitch", "roll",
 
 
 def parse_vpr_name(name: str) -> dict[str, Any]:
-    """Fields of a CosPlace-style `@`-separated file name (DESIGN.md §3); empty fields are None.
+    """Fields of a CosPlace-style `@`-separated file name (docs/data.md); empty fields are None.
 
     Only the file name is split, never the whole path: folders may contain `@` too. Raises
     ValueError when UTM east/north are missing or a numeric field is not a number.

@@ -1,6 +1,6 @@
 """Distill4Geo: lightweight per-view students taught by a frozen weight-sharing teacher.
 
-Loss: dual cosine embedding (DESIGN.md §4), the mean over views of `1 − cos(student, teacher)`,
+Loss: dual cosine embedding (docs/reference.md), the mean over views of `1 − cos(student, teacher)`,
 with the student projected to the teacher's width. No negatives, so batches can be small.
 
 Teacher embeddings are computed once (`TeacherEmbeddings`) and looked up by image. With "marginal

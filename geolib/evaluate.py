@@ -1,4 +1,4 @@
-"""Retrieval metrics and protocols (DESIGN.md §5), in bounded memory.
+"""Retrieval metrics and protocols (docs/reference.md), in bounded memory.
 
 Every number here is derived from one quantity: the 0-based rank of each true gallery item in the
 query's ranking. R@K is "the best true item ranks below K"; AP needs the ranks of all true items.

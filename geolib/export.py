@@ -1,4 +1,4 @@
-"""Writing the synthetic world in the real datasets' own layouts (DESIGN.md §3).
+"""Writing the synthetic world in the real datasets' own layouts (docs/data.md).
 
 The point of exporting instead of handing arrays to the notebooks: the default CPU run then
 exercises exactly the loaders, validators and metrics that real University-1652, CVUSA and

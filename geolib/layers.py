@@ -1,4 +1,4 @@
-"""Neck and pooling layers of the Phase 1 model (DESIGN.md §4).
+"""Neck and pooling layers of the Phase 1 model (docs/reference.md).
 
 Feature maps between the backbone and the pooling are kept channels-last, `(B, H, W, C)`: it is
 what transformer backbones emit, attention wants tokens, and `Linear` acts on the last axis.

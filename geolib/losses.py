@@ -1,4 +1,4 @@
-"""Phase 1 losses with DESIGN.md §4's defaults.
+"""Phase 1 losses with docs/reference.md's defaults.
 
 Contrastive losses take two aligned batches of embeddings, row i of one view matching row i of the
 other; every other row is an in-batch negative (so a batch must never hold one place twice, which
@@ -143,7 +143,7 @@ class ArcFaceLoss(pml_losses.ArcFaceLoss):
 
     pytorch-metric-learning's ArcFace takes the margin in degrees and uses a different fallback
     (cos θ − m·sin m past π − m); this keeps its weights and reduction, takes m in radians and
-    applies DESIGN.md's rule.
+    applies docs/reference.md's rule.
     """
 
     def __init__(self, num_classes: int, embedding_dim: int, scale: float = 30.0,

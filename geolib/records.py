@@ -1,4 +1,4 @@
-"""The metrics-record writer (DESIGN.md §5).
+"""The metrics-record writer (docs/reference.md).
 
 One JSON object per line in `outputs/<profile>/metrics/<source>.jsonl`. The report, the README
 tables and the checks all read these files, so every writer goes through here and the keys stay

@@ -329,7 +329,7 @@ def render_perspective(scene: Scene, cams: torch.Tensor, heading: torch.Tensor, 
 def panorama_azimuths(width: int, oversample: int = 1) -> torch.Tensor:
     """Column azimuths: column j looks at 180 + 360 j / W degrees, so north is column W/2.
 
-    That is the convention of the SAFA polar transform (DESIGN.md §4): its column j samples the
+    That is the convention of the SAFA polar transform (docs/reference.md): its column j samples the
     aerial tile towards the same bearing, so the two line up column for column.
     """
     n = width * oversample
@@ -386,7 +386,7 @@ def to_uint8(rgb: torch.Tensor) -> np.ndarray:
 # ---------------------------------------------------------------- polar transform (SAFA)
 
 def polar_grid(size: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sampling rows x and columns y of DESIGN.md §4: bottom row at the tile centre, j=0 south."""
+    """Sampling rows x and columns y of docs/reference.md: bottom row at the tile centre, j=0 south."""
     i = np.arange(height, dtype=np.float64)[:, None]
     j = np.arange(width, dtype=np.float64)[None, :]
     r = (size / 2) * (height - 1 - i) / height

@@ -1,4 +1,4 @@
-"""SAFA: spatial-aware feature aggregation over polar-transformed aerial images (DESIGN.md §4).
+"""SAFA: spatial-aware feature aggregation over polar-transformed aerial images (docs/reference.md).
 
 The model keeps two branches that share no weight (panorama, satellite). The satellite branch
 polar-transforms its square input inside `forward`, so any aerial tile can be passed as is, and the

@@ -27,7 +27,7 @@ def toy_root(tmp_path_factory):
 # --------------------------------------------------------------------------- classes and groups
 
 def test_class_and_group_hand_checked():
-    # M=10, α=30, N=5, L=2 (DESIGN.md §4)
+    # M=10, α=30, N=5, L=2 (docs/reference.md)
     east = np.array([500012.3, 500049.9, 500050.0, 396527.0])
     north = np.array([4600005.0, 4600101.0, 4600019.99, 4983805.5])
     heading = np.array([95.0, 359.9, 0.0, 120.0])

@@ -1,4 +1,4 @@
-"""Losses against values worked out by hand from DESIGN.md §4's formulas."""
+"""Losses against values worked out by hand from docs/reference.md's formulas."""
 from __future__ import annotations
 
 import math
