@@ -7,7 +7,7 @@ records (`task` crossview / distillation, with protocol and cost). The notebook 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -94,8 +94,8 @@ def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[
     train a backbone, so without this every row lands near chance and the table shows cost only;
     with it, rows differ in exactly the part they change, on the same trained features.
     """
-    from .crossview import (evaluate_crossview, phase1_fit_options, phase1_model, record_evaluation,
-                            train_crossview)
+    from .config import phase1_fit_options, phase1_model
+    from .crossview import evaluate_crossview, record_evaluation, train_crossview
     from .train import TrainConfig
 
     p = {**cfg["phase1"], **changes}
@@ -277,7 +277,8 @@ def run_pairs_teacher_row(ds: Any, cfg: Mapping[str, Any], out: Path, runner: Ro
     input (the CPU default's EfficientNet-Lite0, like Swin, takes one square size), not kept at its
     aspect ratio; training uses that plain resize, no crop, so both views keep all their pixels.
     """
-    from .crossview import phase1_model, record_evaluation, train_crossview
+    from .config import phase1_model
+    from .crossview import record_evaluation, train_crossview
     from .datasets import default_transform
     from .safa import cvusa_splits
     from .train import TrainConfig

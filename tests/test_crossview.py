@@ -45,7 +45,7 @@ def test_training_runs_and_keeps_best(world, tmp_path):
 
 def test_smoke_profile_run_killed_after_an_epoch_resumes_to_the_same_metrics(world, tmp_path):
     import torch
-    from geolib.crossview import phase1_fit_options, phase1_model, phase1_train_config
+    from geolib.config import phase1_fit_options, phase1_model, phase1_train_config
     from geolib.profiles import resolve
     from geolib.train import seed_everything
 
@@ -148,7 +148,7 @@ def test_history_plot_draws_recall_evaluated_after_the_first_epoch():
 def test_train_cli_has_a_flag_for_every_phase1_key_and_validates_first(capsys):
     import argparse
 
-    from geolib.crossview import build_parser, main
+    from geolib.train_cli import build_parser, main
     from geolib.profiles import section_keys
 
     parser = build_parser()
@@ -171,7 +171,7 @@ def test_train_cli_has_a_flag_for_every_phase1_key_and_validates_first(capsys):
 
 def test_train_cli_reports_dataset_errors_in_one_message(tmp_path, capsys):
     from conftest import build_university
-    from geolib.crossview import main
+    from geolib.train_cli import main
 
     root = build_university(tmp_path / "u", broken=True)
     assert main(["--profile", "smoke", "--u1652-root", str(root), "--out", str(tmp_path / "o")]) == 1
@@ -186,7 +186,7 @@ def test_train_cli_dry_run_distils_tiny_clip_and_dinov2_teachers_per_image(world
     import json
 
     from geolib import teachers as T
-    from geolib.crossview import main
+    from geolib.train_cli import main
     from geolib.paths import outputs_root
     from tiny_teachers import tiny_teacher_dirs
 

@@ -73,7 +73,7 @@ def test_sampling_and_flip_tta_reach_notebook_02s_configuration():
     assert ns["cfg"]["sampling"] == "gps" and ns["cfg"]["flip_tta"] is True and ns["cfg"]["weight_decay"] == 0.5
     ns = _setup_namespace("02", {"sampling": "random", "flip_tta": False})
     assert ns["cfg"]["sampling"] == "random" and ns["cfg"]["flip_tta"] is False
-    from geolib.crossview import phase1_fit_options, phase1_train_config
+    from geolib.config import phase1_fit_options, phase1_train_config
 
     ns = _setup_namespace("02", {"sampling": "gps", "flip_tta": True})
     assert phase1_train_config(ns["cfg"]).sampling == "gps" and phase1_fit_options(ns["cfg"])["flip"] is True
