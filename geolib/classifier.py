@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .models import register_model
 from .vpr_train import (ClassHead, TrainResult, read_model_files, save_model_files, saved_model_state,
                         settings_hash, topk_hits, train, training_settings)
 
@@ -72,6 +73,12 @@ class HierarchicalClassifier(nn.Module):
         self.region_head = ClassHead(width, self.num_regions, cfg.head, cfg.scale, cfg.margin)
         place_in = width + self.num_regions if self.place_mode == "conditioned" else width
         self.place_head = ClassHead(place_in, len(self.place_region), cfg.head, cfg.scale, cfg.margin)
+        # what `geolib.models.create_model(**config)` needs to rebuild it; a fine-tuned encoder is
+        # rebuilt from its own config when it has one (a registered model), else it must be passed
+        self.config: dict[str, Any] = {
+            "name": "hierarchical", "dim": self.dim, "place_region": self.place_region.tolist(),
+            **{k: getattr(cfg, k) for k in MODEL_FIELDS},
+            "with_encoder": encoder is not None, "encoder": getattr(encoder, "config", None)}
 
     def embed(self, x: Tensor) -> Tensor:
         return self.adapter(self.encoder(x) if self.encoder is not None else x)
@@ -96,6 +103,27 @@ class HierarchicalClassifier(nn.Module):
             allowed = self.place_region[None, :] == region.argmax(1, keepdim=True)
             place = place.masked_fill(~allowed, float("-inf"))
         return region, place
+
+
+MODEL_FIELDS = ("head", "place_mode", "hidden", "scale", "margin")  # the config fields that shape the network
+
+
+@register_model("hierarchical")
+def hierarchical(dim: int, place_region: Sequence[int], encoder: nn.Module | Mapping[str, Any] | None = None,
+                 with_encoder: bool = False, **options: Any) -> HierarchicalClassifier:
+    """The classifier by name (`HierarchicalClassifier.config`), so `geolib.models.load_model`
+    rebuilds it; `encoder` is a module, or the config of a registered one."""
+    from .models import rebuild_model
+
+    unknown = sorted(set(options) - set(MODEL_FIELDS))
+    if unknown:
+        raise ValueError(f"hierarchical: unknown option(s) {unknown}; the network takes {', '.join(MODEL_FIELDS)}")
+    if isinstance(encoder, Mapping):
+        encoder = rebuild_model(encoder, "hierarchical encoder")
+    if with_encoder and encoder is None:
+        raise ValueError("hierarchical: this classifier was fine-tuned with an encoder that records no config; "
+                         "build it with create_model('hierarchical', ..., encoder=<that encoder>)")
+    return HierarchicalClassifier(dim, place_region, HierarchicalConfig(**options), encoder)
 
 
 def place_regions(region: np.ndarray, place: np.ndarray) -> np.ndarray:

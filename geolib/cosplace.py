@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from . import dryrun
 from .datasets import ImageItem, load_dataset, utm_of
 from .evaluate import PROTOCOL_VPR, vpr_positives, vpr_recalls
+from .models import register_model
 from .vpr_train import (PREPROCESSING, Augment, Batches, ClassHead, ImageTensors, TrainResult, class_batches,
                         data_fingerprint, embed_paths, part, read_model_files, save_model_files,
                         saved_model_state, settings_hash, train, training_settings)
@@ -211,6 +212,8 @@ class PlaceNet(nn.Module):
             "backbone": backbone, "aggregation": aggregation, "out_dim": out_dim, "image_size": image_size,
             "pretrained": pretrained, "mix_depth": mix_depth, "out_channels": out_channels, "out_rows": out_rows,
             "attention_heads": attention_heads, "stage": stage, "freeze_backbone": bool(freeze_backbone)}
+        # the registry's form of the same: `geolib.models.create_model(**config)` rebuilds it
+        self.config: dict[str, Any] = {"name": "placenet", **self.options}
 
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
@@ -267,6 +270,12 @@ class PlaceNet(nn.Module):
         if self.freeze_backbone:
             self.backbone.eval()
         return self
+
+
+@register_model("placenet")
+def placenet(**options: Any) -> PlaceNet:
+    """CosPlace's and D&C's descriptor network, by name, so `geolib.models.load_model` rebuilds it."""
+    return PlaceNet(**options)
 
 
 # --------------------------------------------------------------------------- training

@@ -15,6 +15,7 @@ Views map to branches: `"university"` shares drone and satellite and gives stree
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -27,6 +28,10 @@ from .layers import AttentionPool, AvgPool, GeM, LayerToLayerAttention, MixVPRPo
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
+# Families defined elsewhere register themselves when their module is imported; naming the module
+# here lets `create_model` and `load_model` rebuild them without the caller importing it first.
+_PROVIDERS: dict[str, str] = {"placenet": "geolib.cosplace", "hierarchical": "geolib.classifier",
+                              "safa": "geolib.safa", "student": "geolib.distill"}
 
 VIEW_LAYOUTS: dict[str, dict[str, str]] = {
     "university": {"street": "ground", "drone": "aerial", "satellite": "aerial"},
@@ -50,11 +55,19 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     return add
 
 
+def _import_provider(name: str) -> None:
+    if name not in _REGISTRY and name in _PROVIDERS:
+        importlib.import_module(_PROVIDERS[name])
+
+
 def list_models() -> list[str]:
+    for name in _PROVIDERS:
+        _import_provider(name)
     return sorted(_REGISTRY)
 
 
 def create_model(name: str, **options: Any) -> nn.Module:
+    _import_provider(name)
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     return _REGISTRY[name](**options)
@@ -378,3 +391,136 @@ def phase1_cpu(**options: Any) -> CrossViewModel:
     backbone_options = {**base, **options.pop("backbone_options", {})}
     return CrossViewModel(name="phase1-cpu", **{**PHASE1_CPU_DEFAULTS, **options,
                                                  "backbone_options": backbone_options})
+
+
+# --------------------------------------------------------------------------------------------
+# loading any saved geolib model
+
+SAVED_KINDS = ("cosplace", "dc", "hierarchical")  # folders written by geolib.vpr_train.save_model_files
+
+
+def load_model(path: str | Path, device: str = "cpu") -> Any:
+    """Rebuild any saved geolib model from its files alone, in eval mode on `device`.
+
+    One entry point, so a notebook, a teacher or an index can name a model by its path whatever
+    trained it. What `path` may be, and what comes back:
+    - a training checkpoint (`<dir>/best` or `<dir>/last`, with or without `.json`; or `<dir>`,
+      `best` before `last`) whose JSON meta names the model (`config.extra.model`, or `model_config`):
+      the network (`CrossViewModel`, SAFA, student, `PlaceNet`, `HierarchicalClassifier`...);
+    - a CosPlace / D&C / hierarchical folder (`model.json` + `model.safetensors`, meta `kind`):
+      CosPlace → `PlaceNet` (as `cosplace.load_cosplace`), D&C → `GroupTraining` (as
+      `divide_classify.load_dc`: network, group heads and cells), hierarchical → `SavedHierarchical`
+      (as `classifier.load_hierarchical`: the classifier with its region and place ids);
+    - a model config JSON beside a `.safetensors` file of the same stem (`distill.save_student`).
+    """
+    return load_model_and_meta(path, device)[0]
+
+
+def load_model_and_meta(path: str | Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """`load_model`, plus the JSON metadata the model was saved with (a checkpoint's `meta`, a
+    saved folder's meta, or a student's config)."""
+    path = Path(path)
+    doc_path = _model_json(path)
+    try:
+        doc = json.loads(doc_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{doc_path}: not readable as JSON ({err}); expected a geolib model's metadata") from err
+    if not isinstance(doc, dict):
+        raise ValueError(f"{doc_path}: holds a JSON {type(doc).__name__}, not a geolib model's metadata")
+    stem = doc_path.with_suffix("")
+    if "state" in doc and "meta" in doc:  # a geolib.checkpoint file
+        meta = doc["meta"]
+        if meta.get("kind") is not None:
+            return _load_saved_folder(stem.parent, meta, device), meta
+        config = (meta.get("config") or {}).get("extra", {}).get("model") or meta.get("model_config")
+        if not config:
+            raise ValueError(f"{doc_path}: this checkpoint does not say which model it holds (no config.extra.model "
+                             "or model_config in its meta); it was written before models recorded their config: "
+                             "rebuild the model in code and load its weights with geolib.checkpoint.load_weights")
+        model = rebuild_model(config, doc_path)
+        _load_network_weights(stem, model)
+        return model.to(device).eval(), meta
+    if isinstance(doc.get("name"), str):  # a model config beside its weights (a student)
+        tensors = stem.with_name(stem.name + ".safetensors")
+        if not tensors.exists():
+            raise FileNotFoundError(f"{tensors}: the weights of the model configured in {doc_path} are missing; "
+                                    "copy both files of the saved model together")
+        if doc["name"] == "student":  # its own loader restores where its backbone weights came from
+            from .distill import load_student
+
+            return load_student(stem, device), doc
+        from safetensors.torch import load_file
+
+        model = rebuild_model(doc, doc_path)
+        model.load_state_dict(load_file(str(tensors)))
+        return model.to(device).eval(), doc
+    raise ValueError(f"{doc_path}: not a geolib model: expected a checkpoint (keys state, meta), a saved "
+                     f"CosPlace/D&C/hierarchical model.json, or a model config with a 'name'; found keys "
+                     f"{sorted(doc)[:8]}")
+
+
+def rebuild_model(config: Mapping[str, Any], source: str | Path = "config") -> nn.Module:
+    """The untrained network a saved `model.config` describes (`create_model(name, **options)`),
+    without pretrained weights: the caller loads the trained ones from the file, so rebuilding
+    needs no download and no weights wheel."""
+    options = dict(config)
+    name = options.pop("name", None)
+    if not isinstance(name, str):
+        raise ValueError(f"{source}: the model config names no model ('name' missing); registered models: "
+                         f"{', '.join(list_models())}")
+    if "pretrained" in options:
+        options["pretrained"] = False
+    return create_model(name, **options)
+
+
+def _model_json(path: Path) -> Path:
+    """The JSON file that describes the model at `path` (a folder, a checkpoint stem, or a file)."""
+    if path.is_dir():
+        for name in ("model.json", "best.json", "last.json"):
+            if (path / name).exists():
+                return path / name
+        held = sorted(p.name for p in path.iterdir())[:10]
+        raise FileNotFoundError(f"{path}: no geolib model in this folder (it holds {held}); expected model.json "
+                                "(a CosPlace, D&C or hierarchical model) or best.json / last.json (a training "
+                                "checkpoint): give the folder a training wrote to")
+    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    doc_path = stem.with_name(stem.name + ".json")
+    if not doc_path.exists():
+        raise FileNotFoundError(f"{path}: no such geolib model ({doc_path.name} not found in {doc_path.parent}); "
+                                "give a checkpoint such as <run>/best, a saved model folder, or a student file")
+    return doc_path
+
+
+def _load_saved_folder(folder: Path, meta: Mapping[str, Any], device: str) -> Any:
+    kind = meta.get("kind")
+    if kind == "cosplace":
+        from .cosplace import load_cosplace
+
+        return load_cosplace(folder, device)
+    if kind == "dc":
+        from .divide_classify import load_dc
+
+        return load_dc(folder, device)
+    if kind == "hierarchical":
+        from .classifier import load_hierarchical
+
+        return load_hierarchical(folder, device)
+    raise ValueError(f"{folder}/model.json: holds a model of kind {kind!r}, which this geolib cannot load "
+                     f"(known kinds: {', '.join(SAVED_KINDS)}); update geolib or give another folder")
+
+
+def _load_network_weights(stem: Path, model: nn.Module) -> None:
+    """The network's weights from a checkpoint: a loop checkpoint keeps them under `model.` of its
+    bundle (beside loss or head parameters); a plain one at the top."""
+    from .checkpoint import read_model_state
+
+    _, state = read_model_state(stem, "")
+    wanted = set(model.state_dict())
+    for prefix in ("model.", ""):
+        picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if wanted <= set(picked):
+            model.load_state_dict({k: picked[k] for k in wanted})
+            return
+    have = sorted({k.split(".")[0] for k in state})
+    raise ValueError(f"{stem}.safetensors: its weights do not fit the model its config describes "
+                     f"(top-level keys {have}); the files were mixed up or written by another geolib")

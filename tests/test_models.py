@@ -213,3 +213,132 @@ def test_gray_world_inside_the_model_cancels_a_camera_white_balance():
         torch.testing.assert_close(net(norm(rgb * gains), "street"), net(norm(rgb), "street"), rtol=1e-4, atol=1e-4)
         plain = create_model("phase1-cpu", **TINY).eval()
         assert not torch.allclose(plain(norm(rgb * gains), "street"), plain(norm(rgb), "street"), atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# load_model: any saved geolib model from its files
+
+
+def _same_outputs(a, b, x, *args):
+    with torch.no_grad():
+        torch.testing.assert_close(a.eval()(x, *args), b(x, *args), rtol=0, atol=0)
+
+
+def _placenet():
+    from geolib.cosplace import PlaceNet
+
+    torch.manual_seed(0)
+    return PlaceNet("resnet10t", "gem", out_dim=8, image_size=32)
+
+
+def test_load_model_from_a_loop_checkpoint_of_any_registered_network(tmp_path):
+    from torch import nn
+
+    from geolib.checkpoint import save_checkpoint
+    from geolib.models import load_model
+
+    assert {"placenet", "hierarchical"} <= set(list_models())  # registered by the modules that define them
+    phase1 = tiny(views="shared")
+    net = _placenet()
+    for name, model, extra in (("p1", phase1, nn.Linear(2, 2)), ("vpr", net, nn.ModuleList([nn.Linear(8, 3)]))):
+        bundle = nn.ModuleDict({"model": model, "heads": extra})
+        save_checkpoint(tmp_path / name / "last", bundle, epoch=1, config={"extra": {"model": model.config}})
+    loaded = load_model(tmp_path / "p1")  # the folder: best, else last
+    assert type(loaded) is type(phase1) and loaded.config == json.loads(json.dumps(phase1.config))
+    assert not loaded.training
+    _same_outputs(phase1, loaded, torch.randn(2, 3, 64, 64), "street")
+    for path in (tmp_path / "vpr" / "last", tmp_path / "vpr" / "last.json", tmp_path / "vpr" / "last.safetensors"):
+        _same_outputs(net, load_model(path), torch.randn(2, 3, 32, 32))
+    assert create_model(**{**net.config}).config == net.config  # the config alone rebuilds the network
+
+
+def test_load_model_of_cosplace_dc_and_hierarchical_folders(tmp_path):
+    import numpy as np
+
+    from geolib import classifier as C
+    from geolib.cosplace import GroupTraining, build_heads, divide, save_cosplace
+    from geolib.divide_classify import save_dc
+    from geolib.models import load_model
+    from geolib.vpr_train import TrainResult
+
+    net = _placenet()
+    save_cosplace(net, tmp_path / "cos")
+    _same_outputs(net, load_model(tmp_path / "cos"), torch.randn(2, 3, 32, 32))
+
+    division = divide(np.array([0.0, 1, 25, 26, 45, 46]), np.zeros(6), None, M=20, N=2, min_images_per_class=2)
+    heads = build_heads(division, division.num_groups, net.out_dim, "arcface", 100.0, 0.2)
+    save_dc(GroupTraining(net, heads, division, TrainResult([{"epoch": 1, "loss": 1.0}], 0), {"image_size": 32}),
+            tmp_path / "dc")
+    dc = load_model(tmp_path / "dc" / "model.json")
+    assert type(dc) is GroupTraining and dc.result.history == [{"epoch": 1, "loss": 1.0}]
+    np.testing.assert_array_equal(dc.division.class_ids, division.class_ids)
+    for a, b in zip(heads, dc.heads):
+        assert torch.equal(a.loss.W, b.loss.W)
+
+    torch.manual_seed(0)
+    cfg = C.HierarchicalConfig(head="cosface", place_mode="masked", hidden=6)
+    clf = C.HierarchicalClassifier(8, [0, 0, 1], cfg)
+    C.save_hierarchical(clf, tmp_path / "h", region_ids=["a", "b"], config=cfg)
+    saved = load_model(tmp_path / "h")
+    assert isinstance(saved, C.SavedHierarchical) and saved.region_ids.tolist() == ["a", "b"]
+    x = torch.randn(4, 8)
+    for a, b in zip(clf.eval().scores(x), saved.model.scores(x)):
+        assert torch.equal(a, b)
+    rebuilt = create_model(**json.loads(json.dumps(clf.config)))  # the registry form, via JSON
+    assert rebuilt.place_mode == "masked" and rebuilt.place_region.tolist() == [0, 0, 1]
+
+
+def test_load_model_of_a_hierarchical_checkpoint_with_a_registered_encoder(tmp_path):
+    from torch import nn
+
+    from geolib import classifier as C
+    from geolib.checkpoint import save_checkpoint
+    from geolib.models import load_model
+
+    torch.manual_seed(0)
+    clf = C.HierarchicalClassifier(8, [0, 1, 1], C.HierarchicalConfig(hidden=4), encoder=_placenet())
+    assert clf.config["encoder"]["name"] == "placenet"
+    save_checkpoint(tmp_path / "best", clf, epoch=1, config={"extra": {"model": clf.config}})
+    loaded = load_model(tmp_path / "best")
+    x = torch.randn(2, 3, 32, 32)
+    for a, b in zip(clf.eval().scores(x), loaded.scores(x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    plain = C.HierarchicalClassifier(8, [0, 1], C.HierarchicalConfig(), encoder=nn.Linear(3, 8))
+    with pytest.raises(ValueError, match="records no config"):
+        create_model(**plain.config)
+
+
+def test_load_model_of_a_student_file(tmp_path):
+    from geolib.distill import StudentModel, save_student
+    from geolib.models import load_model
+
+    torch.manual_seed(0)
+    student = StudentModel("mobilenetv3_small_050", ["street", "satellite"], out_dim=8, img_size=32,
+                           pretrained=False).eval()
+    save_student(student, tmp_path / "student")
+    loaded = load_model(tmp_path / "student.json")
+    assert type(loaded) is StudentModel
+    _same_outputs(student, loaded, torch.randn(2, 3, 32, 32), "satellite")
+
+
+def test_load_model_says_what_it_expected(tmp_path):
+    from torch import nn
+
+    from geolib.checkpoint import save_checkpoint
+    from geolib.models import load_model
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"empty: no geolib model in this folder .*notes.txt.*model.json"):
+        load_model(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="missing.json not found"):
+        load_model(tmp_path / "missing")
+    (tmp_path / "other.json").write_text('{"rows": 3}')
+    with pytest.raises(ValueError, match=r"other.json: not a geolib model.*\['rows'\]"):
+        load_model(tmp_path / "other.json")
+    save_checkpoint(tmp_path / "old" / "last", nn.Linear(1, 1), epoch=1, config={"lr": 0.1})
+    with pytest.raises(ValueError, match="does not say which model it holds"):
+        load_model(tmp_path / "old")
+    (tmp_path / "cfg.json").write_text('{"name": "placenet"}')
+    with pytest.raises(FileNotFoundError, match="cfg.safetensors: the weights"):
+        load_model(tmp_path / "cfg.json")
