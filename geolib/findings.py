@@ -1,0 +1,329 @@
+"""What each notebook concludes, computed from its metrics records.
+
+A notebook's findings cell used to carry its own thresholds and arithmetic, so a claim could drift
+from the numbers it was about and nothing tested it. Here every claim is a `Finding`: the sentence,
+the measured value, the target it is held against and whether it holds, computed from the records
+that `geolib.records` reads. The notebooks only display them. The targets are the ones each notebook
+states in its question (see `TARGETS`); a caller can pass others.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+# The targets the notebooks set themselves: 01 calibrates the synthetic world, 02 sets Phase 1's bar
+# against the non-learned baselines, 03 is Distill4Geo's trade-off, 04 the Phase 2 bars.
+TARGETS: dict[str, Any] = {
+    "world": {"baseline_max": 10.0, "oracle_min": 50.0, "min_gallery": 200},
+    "phase1": {("street", "drone"): (40.0, 5.0), ("street", "satellite"): (10.0, 3.0)},
+    "distillation": {"params_ratio": 3.0, "gflops_ratio": 10.0, "max_drop": 3.0, "weak_teacher": 10.0},
+    "phase2": {"retrieval_r1": 50.0, "dc_chance_factor": 1.5, "region_chance_factor": 3.0},
+}
+BASELINES = ("raw-pixels", "color-histogram")  # the world's non-learned baselines
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One claim of a notebook and what this run measured for it.
+
+    `target` None makes it an observation (a number worth reporting, with nothing to meet);
+    `holds` None means the claim cannot be judged on this run (a missing number, or `note` says
+    why it does not apply).
+    """
+
+    claim: str
+    value: float | None
+    target: float | None = None
+    holds: bool | None = None
+    comparison: str = ">="  # how value is held against target: ">=" or "<="
+    unit: str = ""
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return "observed"
+        return {True: "met", False: "not met", None: "not judged"}[self.holds]
+
+    def markdown(self) -> str:
+        """One bullet: claim, measured value against target, verdict, and the note."""
+        value = _fmt(self.value, self.unit)
+        text = f"- {self.claim}: {value}"
+        if self.target is not None:
+            text += f" (target {self.comparison} {_fmt(self.target, self.unit)}): **{self.verdict}**"
+        return text + (f". {self.note}" if self.note else ".")
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "not measured"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞" + unit
+    return f"{value:.1f}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+
+def judge(claim: str, value: float | None, target: float, comparison: str = ">=", *, unit: str = "",
+          note: str = "", applicable: bool = True) -> Finding:
+    """A Finding with `holds` computed: None when the value is missing or the claim does not apply."""
+    if comparison not in (">=", "<="):
+        raise ValueError(f"comparison {comparison!r}: use '>=' or '<='")
+    measured = value is not None and not (isinstance(value, float) and math.isnan(value))
+    holds = None
+    if applicable and measured:
+        holds = bool(value >= target) if comparison == ">=" else bool(value <= target)
+    return Finding(claim, value, target, holds, comparison, unit, note)
+
+
+def markdown(findings: Iterable[Finding]) -> str:
+    """The findings as Markdown bullets, for `IPython.display.Markdown`."""
+    return "\n".join(f.markdown() for f in findings)
+
+
+def table(findings: Iterable[Finding]):
+    """The findings as a pandas table (claim, value, target, verdict, note)."""
+    import pandas as pd
+
+    return pd.DataFrame([{**asdict(f), "verdict": f.verdict} for f in findings],
+                        columns=["claim", "value", "comparison", "target", "unit", "verdict", "holds", "note"])
+
+
+# --------------------------------------------------------------------------- record look-ups
+
+def latest(records: Iterable[Mapping[str, Any]], **match: Any) -> dict[str, Any] | None:
+    """The last record whose fields equal every `match` (a tuple value matches any of its items)."""
+    found = None
+    for r in records:
+        if all((r.get(k) in v) if isinstance(v, tuple) else r.get(k) == v for k, v in match.items()):
+            found = r
+    return dict(found) if found is not None else None
+
+
+def metric(records: Iterable[Mapping[str, Any]], key: str, **match: Any) -> float:
+    """One metric of the last matching record; NaN when there is none (so a claim reads 'not measured')."""
+    r = latest(records, **match)
+    value = (r or {}).get("metrics", {}).get(key)
+    return float(value) if value is not None else float("nan")
+
+
+def _ratio(a: float, b: float) -> float:
+    if math.isnan(a) or math.isnan(b):
+        return float("nan")
+    return a / b if b > 0 else float("inf")
+
+
+def _resolution(queries: Any) -> float:
+    """One point, or one query's worth of recall when queries are few: a smaller change is noise."""
+    try:
+        return max(1.0, 100.0 / float(queries))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return 1.0
+
+
+# --------------------------------------------------------------------------- 01 · the synthetic world
+
+def world(records: Sequence[Mapping[str, Any]], gallery_places: int | None = None,
+          targets: Mapping[str, Any] | None = None) -> list[Finding]:
+    """Notebook 01: is the synthetic world honestly hard yet learnable?
+
+    The non-learned baselines (raw pixels, colour histograms) must stay low street→satellite and
+    street→drone while the oracle (which knows the world's facade→roof colour map) is high. Pass the
+    records of one world (`task` "world", one `config.key`). With fewer than `min_gallery` test places
+    chance alone is too high for the calibration to mean anything, so it is reported, not judged.
+    """
+    t = {**TARGETS["world"], **(targets or {})}
+    recs = [r for r in records if r.get("task") == "world"]
+    applicable = gallery_places is None or gallery_places >= t["min_gallery"]
+    why = "" if applicable else (f"not applicable: {gallery_places} gallery places, fewer than "
+                                 f"{t['min_gallery']} (use the default preset)")
+
+    def r1(model: str, q: str, g: str) -> float:
+        return metric(recs, "R@1", model=model, query_view=q, gallery_view=g)
+
+    out = []
+    for q, g in (("street", "satellite"), ("street", "drone")):
+        values = [v for v in (r1(m, q, g) for m in BASELINES) if not math.isnan(v)]
+        best = max(values) if values else float("nan")
+        out.append(judge(f"best non-learned baseline R@1, {q}→{g}", best, t["baseline_max"], "<=", unit="%",
+                         note=why or f"chance {r1('chance', q, g):.1f}%", applicable=applicable))
+    out.append(judge("oracle R@1, street→satellite", r1("oracle", "street", "satellite"), t["oracle_min"],
+                     unit="%", note=why, applicable=applicable))
+    return out
+
+
+def world_build(records: Sequence[Mapping[str, Any]]) -> list[Finding]:
+    """Notebook 01: how fast the world rendered (observations from the `renderer` record)."""
+    build = (latest(records, task="world", model="renderer") or {}).get("metrics", {})
+    return [Finding("images rendered", build.get("images")),
+            Finding("rendering speed", build.get("images_per_s"), unit=" images/s"),
+            Finding("whole export build time", build.get("total_seconds"), unit=" s")]
+
+
+# --------------------------------------------------------------------------- 02 · Phase 1
+
+def phase1(records: Sequence[Mapping[str, Any]], dataset: str, model: str = "phase1",
+           targets: Mapping[tuple[str, str], tuple[float, float]] | None = None) -> list[Finding]:
+    """Notebook 02: does the trained Phase 1 model clear its bar on the unseen test regions?
+
+    Per direction two claims: R@1 at least the target, and at least `factor`× the best non-learned
+    baseline of the same world (a multiple, because the absolute bar alone would pass on an easy
+    world). Reads the last `crossview`/`world` test records of `dataset`.
+    """
+    recs = [r for r in records if r.get("task") in ("crossview", "world") and r.get("dataset") == dataset]
+    out = []
+    for (q, g), (target, factor) in (targets or TARGETS["phase1"]).items():
+        def r1(name: str) -> float:
+            return metric(recs, "R@1", model=name, query_view=q, gallery_view=g)
+
+        trained, rand = r1(model), r1(f"{model}-random-init")
+        values = [v for v in (r1(b) for b in BASELINES) if not math.isnan(v)]
+        base = max(values) if values else float("nan")
+        out.append(judge(f"{q}→{g} R@1 after training", trained, target, unit="%",
+                         note=f"random init {_fmt(rand, '%')}"))
+        out.append(judge(f"{q}→{g} R@1 against the best non-learned baseline", _ratio(trained, base), factor,
+                         unit="×", note=f"baseline {_fmt(base, '%')}"))
+    return out
+
+
+def phase1_curve(history: Sequence[Mapping[str, Any]], final: Mapping[str, float] | None = None,
+                 direction: str = "street→drone", rising: float = 1.0) -> list[Finding]:
+    """Notebook 02: was R@1 still rising when training stopped?
+
+    From the training history's in-training evaluations (`<direction> R@1`, `minutes_total`), with
+    the final model's R@1 (`final[direction]`) appended at the end of training when the last
+    evaluation came earlier. Compares the end with the last point at or before 60 % of training
+    time: the second half runs at a low learning rate, so a gain above `rising` points there says
+    the budget, not the method, limits the run.
+    """
+    col = f"{direction} R@1"
+    points = [(float(h["minutes_total"]), float(h[col])) for h in history
+              if h.get(col) is not None and not math.isnan(float(h[col]))]
+    if not history:
+        return []
+    end = float(history[-1]["minutes_total"])
+    if final and direction in final and (not points or points[-1][0] < end):
+        points.append((end, float(final[direction])))
+    out = [Finding(f"{direction} R@1 at {m:.1f} min of training", v, unit="%") for m, v in points]
+    if len(points) >= 2:
+        early = [p for p in points if p[0] <= 0.6 * points[-1][0]]
+        ref = early[-1] if early else points[0]
+        gain = points[-1][1] - ref[1]
+        out.append(judge(f"{direction} R@1 gain over the last {points[-1][0] - ref[0]:.1f} min", gain, rising,
+                         unit=" points",
+                         note="still rising: the training budget limits this run" if gain >= rising else
+                         "flat at the end: more of the same training would not help much"))
+    return out
+
+
+# --------------------------------------------------------------------------- 03 · distillation
+
+def _rows(records: Iterable[Mapping[str, Any]], dataset: str, q: str, g: str) -> dict[str, dict[str, Any]]:
+    """Row name (`config.row`, else the model) → its last record, for one dataset and direction."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.get("dataset") == dataset and r.get("query_view") == q and r.get("gallery_view") == g:
+            out[(r.get("config") or {}).get("row") or r["model"]] = dict(r)
+    return out
+
+
+def distillation(records: Sequence[Mapping[str, Any]], dataset: str, direction: tuple[str, str] = ("street", "drone"),
+                 teacher: str = "teacher", targets: Mapping[str, float] | None = None) -> list[Finding]:
+    """Notebook 03: does the best distilled student keep the teacher's recall at a fraction of its cost?
+
+    Distill4Geo's claim: ≥ 3× fewer parameters, ≥ 10× fewer GFLOPs, ≤ 3 R@1 points lost. Reads the
+    `distillation` records (teacher and students, each with its `params` and `gflops`) of one dataset
+    and direction; the best student is the one with the highest R@1. A weak teacher (R@1 under
+    `weak_teacher`) is called out, since a small gap to it says little.
+    """
+    t = {**TARGETS["distillation"], **(targets or {})}
+    q, g = direction
+    rows = _rows((r for r in records if r.get("task") == "distillation"), dataset, q, g)
+    tea = next((r for name, r in rows.items() if r["model"] == teacher), None)
+    students = {name: r for name, r in rows.items() if r["model"] != teacher}
+    if tea is None or not students:
+        return []
+    tm = tea["metrics"]
+    def r1(rec: Mapping[str, Any]) -> float:
+        value = rec["metrics"].get("R@1")
+        return float(value) if value is not None else -math.inf
+
+    name, best = max(students.items(), key=lambda kv: r1(kv[1]))
+    sm = best["metrics"]
+    t_r1, s_r1 = float(tm["R@1"]), float(sm["R@1"])
+    where = f"{q}→{g}, best student {name}"
+    out = [Finding(f"teacher R@1, {q}→{g}", t_r1, unit="%"),
+           Finding(f"best student R@1 ({name})", s_r1, unit="%"),
+           judge(f"teacher/student parameters ({where})", _ratio(float(tm["params"]), float(sm["params"])),
+                 t["params_ratio"], unit="×"),
+           judge(f"teacher/student GFLOPs ({where})", _ratio(float(tm["gflops"]), float(sm["gflops"])),
+                 t["gflops_ratio"], unit="×"),
+           judge(f"R@1 points lost ({where})", t_r1 - s_r1, t["max_drop"], "<=", unit=" points")]
+    if t_r1 < t["weak_teacher"]:
+        out.append(judge("teacher R@1 high enough for the gap to mean something", t_r1, t["weak_teacher"], unit="%",
+                         note="give it a trained teacher (notebook 02's checkpoint, or `teacher_checkpoint`)"))
+    return out
+
+
+def perturbation(records: Sequence[Mapping[str, Any]], dataset: str, direction: tuple[str, str] = ("street", "drone"),
+                 part: str = "B") -> list[Finding]:
+    """Notebook 03: what marginal perturbation changes, per student backbone (`<part>/student-X-mp`
+    against `<part>/student-X-plain`); a change within one query's worth of recall is no effect."""
+    q, g = direction
+    rows = _rows((r for r in records if r.get("task") == "distillation"), dataset, q, g)
+    out = []
+    for name, mp in rows.items():
+        if not (name.startswith(f"{part}/student-") and name.endswith("-mp")):
+            continue
+        plain = rows.get(name[:-3] + "-plain")
+        if plain is None:
+            continue
+        a, b = float(plain["metrics"]["R@1"]), float(mp["metrics"]["R@1"])
+        d = b - a
+        small = abs(d) <= _resolution((mp.get("config") or {}).get("n_queries")) + 1e-9
+        backbone = name[len(f"{part}/student-"):-3]
+        out.append(Finding(f"{backbone}: R@1 change with marginal perturbation ({b:.1f} vs {a:.1f})", d,
+                           unit=" points", note="no measurable effect" if small else ""))
+    return out
+
+
+# --------------------------------------------------------------------------- 04 · Phase 2
+
+def phase2(records: Sequence[Mapping[str, Any]], dataset: str, condition: str = "day", split: str = "test",
+           hierarchical_dataset: str | None = None, targets: Mapping[str, float] | None = None) -> list[Finding]:
+    """Notebook 04: do the Phase 2 models place queries better than chance by the stated margins?
+
+    - every trained retrieval model (`vpr-25m`, not `chance`, not `*-untrained`): R@1 ≥ 50 % on
+      `condition` queries;
+    - every Divide & Classify model (`dc-lr-25m`): LR@1 ≥ 1.5× the chance LR@1 of the same queries;
+    - the hierarchical classifier (`closed-set`): region top-1 ≥ 3× region chance.
+    """
+    t = {**TARGETS["phase2"], **(targets or {})}
+    qv = f"query-{condition}"
+    vpr = [r for r in records if r.get("task") == "vpr" and r.get("dataset") == dataset
+           and (r.get("split") or "test") == split and r.get("query_view") == qv]
+    out = []
+    models = dict.fromkeys(r["model"] for r in vpr if r.get("protocol") == "vpr-25m")
+    for m in models:
+        if m == "chance" or m.endswith("-untrained"):
+            continue
+        out.append(judge(f"{m} R@1 on {condition} queries (vpr-25m)",
+                         metric(vpr, "R@1", model=m, protocol="vpr-25m"), t["retrieval_r1"], unit="%",
+                         note=f"chance {_fmt(metric(vpr, 'R@1', model='chance', protocol='vpr-25m'), '%')}"))
+    chance = metric(vpr, "LR@1", model="chance", protocol="dc-lr-25m")
+    for m in dict.fromkeys(r["model"] for r in vpr if r.get("protocol") == "dc-lr-25m"):
+        if m == "chance":
+            continue
+        lr1 = metric(vpr, "LR@1", model=m, protocol="dc-lr-25m")
+        out.append(judge(f"{m} LR@1 on {condition} queries against chance (dc-lr-25m)", _ratio(lr1, chance),
+                         t["dc_chance_factor"], unit="×", note=f"LR@1 {_fmt(lr1, '%')}, chance {_fmt(chance, '%')}"))
+    match = {"task": "classification", "protocol": "closed-set"}
+    if hierarchical_dataset is not None:
+        match["dataset"] = hierarchical_dataset
+    for m in dict.fromkeys(r["model"] for r in records
+                           if all(r.get(k) == v for k, v in match.items())):
+        rec = latest(records, model=m, **match)["metrics"]
+        top1, ch = float(rec.get("region_top1", float("nan"))), float(rec.get("region_chance", float("nan")))
+        out.append(judge(f"{m} region top-1 against region chance (closed-set)", _ratio(top1, ch),
+                         t["region_chance_factor"], unit="×",
+                         note=f"region top-1 {_fmt(top1, '%')}, chance {_fmt(ch, '%')}"))
+    return out
