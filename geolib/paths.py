@@ -36,6 +36,25 @@ def profile_dir(profile: str, kind: str | None = None) -> Path:
     return path
 
 
+def phase1_checkpoint_dir(profile: str) -> Path:
+    """`outputs/<profile>/checkpoints/phase1`: where notebook 02 (and `python -m geolib train`) keep Phase 1."""
+    return profile_dir(profile, "checkpoints") / "phase1"
+
+
+def phase1_checkpoint(profile: str) -> Path | None:
+    """Notebook 02's Phase 1 checkpoint: `best`, else `last`, else None when 02 has not run.
+
+    The one rule for every reader (notebooks 03-05, the explorer): a checkpoint counts only when both
+    its tensors and its JSON exist, since the JSON is written last and a half-written pair must not
+    be loaded.
+    """
+    folder = outputs_root() / profile / "checkpoints" / "phase1"
+    for name in ("best", "last"):
+        if (folder / f"{name}.json").is_file() and (folder / f"{name}.safetensors").is_file():
+            return folder / name
+    return None
+
+
 _UMASK_LOCK = threading.Lock()
 
 

@@ -113,16 +113,40 @@ def read_records(profile: str | None = None, source: str | None = None,
     return out
 
 
-def records_table(records: Iterable[dict[str, Any]], metric_keys: Iterable[str] | None = None):
-    """A pandas table of records: one row per record, one column per metric."""
+def select(records: Iterable[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
+    """The records whose fields equal every `match`; a tuple, list or set value matches any of its items.
+
+    One filter for every notebook's "these models on this dataset" so the rule is written once.
+    """
+    def ok(r: dict[str, Any]) -> bool:
+        return all((r.get(k) in v) if isinstance(v, (tuple, list, set, frozenset)) else r.get(k) == v
+                   for k, v in match.items())
+
+    return [r for r in records if ok(r)]
+
+
+def records_table(records: Iterable[dict[str, Any]], metric_keys: Iterable[str] | None = None,
+                  last_by: Iterable[str] | None = None):
+    """A pandas table of records: one row per record, one column per metric.
+
+    `direction` ("street→drone") is there whenever a record has both views, since that is how the
+    notebooks name a retrieval direction. `last_by` keeps only the last record per those columns: a
+    rerun appends records, and the newest is the one that describes the current outputs.
+    """
     import pandas as pd
 
+    metric_keys = list(metric_keys) if metric_keys is not None else None
     rows = []
     for r in records:
         row = {k: r.get(k) for k in ("task", "protocol", "dataset", "split", "query_view",
                                       "gallery_view", "model", "profile", "seed")}
+        row["direction"] = (f"{r['query_view']}→{r['gallery_view']}"
+                            if r.get("query_view") and r.get("gallery_view") else None)
         for k, v in (r.get("metrics") or {}).items():
             if metric_keys is None or k in metric_keys:
                 row[k] = v
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if last_by is not None and len(table):
+        table = table.drop_duplicates(list(last_by), keep="last").reset_index(drop=True)
+    return table

@@ -41,3 +41,37 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert json.loads(target.read_text()) == {"v": 1}
     assert list(tmp_path.iterdir()) == [target]
+
+
+def _rec(model, q, g, r1, dataset="d"):
+    return {"task": "crossview", "dataset": dataset, "model": model, "query_view": q, "gallery_view": g,
+            "metrics": {"R@1": r1, "AP": r1 / 2}}
+
+
+def test_select_matches_values_and_any_of():
+    recs = [_rec("a", "street", "drone", 1.0), _rec("b", "street", "drone", 2.0), _rec("a", "street", "drone", 3.0, "e")]
+    assert [r["metrics"]["R@1"] for r in records.select(recs, model="a")] == [1.0, 3.0]
+    assert [r["metrics"]["R@1"] for r in records.select(recs, model=("a", "b"), dataset="d")] == [1.0, 2.0]
+    assert records.select(recs, model="c") == []
+
+
+def test_records_table_direction_and_last_by():
+    recs = [_rec("a", "street", "drone", 1.0), _rec("a", "street", "satellite", 2.0), _rec("a", "street", "drone", 5.0),
+            {"task": "world", "model": "renderer", "metrics": {"images": 3}}]
+    table = records.records_table(recs, ["R@1"], last_by=["model", "direction"])
+    assert list(table.direction[:2]) == ["street→satellite", "street→drone"] and table.direction.isna().iloc[2]
+    assert list(table["R@1"].iloc[:2]) == [2.0, 5.0] and "AP" not in table
+    assert len(records.records_table(recs)) == 4 and "AP" in records.records_table(recs)
+
+
+def test_phase1_checkpoint_prefers_best_then_last(tmp_path, monkeypatch):
+    from geolib import paths
+
+    monkeypatch.setenv("GEOLIB_OUTPUTS", str(tmp_path))
+    assert paths.phase1_checkpoint("p") is None
+    folder = paths.phase1_checkpoint_dir("p")
+    for name in ("last.json", "last.safetensors", "best.safetensors"):
+        (folder / name).write_text("x")
+    assert paths.phase1_checkpoint("p") == folder / "last"  # best has no JSON yet: half written
+    (folder / "best.json").write_text("{}")
+    assert paths.phase1_checkpoint("p") == folder / "best"
