@@ -37,8 +37,11 @@ def profile_dir(profile: str, kind: str | None = None) -> Path:
 
 
 def phase1_checkpoint_dir(profile: str) -> Path:
-    """`outputs/<profile>/checkpoints/phase1`: where notebook 02 (and `python -m geolib train`) keep Phase 1."""
-    return profile_dir(profile, "checkpoints") / "phase1"
+    """`outputs/<profile>/checkpoints/phase1`, created on demand: where notebook 02 (and
+    `python -m geolib train`) keep Phase 1."""
+    path = profile_dir(profile, "checkpoints") / "phase1"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def phase1_checkpoint(profile: str) -> Path | None:
