@@ -245,3 +245,117 @@ def course_table(records: Iterable[Mapping[str, Any]], models: Sequence[str],
     rows = [{"dataset": d, "split": s, "queries": q.removeprefix("query-"), **v}
             for (d, s, q), v in sorted(cells.items(), key=lambda kv: (order[kv[0][:2]], kv[0][2]))]
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- the hierarchical classifier
+
+@dataclasses.dataclass
+class Encoder:
+    """The frozen street encoder of the hierarchical classifier, and what its records call it."""
+
+    model: Any
+    name: str          # "phase1", or "phase1-random-init" when notebook 02 saved no checkpoint
+    image_size: int
+    id: str            # the checkpoint's content id (or the init seed): a saved classifier of another encoder is refused
+    checkpoint: Path | None
+
+
+def phase1_encoder(checkpoint: str | Path | None, phase1: Mapping[str, Any], seed: int,
+                   device: str = "cpu") -> Encoder:
+    """Notebook 02's Phase 1 model when its checkpoint (`<name>.json`) exists, else the same
+    architecture at random init: the classifier still runs, and its records say which it was."""
+    from .ablation import checkpoint_id
+    from .config import phase1_model
+    from .crossview import load_trained_model
+    from .vpr_train import seed_everything
+
+    ckpt = Path(checkpoint).with_suffix(".json") if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        model, meta = load_trained_model(ckpt, device)
+        size = int(meta.get("config", {}).get("extra", {}).get("image_size") or phase1["image_size"])
+        return Encoder(model, "phase1", size, checkpoint_id(ckpt.with_suffix("")), ckpt)
+    seed_everything(seed)
+    return Encoder(phase1_model(dict(phase1)).eval(), "phase1-random-init", int(phase1["image_size"]),
+                   f"random-init-{seed}", None)
+
+
+@dataclasses.dataclass
+class HierarchicalRun:
+    """Both protocols' results of one run, the config its records carry, and the records."""
+
+    results: dict[str, Any]        # protocol -> classifier.ClassificationResult
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    def table(self) -> "Any":
+        import pandas as pd
+
+        return pd.DataFrame({k: v.metrics for k, v in self.results.items()})
+
+
+def run_hierarchical(items: Sequence[ImageItem], encoder: Encoder, *, head: str, place_mode: str, epochs: int,
+                     seed: int, device: str, saved: str | Path, source: str, profile: str, dataset: str,
+                     root: str | Path, notes: Mapping[str, Any] | None = None,
+                     test_share: float = 0.25) -> HierarchicalRun:
+    """Notebook 04's hierarchical classifier, region → place on frozen street embeddings.
+
+    `closed-set` holds out `test_share` of each train place's images (split `train` in the record);
+    `open-set` asks for the unseen test regions of the test queries by nearest prototype of the test
+    gallery (split `test`). The classifier is saved in `saved` and reused when the encoder and labels
+    match. A dry run caps the train places and the test images.
+    """
+    from . import classifier as H
+    from .crossview import embed_set
+
+    street = [it for it in items if it.view == "street"]
+    train = dryrun.places([it for it in street if it.split == "train"])
+    ref = dryrun.items([it for it in street if it.split == "test" and it.role == "gallery"])
+    query = dryrun.items([it for it in street if it.split == "test" and it.role == "query"])
+    if not train:
+        raise ValueError(f"{root}: no street image in the train split; the hierarchical classifier learns "
+                         "regions and places from train street images (street/ of the University-1652 train folder)")
+    emb = {k: embed_set(encoder.model, v, "street", encoder.image_size, device).emb
+           for k, v in (("train", train), ("ref", ref), ("query", query))}
+    r_ids, r_local = np.unique(H.region_labels(train), return_inverse=True)
+    p_ids, p_local = np.unique(_labels(train), return_inverse=True)
+    tr_idx, te_idx = H.closed_set_split(p_local, test_share, seed)
+    h_cfg = H.HierarchicalConfig(head=head, place_mode=place_mode, epochs=epochs, seed=seed, device=device)
+    (model, _), train_s = timed(lambda: H.load_or_fit_hierarchical(
+        emb["train"][tr_idx], r_local[tr_idx], p_local[tr_idx], h_cfg, saved, region_ids=r_ids, place_ids=p_ids,
+        settings={"encoder": encoder.id, "encoder_size": encoder.image_size}))
+    closed = H.evaluate_closed_set(model, emb["train"][te_idx], r_local[te_idx], p_local[te_idx])
+    ref_regions = H.region_labels(ref) if ref else np.zeros(0, np.int64)
+    opened = H.evaluate_open_set(emb["ref"], ref_regions, _labels(ref), emb["query"],
+                                 H.region_labels(query) if query else np.zeros(0, np.int64), _labels(query))
+    config = {**h_cfg.to_dict(), "encoder": encoder.name, "train_s": train_s, "root": str(root),
+              "regions": len(r_ids), "places": len(p_ids), "test_images": len(te_idx), **(notes or {})}
+    results, records = {}, []
+    for protocol, res, split, n_regions in ((H.PROTOCOL_CLOSED, closed, "train", len(r_ids)),
+                                            (H.PROTOCOL_OPEN, opened, "test", len(np.unique(ref_regions)))):
+        records.append(H.write_classification_record(source, res.metrics, protocol=protocol, dataset=dataset,
+                                                      profile=profile, seed=seed, split=split, query_view="street",
+                                                      config={**config, "regions_scored": n_regions}))
+        results[protocol] = res
+    return HierarchicalRun(results, config, records)
+
+
+def _labels(items: Sequence[ImageItem]) -> np.ndarray:
+    return np.array([int(it.label) for it in items], np.int64)
+
+
+def region_confusion_figure(results: Mapping[str, Any]) -> "Any":
+    """One row-normalised region confusion matrix per protocol: where a region's images go."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.3), squeeze=False)
+    im = None
+    for ax, (protocol, res) in zip(axes[0], results.items()):
+        cm = res.confusion.astype(float)
+        cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+        ax.set(title=f"region confusion · {protocol} (top-1 {res.metrics['region_top1']:.1f}%)",
+               xlabel="predicted region", ylabel="true region")
+        ax.title.set_fontsize(9)
+    if im is not None:
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share of the true region's images")
+    return fig

@@ -134,3 +134,54 @@ def test_evaluations_cap_items_in_a_dry_run(tmp_path, monkeypatch):
     monkeypatch.setenv(dryrun.ENV, "1")
     phase2.retrieve_conditions(None, db, {"day": q}, 32)
     assert embedded == [dryrun.ITEMS, dryrun.ITEMS]
+
+
+# --------------------------------------------------------------------------- the hierarchical classifier
+
+def _street_items(tmp_path):
+    """Street images: train places 0-5 in regions 0/1 (4 images each), test places 10-13 in regions
+    2/3 (a gallery and a query image each)."""
+    from geolib.datasets import ImageItem
+
+    items = []
+    for p in range(6):
+        for j in range(4):
+            items.append(ImageItem(make_image(tmp_path / "train" / f"{p}_{j}.png", seed=10 * p + j, size=(32, 32)),
+                                   "street", "train", "train", p, meta={"region": p // 3}))
+    for p in range(10, 14):
+        for role in ("gallery", "query"):
+            items.append(ImageItem(make_image(tmp_path / role / f"{p}.png", seed=p, size=(32, 32)),
+                                   "street", "test", role, p, meta={"region": 2 + (p - 10) // 2}))
+    items.append(ImageItem(tmp_path / "drone.png", "drone", "train", "train", 0, meta={"region": 0}))  # not street
+    return items
+
+
+def test_run_hierarchical_records_both_protocols_and_reuses_the_classifier(tmp_path, one_torch_thread, capsys):
+    from geolib.profiles import resolve
+    from geolib.records import read_records
+
+    p1 = resolve("smoke", "phase1")
+    encoder = phase2.phase1_encoder(tmp_path / "no-such" / "best", p1, seed=0)
+    assert (encoder.name, encoder.id, encoder.checkpoint) == ("phase1-random-init", "random-init-0", None)
+    items = _street_items(tmp_path)
+    kwargs = dict(head="softmax", place_mode="conditioned", epochs=1, seed=0, device="cpu",
+                  saved=tmp_path / "saved", source="04_hier", profile="smoke", dataset="toy-u1652",
+                  root=tmp_path, notes={"skipped": {}})
+    run = phase2.run_hierarchical(items, encoder, **kwargs)
+    assert list(run.results) == ["closed-set", "open-set"]
+    closed, opened = run.records
+    assert (closed["protocol"], closed["split"], opened["split"]) == ("closed-set", "train", "test")
+    assert closed["config"]["regions"] == 2 and closed["config"]["places"] == 6 and closed["config"]["regions_scored"] == 2
+    assert closed["config"]["test_images"] == 6  # one of each place's 4 images held out
+    assert opened["config"]["regions_scored"] == 2 and opened["metrics"]["region_chance"] == pytest.approx(50.0)
+    assert closed["config"]["encoder"] == "phase1-random-init" and closed["config"]["skipped"] == {}
+    assert run.table().shape == (5, 2)
+    assert phase2.region_confusion_figure(run.results).axes[0].get_title().startswith("region confusion · closed-set")
+
+    again = phase2.run_hierarchical(items, encoder, **kwargs)
+    assert "hierarchical: loading" in capsys.readouterr().out
+    assert again.results["closed-set"].metrics == run.results["closed-set"].metrics
+    assert len(read_records("smoke", "04_hier")) == 4
+
+    with pytest.raises(ValueError, match="no street image in the train split"):
+        phase2.run_hierarchical([it for it in items if it.split == "test"], encoder, **kwargs)
