@@ -217,27 +217,34 @@ def phase1_curve(history: Sequence[Mapping[str, Any]], final: Mapping[str, float
 
 # --------------------------------------------------------------------------- 03 · distillation
 
-def _rows(records: Iterable[Mapping[str, Any]], dataset: str, q: str, g: str) -> dict[str, dict[str, Any]]:
-    """Row name (`config.row`, else the model) → its last record, for one dataset and direction."""
+def _rows(records: Iterable[Mapping[str, Any]], dataset: str, q: str, g: str,
+          rows: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Row name (`config.row`, else the model) → its last record, for one dataset and direction;
+    only the named `rows` when given (an earlier run's other students stay in the records)."""
+    keep = set(rows) if rows is not None else None
     out: dict[str, dict[str, Any]] = {}
     for r in records:
         if r.get("dataset") == dataset and r.get("query_view") == q and r.get("gallery_view") == g:
-            out[(r.get("config") or {}).get("row") or r["model"]] = dict(r)
+            name = (r.get("config") or {}).get("row") or r["model"]
+            if keep is None or name in keep:
+                out[name] = dict(r)
     return out
 
 
 def distillation(records: Sequence[Mapping[str, Any]], dataset: str, direction: tuple[str, str] = ("street", "drone"),
-                 teacher: str = "teacher", targets: Mapping[str, float] | None = None) -> list[Finding]:
+                 teacher: str = "teacher", targets: Mapping[str, float] | None = None,
+                 rows: Iterable[str] | None = None) -> list[Finding]:
     """Notebook 03: does the best distilled student keep the teacher's recall at a fraction of its cost?
 
     Distill4Geo's claim: ≥ 3× fewer parameters, ≥ 10× fewer GFLOPs, ≤ 3 R@1 points lost. Reads the
     `distillation` records (teacher and students, each with its `params` and `gflops`) of one dataset
     and direction; the best student is the one with the highest R@1. A weak teacher (R@1 under
-    `weak_teacher`) is called out, since a small gap to it says little.
+    `weak_teacher`) is called out, since a small gap to it says little. `rows` limits the look-up to
+    this run's row names (`config.row`).
     """
     t = {**TARGETS["distillation"], **(targets or {})}
     q, g = direction
-    rows = _rows((r for r in records if r.get("task") == "distillation"), dataset, q, g)
+    rows = _rows((r for r in records if r.get("task") == "distillation"), dataset, q, g, rows)
     tea = next((r for name, r in rows.items() if r["model"] == teacher), None)
     students = {name: r for name, r in rows.items() if r["model"] != teacher}
     if tea is None or not students:
@@ -265,11 +272,11 @@ def distillation(records: Sequence[Mapping[str, Any]], dataset: str, direction: 
 
 
 def perturbation(records: Sequence[Mapping[str, Any]], dataset: str, direction: tuple[str, str] = ("street", "drone"),
-                 part: str = "B") -> list[Finding]:
+                 part: str = "B", rows: Iterable[str] | None = None) -> list[Finding]:
     """Notebook 03: what marginal perturbation changes, per student backbone (`<part>/student-X-mp`
     against `<part>/student-X-plain`); a change within one query's worth of recall is no effect."""
     q, g = direction
-    rows = _rows((r for r in records if r.get("task") == "distillation"), dataset, q, g)
+    rows = _rows((r for r in records if r.get("task") == "distillation"), dataset, q, g, rows)
     out = []
     for name, mp in rows.items():
         if not (name.startswith(f"{part}/student-") and name.endswith("-mp")):

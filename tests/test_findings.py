@@ -150,3 +150,10 @@ def test_judge_and_rendering():
         findings.judge("z", 1.0, 2.0, "<")
     t = findings.table([findings.judge("a", 2.0, 1.0, "<="), findings.Finding("b", 4.0)])
     assert list(t.verdict) == ["not met", "observed"]
+
+
+def test_distillation_rows_limit_to_this_run():
+    recs = distill_records(5e6, 0.25, 48.0)
+    found = findings.distillation(recs, "synthetic-smoke", rows=["B/teacher", "B/student-a-mp"])
+    assert by_claim(found, "best student").claim.endswith("(B/student-a-mp)")
+    assert findings.perturbation(recs, "synthetic-smoke", rows=["B/student-a-mp"]) == []
