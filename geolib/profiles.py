@@ -2,6 +2,8 @@
 
 Notebooks keep a `parameters` cell whose knobs default to `None`; `resolve` fills each `None` from
 the profile, so papermill's `-p` overrides and the profile never disagree about who wins.
+Each section's keys, types and documentation are its dataclass in `geolib.config`; every profile is
+checked against them at import, and `resolve` returns that dataclass (which also reads as a dict).
 
 - `smoke`: seconds per notebook; what the test suite runs.
 - `default`: the CPU pipeline on the built-in synthetic world.
@@ -10,7 +12,9 @@ the profile, so papermill's `-p` overrides and the profile never disagree about 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, MutableMapping
+
+from .config import SECTIONS, Settings, unknown_setting
 
 PROFILE_NAMES = ("smoke", "default", "full")
 
@@ -24,7 +28,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "l2l": True, "fusion": True, "pooling": "attention", "loss": "infonce", "epochs": 1,
                    "batch_size": 4, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.1, "minutes": None,
                    "sampling": "random", "eval_every": 1, "flip_tta": False, "augment": "gain", "preload": True,
-                   "channels_last": False, "teachers": None},
+                   "channels_last": False, "teachers": None,
+                   "distill_loss": "cosine", "distill_weight": 1.0, "grad_clip": 1.0, "freeze": [],
+                   "backbone_lr_scale": 1.0, "gps_near": 32, "gps_random": 32, "gps_pool": 128,
+                   "optimizer": "adamw", "scheduler": "cosine"},
         "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"],
                    "backbone": "resnet10t", "pretrained": False,
                    "aggregation": "gem", "out_dim": 16, "image_size": 32, "mixvpr": {"out_channels": 8, "out_rows": 2, "mix_depth": 1},
@@ -88,7 +95,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "l2l": True, "fusion": True, "pooling": "gem", "loss": "infonce", "epochs": 30,
                    "batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "warmup": 0.03, "minutes": None,
                    "sampling": "random", "eval_every": 16, "flip_tta": True, "augment": "gain", "preload": True,
-                   "channels_last": True, "teachers": "available"},
+                   "channels_last": True, "teachers": "available",
+                   "distill_loss": "cosine", "distill_weight": 1.0, "grad_clip": 1.0, "freeze": [],
+                   "backbone_lr_scale": 1.0, "gps_near": 32, "gps_random": 32, "gps_pool": 128,
+                   "optimizer": "adamw", "scheduler": "cosine"},
         # Sized for ≤ 5 min of notebook 04 on one CPU thread: the offline ImageNet EfficientNet-Lite0 at
         # 64 px, frozen, its stride-16 map (stage 2) aggregated; only the aggregation and the heads
         # train, on backbone maps cached for 8 augmented copies of each image (augment_copies).
@@ -142,7 +152,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "pooling": "attention", "loss": "infonce", "epochs": 100, "batch_size": 32, "lr": 1e-4,
                    "weight_decay": 0.05, "warmup": 0.05, "minutes": None, "sampling": "gps",
                    "eval_every": 5, "flip_tta": True, "augment": "jitter", "preload": False, "channels_last": False,
-                   "teachers": ["clip-vit-b16", "dinov2-vit-s14"], "distill_weight": 1.0},
+                   "teachers": ["clip-vit-b16", "dinov2-vit-s14"], "distill_loss": "cosine", "distill_weight": 1.0,
+                   "grad_clip": 1.0, "freeze": [], "backbone_lr_scale": 1.0, "gps_near": 32, "gps_random": 32, "gps_pool": 128,
+                   "optimizer": "adamw", "scheduler": "cosine"},
         # The course project's CosPlace (ResNet-18 + GeM, 512-d, SF-XS train) and D&C's setting
         # (EfficientNet-B0, M=20, N=2, AAMC); test on SF-XS queries_v1 and Tokyo-XS.
         "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"],
@@ -190,16 +202,18 @@ NOTEBOOK_SECTIONS = {"01": "world", "02": "phase1", "03": "distill", "04": "phas
 
 
 def section_keys(section: str) -> list[str]:
-    """Every key the section has in any profile, `common`'s first: what a notebook's parameters cell lists."""
-    keys: dict[str, None] = {}
-    for name in PROFILE_NAMES:
-        keys.update(dict.fromkeys(PROFILES[name]["common"]))
-    for name in PROFILE_NAMES:
-        keys.update(dict.fromkeys(PROFILES[name].get(section, {})))
-    return list(keys)
+    """The settings of `section`'s dataclass (`common`'s first): what a notebook's parameters cell lists
+    and `-p` can set; derived fields (`profile`, `dry_run`, distill's nested `phase1`) are not among them."""
+    return section_class(section).settable()
 
 
-def from_parameters(profile: str, section: str, namespace: dict[str, Any]) -> dict[str, Any]:
+def section_class(section: str) -> type[Settings]:
+    if section not in SECTIONS:
+        raise KeyError(f"no section {section!r}; known: {sorted(SECTIONS)}")
+    return SECTIONS[section]
+
+
+def from_parameters(profile: str, section: str, namespace: dict[str, Any]) -> Settings:
     """`resolve` with every section key a notebook's parameters cell set (the cell's names = the keys)."""
     return resolve(profile, section, **{k: namespace[k] for k in section_keys(section) if k in namespace})
 
@@ -210,17 +224,42 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def resolve(profile: str, section: str, **overrides: Any) -> dict[str, Any]:
-    """Settings of `section` for `profile`, with `common` underneath and non-None overrides on top."""
+def validate_profiles(profiles: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Every section of every profile builds its dataclass: no key the class lacks, none missing, each
+    of its field's type. Runs at import, so a mistyped profile key fails before any notebook starts."""
+    for name, sections in profiles.items():
+        if "common" not in sections:
+            raise ValueError(f"profile {name!r} in geolib/profiles.py has no 'common' section; add one")
+        for section, values in sections.items():
+            if section not in SECTIONS:
+                raise ValueError(f"profile {name!r} in geolib/profiles.py has section {section!r}, which has no "
+                                 f"dataclass; add one to geolib/config.py (known: {', '.join(SECTIONS)})")
+            merged = {**sections["common"], **values} if section != "common" else values
+            SECTIONS[section].build(merged, f"profile {name!r}, section {section!r} (geolib/profiles.py)")
+
+
+def resolve(profile: str, section: str, **overrides: Any) -> Settings:
+    """Settings of `section` for `profile`, with `common` underneath and non-None overrides on top.
+
+    An override the section has no field for is an error naming the closest valid one: a typo must
+    not run with the profile's value while looking like it was set.
+    """
     check_profile(profile)
     sections = PROFILES[profile]
     if section not in sections and section != "common":
         raise KeyError(f"profile {profile!r} has no section {section!r}; known: {sorted(sections)}")
-    cfg = copy.deepcopy(sections["common"])
-    cfg.update(copy.deepcopy(sections.get(section, {})))
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    cls = section_class(section)
+    valid = cls.settable()
+    for key in overrides:
+        if key not in valid:
+            raise unknown_setting(key, section, valid)
+    values = copy.deepcopy(sections["common"])
+    values.update(copy.deepcopy(sections.get(section, {})))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = cls.build(values, f"profile {profile!r}, section {section!r} with overrides {sorted(overrides)}"
+                    if overrides else f"profile {profile!r}, section {section!r}")
     cfg["profile"] = profile
-    cfg["device"] = resolve_device(cfg.get("device", "auto"))
+    cfg["device"] = resolve_device(cfg["device"])
     from . import dryrun
 
     if dryrun.active():
@@ -245,7 +284,8 @@ _DRY_BATCH = ("batch_size", "student_batch_size")
 _DRY_STEPS = ("iterations_per_epoch", "dc_iterations_per_epoch")
 
 
-def dry_run_caps(cfg: dict[str, Any]) -> dict[str, Any]:
+def dry_run_caps(cfg: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Caps `cfg` in place (a resolved section or a plain dict); only keys it has are touched."""
     from . import dryrun
 
     for k in _DRY_EPOCHS:
@@ -264,7 +304,8 @@ def dry_run_caps(cfg: dict[str, Any]) -> dict[str, Any]:
         cfg["gem"] = {**cfg["gem"], **{k: min(v, 1 if k == "augment_copies" else dryrun.STEPS)
                                        for k, v in cfg["gem"].items() if k in ("augment_copies", "iterations_per_epoch")}}
     cfg["num_workers"] = 0
-    cfg["minutes"] = None
+    if "minutes" in cfg:
+        cfg["minutes"] = None
     if isinstance(cfg.get("dc_heads"), list):  # one head checks D&C's path; the others differ by a loss
         cfg["dc_heads"] = cfg["dc_heads"][:1]
     for k in ("safa_pretrained", "student_pretrained"):  # weights missing offline: random init, said once
@@ -274,3 +315,6 @@ def dry_run_caps(cfg: dict[str, Any]) -> dict[str, Any]:
         cfg["preset"] = "smoke"
     cfg["dry_run"] = True
     return cfg
+
+
+validate_profiles(PROFILES)

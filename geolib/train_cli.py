@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
@@ -12,56 +12,54 @@ from .crossview import phase1_distillation, train_crossview
 from .datasets import GeoDataset, ImageItem
 
 
-PHASE1_FLAG_HELP = {
-    "model": "registry name (phase1, phase1-cpu)", "batch_size": "global batch, split over processes",
-    "teachers": 'JSON list of teacher names, "available" or "none"',
-    "minutes": 'training time budget in minutes ("none": no budget)',
-}
+def _none_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A flag parser that also takes "none"/"null" (an optional setting unset)."""
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "null") else convert(text)
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
 
 
-def _phase1_keys() -> dict[str, list[Any]]:
-    """Every key of any profile's `phase1` and `common` sections, with the values they take."""
-    from .profiles import PROFILES, section_keys
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
-    return {k: [sections[part][k] for sections in PROFILES.values() for part in ("common", "phase1")
-                if k in sections.get(part, {})] for k in section_keys("phase1")}
+
+_json_or_text.__name__ = "JSON"
 
 
-def _flag_type(values: Sequence[Any]) -> tuple[str, Callable[[str], Any]]:
-    """(kind, parser) of a profile key from the values its profiles give it."""
-    import json
+def flag_kind(hint: Any) -> tuple[str, Callable[[str], Any] | None, tuple[Any, ...] | None]:
+    """(kind, parser, choices) of a flag for a field's type hint: bool, int, float, a fixed set of
+    strings, text, or JSON (lists, dicts, and text-or-list settings such as `teachers`)."""
+    import types
+    import typing
 
-    seen = [v for v in values if v is not None]
-
-    def maybe(convert: Callable[[str], Any]) -> Callable[[str], Any]:
-        def parse(text: str) -> Any:
-            return None if text.strip().lower() in ("none", "null") else convert(text)
-        parse.__name__ = getattr(convert, "__name__", "value")
-        return parse
-
-    def json_or_text(text: str) -> Any:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
-    json_or_text.__name__ = "JSON"
-    if seen and all(isinstance(v, bool) for v in seen):
-        return "bool", bool
-    if any(isinstance(v, (dict, list)) for v in seen):
-        return "json", maybe(json_or_text)
-    if seen and all(isinstance(v, int) and not isinstance(v, bool) for v in seen):
-        return "int", maybe(int)
-    if seen and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seen):
-        return "float", maybe(float)
-    return "str", maybe(str)
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    optional = type(None) in args
+    kinds = [a for a in args if a is not type(None)]
+    wrap = _none_or if optional else (lambda f: f)
+    if kinds == [bool]:
+        return "bool", None, None
+    if len(kinds) == 1 and typing.get_origin(kinds[0]) is typing.Literal:
+        return "choice", wrap(str), typing.get_args(kinds[0]) + ((None,) if optional else ())
+    if kinds == [int]:
+        return "int", wrap(int), None
+    if kinds == [float]:
+        return "float", wrap(float), None
+    if kinds == [str]:
+        return "str", wrap(str), None
+    return "json", wrap(_json_or_text), None
 
 
 def build_parser():
-    """One flag per key of the profiles' `phase1` (and `common`) sections, generated from the keys,
-    so a new profile setting is a new flag without touching this parser."""
+    """One flag per field of `geolib.config.Phase1` (`common`'s included), typed by the field's type
+    and documented by its comment, so a new setting is a new flag without touching this parser."""
     import argparse
 
-    from .profiles import PROFILE_NAMES
+    from .config import Phase1
+    from .profiles import PROFILE_NAMES, PROFILES
 
     p = argparse.ArgumentParser(prog="python -m geolib train",
                                 description="Train Phase 1 outside a notebook, teachers included, as notebook 02 "
@@ -73,16 +71,19 @@ def build_parser():
     p.add_argument("--out", help="checkpoint folder (default outputs/<profile>/checkpoints/phase1)")
     p.add_argument("--dry-run", action="store_true",
                    help="the profile's models and sizes on capped work (geolib.dryrun): does this command get through?")
-    for key, values in sorted(_phase1_keys().items()):
-        kind, parse = _flag_type(values)
-        flags = [f"--{key.replace('_', '-')}"]
-        shown = ", ".join(sorted({json.dumps(v) for v in values}))
-        helptext = PHASE1_FLAG_HELP.get(key, f"profiles: {shown}")
+    hints, docs = Phase1.types(), Phase1.help()
+    default = {**PROFILES["default"]["common"], **PROFILES["default"]["phase1"]}
+    for key in sorted(Phase1.settable()):
+        kind, parse, choices = flag_kind(hints[key])
+        flag = f"--{key.replace('_', '-')}"
+        helptext = docs.get(key, "") + (f" [default profile: {json.dumps(default[key])}]" if key in default else "")
         if kind == "bool":
-            p.add_argument(*flags, dest=key, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+            p.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        elif kind == "choice":
+            p.add_argument(flag, dest=key, type=parse, default=None, choices=choices, help=helptext)
         else:
             meta = {"json": "JSON", "int": "N", "float": "X"}.get(kind, key.split("_")[-1].upper())
-            p.add_argument(*flags, dest=key, type=parse, default=None, metavar=meta,
+            p.add_argument(flag, dest=key, type=parse, default=None, metavar=meta,
                            help=helptext + (" (JSON)" if kind == "json" else ""))
     return p
 
@@ -146,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in data_flags}
     if args.dry_run:
         os.environ[dryrun.ENV] = "1"  # resolve() then caps epochs, batches and the world's size
-    cfg = resolve(args.profile, "phase1", **overrides)
+    try:
+        cfg = resolve(args.profile, "phase1", **overrides)
+    except ValueError as err:  # a value of the wrong type, e.g. --model-options that is not a JSON object
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for key in argv_keys(argv) & set(overrides):
         if overrides[key] is None:
             cfg[key] = None  # "--minutes none", "--teachers none": unset, not the profile's value

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from geolib.config import SECTIONS
 from geolib.pipeline import check_parameters, discover, notebook_parameters
 from geolib.profiles import NOTEBOOK_EXTRAS, NOTEBOOK_SECTIONS, from_parameters, section_keys
 
@@ -14,12 +15,20 @@ NOTEBOOKS = {p.name[:2]: p for p in discover()}
 
 
 @pytest.mark.parametrize("number", sorted(NOTEBOOK_SECTIONS))
-def test_parameters_cell_lists_its_section_keys_and_documented_extras(number):
+def test_parameters_cell_lists_its_dataclass_fields_and_documented_extras(number):
+    """The cell, the section's dataclass (geolib/config.py) and the profiles cannot drift apart."""
     names = notebook_parameters(NOTEBOOKS[number])
     assert len(names) == len(set(names)), "a name is assigned twice"
-    expected = set(section_keys(NOTEBOOK_SECTIONS[number])) | set(NOTEBOOK_EXTRAS[number])
+    expected = set(SECTIONS[NOTEBOOK_SECTIONS[number]].settable()) | set(NOTEBOOK_EXTRAS[number])
     assert set(names) == expected, (f"missing from the cell: {sorted(expected - set(names))}; "
-                                    f"not a profile key nor a documented extra: {sorted(set(names) - expected)}")
+                                    f"not a dataclass field nor a documented extra: {sorted(set(names) - expected)}")
+
+
+def test_section_keys_are_the_dataclass_fields_and_extras_are_no_fields():
+    for number, section in NOTEBOOK_SECTIONS.items():
+        assert section_keys(section) == SECTIONS[section].settable()
+        clash = set(NOTEBOOK_EXTRAS[number]) & set(SECTIONS[section].settable())
+        assert not clash, f"notebook {number}: {clash} are both a setting and an extra"
 
 
 def test_every_notebook_has_a_section_and_extras():
@@ -77,3 +86,16 @@ def test_sampling_and_flip_tta_reach_notebook_02s_configuration():
 
     ns = _setup_namespace("02", {"sampling": "gps", "flip_tta": True})
     assert phase1_train_config(ns["cfg"]).sampling == "gps" and phase1_fit_options(ns["cfg"])["flip"] is True
+
+
+def test_loop_settings_reach_notebook_02s_train_config():
+    """`-p grad_clip 0.5` etc. reach the loop: before these keys existed no profile key could."""
+    from geolib.config import phase1_train_config
+
+    ns = _setup_namespace("02", {"grad_clip": 0.5, "freeze": [".backbone."], "backbone_lr_scale": 0.25,
+                                 "gps_near": 4, "gps_random": 2, "gps_pool": 9, "distill_loss": "mse",
+                                 "distill_weight": 0.3})
+    tc = phase1_train_config(ns["cfg"])
+    assert (tc.grad_clip, tc.freeze, tc.backbone_lr_scale) == (0.5, (".backbone.",), 0.25)
+    assert (tc.gps_near, tc.gps_random, tc.gps_pool) == (4, 2, 9)
+    assert ns["cfg"]["distill_loss"] == "mse" and ns["cfg"]["distill_weight"] == 0.3
