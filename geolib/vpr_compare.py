@@ -334,3 +334,52 @@ def recall_figure(curves: Mapping[str, Mapping[str, Mapping[str, float]]], condi
 def curves_of(*results: Mapping[str, Mapping[str, tuple[Any, float]]]) -> dict[str, dict[str, dict[str, float]]]:
     """{model: {condition: metrics}} of several {model: per-condition results} mappings, in order."""
     return {n: {c: r.metrics for c, (r, _) in res.items()} for group in results for n, res in group.items()}
+
+
+# --------------------------------------------------------------------------- observations
+
+def observations(records: Sequence[Mapping[str, Any]], dataset: str, conditions: Sequence[str],
+                 split: str = "test") -> list[Any]:
+    """What notebook 04 reports beside its targets (`findings.phase2` judges those): each trained
+    model's @1 per condition, MixVPR against GeM, the domain shift from the first condition, memory
+    and queries/s, and whether a CosPlace loss was still falling at the end. Each is a
+    `findings.Finding` with no target, computed from this run's records."""
+    from .findings import Finding
+
+    table = phase2.comparison_table(records, dataset, split)
+    if table.empty or not conditions:
+        return []
+
+    def at1(model: str, cond: str, protocol: str) -> float:
+        row = table[(table.model == model) & (table["query"] == phase2.query_view(cond)) & (table.protocol == protocol)]
+        value = row["@1"].iloc[0] if len(row) else None
+        return float(value) if value is not None and value == value else float("nan")
+
+    first, out = conditions[0], []
+    trained = [(m, p) for m, p in dict.fromkeys(zip(table.model, table.protocol))
+               if m != "chance" and not m.endswith("-untrained")]
+    for model, protocol in trained:
+        at = "R@1" if protocol == "vpr-25m" else "LR@1"
+        for cond in conditions:
+            out.append(Finding(f"{model} {at} on {cond} queries ({protocol})", at1(model, cond, protocol), unit="%"))
+    retrieval = [m for m, p in trained if p == "vpr-25m"]
+    if "cosplace" in retrieval and "cosplace-mixvpr" in retrieval:
+        gain = at1("cosplace-mixvpr", first, "vpr-25m") - at1("cosplace", first, "vpr-25m")
+        out.append(Finding(f"MixVPR minus GeM, R@1 on {first} queries", gain, unit=" points",
+                           note="MixVPR ahead" if gain > 0 else "GeM ahead" if gain < 0 else "a tie"))
+    if retrieval:
+        for cond in conditions[1:]:
+            out.append(Finding(f"domain shift of {retrieval[0]}: R@1 on {cond} minus {first} queries",
+                               at1(retrieval[0], cond, "vpr-25m") - at1(retrieval[0], first, "vpr-25m"), unit=" points"))
+    for model, value in table.dropna(subset=["memory MB"]).groupby("model", sort=False)["memory MB"].first().items():
+        out.append(Finding(f"{model} memory (database descriptors or classifier heads)", float(value), unit=" MB"))
+    for model, value in table.dropna(subset=["queries/s"]).groupby("model", sort=False)["queries/s"].median().items():
+        out.append(Finding(f"{model} queries per second (median over conditions)", float(value)))
+    for model in retrieval:
+        rec = next((r for r in reversed(records) if r.get("model") == model and r.get("dataset") == dataset
+                    and r.get("protocol") == "vpr-25m" and (r.get("config") or {}).get("loss_by_epoch")), None)
+        losses = (rec or {}).get("config", {}).get("loss_by_epoch") or []
+        if len(losses) > 1 and losses[-1] < losses[-2]:
+            out.append(Finding(f"{model} training loss change over the last epoch", losses[-1] - losses[-2],
+                               note=f"still falling ({losses[-2]:.2f} → {losses[-1]:.2f}): more iterations would likely help"))
+    return out

@@ -140,3 +140,27 @@ def test_pick_strips_shows_one_correct_then_wrong():
     paths = [Path(f"q{i}_{w}.png") for i, w in enumerate(["correct", "correct", "wrong", "wrong", "wrong"])]
     assert [p.name for p in V.pick_strips(paths)] == ["q0_correct.png", "q2_wrong.png", "q3_wrong.png"]
     assert [p.name for p in V.pick_strips(paths[2:], 2)] == ["q2_wrong.png", "q3_wrong.png"]
+
+
+def test_observations_from_records():
+    def rec(model, protocol, view, metrics, config=None):
+        return {"task": "vpr", "dataset": "toy", "split": "test", "protocol": protocol, "model": model,
+                "query_view": view, "metrics": metrics, "config": config or {}}
+
+    falling = {"loss_by_epoch": [3.0, 2.5, 2.0]}
+    records = [rec("chance", "vpr-25m", "query-day", {"R@1": 2.0}),
+               rec("cosplace", "vpr-25m", "query-day", {"R@1": 40.0, "memory_mb": 0.5, "queries_per_s": 10.0}, falling),
+               rec("cosplace", "vpr-25m", "query-night", {"R@1": 25.0, "memory_mb": 0.5, "queries_per_s": 30.0}, falling),
+               rec("cosplace-mixvpr", "vpr-25m", "query-day", {"R@1": 35.0}, {"loss_by_epoch": [2.0, 2.2]}),
+               rec("dc-aamc", "dc-lr-25m", "query-day", {"LR@1": 5.0})]
+    found = {f.claim: f for f in V.observations(records, "toy", ["day", "night"])}
+    assert found["cosplace R@1 on night queries (vpr-25m)"].value == 25.0
+    assert found["dc-aamc LR@1 on day queries (dc-lr-25m)"].value == 5.0
+    assert found["MixVPR minus GeM, R@1 on day queries"].value == -5.0
+    assert found["MixVPR minus GeM, R@1 on day queries"].note == "GeM ahead"
+    assert found["domain shift of cosplace: R@1 on night minus day queries"].value == -15.0
+    assert found["cosplace queries per second (median over conditions)"].value == 20.0
+    assert found["cosplace training loss change over the last epoch"].value == pytest.approx(-0.5)
+    assert "cosplace-mixvpr training loss change over the last epoch" not in found  # it rose
+    assert not any(c.startswith("chance") for c in found) and all(f.target is None for f in found.values())
+    assert V.observations(records, "other", ["day"]) == []
