@@ -57,6 +57,10 @@ class Settings(MutableMapping):
 
     SECTION: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._repr_pretty_ = Settings._repr_pretty_  # IPython takes the first of these up the MRO
+
     # -- the mapping protocol, over the fields
     def __getitem__(self, key: str) -> Any:
         if key not in self.names():
@@ -86,6 +90,11 @@ class Settings(MutableMapping):
     def to_dict(self) -> dict[str, Any]:
         """A plain, deep-copied dict (nested sections too), for records and JSON."""
         return asdict(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """A notebook cell ending in `cfg` shows one setting per line, as it did for the dict."""
+        printer.text(f"{type(self).__name__} ")
+        printer.pretty(self.to_dict())
 
     # -- the class's description of itself
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import json
 import os
 import re
@@ -61,8 +62,10 @@ def check_parameters(parameters: dict[str, Any], notebooks: Sequence[Path]) -> d
     if unknown:
         lines = [f"{name}: {RENAMED[name]}" for name in unknown if name in RENAMED]
         others = [name for name in unknown if name not in RENAMED]
+        close = {name: difflib.get_close_matches(name, known, n=1) for name in others}
+        hints = "".join(f" {name!r}: did you mean {close[name][0]!r}?" for name in others if close[name])
         if others:
-            lines.append(f"unknown parameter(s) {others} for {', '.join(nb.name for nb in notebooks)}; "
+            lines.append(f"unknown parameter(s) {others} for {', '.join(nb.name for nb in notebooks)};{hints} "
                          f"accepted: {', '.join(known)}")
         raise ValueError("\n".join(lines))
     return {nb: {k: v for k, v in parameters.items() if k in names} for nb, names in accepted.items()}

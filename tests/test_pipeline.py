@@ -51,3 +51,11 @@ def test_cli_rejects_bad_selection_before_running():
     res = subprocess.run([sys.executable, "-m", "geolib", "run", "--profile", "fast"], capture_output=True,
                          text=True, timeout=60, cwd=ROOT)
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_a_misspelt_parameter_names_the_closest_accepted_one():
+    from geolib.pipeline import check_parameters
+
+    nbs = [p for p in discover() if p.name.startswith("02")]
+    with pytest.raises(ValueError, match=r"'flip_ttta': did you mean 'flip_tta'\?.*accepted: "):
+        check_parameters({"flip_ttta": True}, nbs)

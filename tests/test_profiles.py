@@ -91,6 +91,13 @@ def test_a_section_reads_like_the_dict_it_replaces():
     assert isinstance(distill.to_dict()["phase1"], dict)
 
 
+def test_a_cell_ending_in_cfg_shows_one_setting_per_line():
+    from IPython.lib.pretty import pretty
+
+    shown = pretty(resolve("smoke", "explorer", device="cpu"))
+    assert shown.startswith("Explorer {'seed': 0,\n") and "'grid_k': 5,\n" in shown
+
+
 def test_every_field_is_documented_by_its_comment():
     from geolib.config import SECTIONS
 
