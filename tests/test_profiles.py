@@ -130,3 +130,44 @@ def test_dry_run_caps_work_but_keeps_models_and_sizes(monkeypatch):
     assert cfg.dry_run is True and cfg.epochs < 30 and cfg.preset == "smoke" and cfg.image_size == 48
     p2 = resolve("default", "phase2", device="cpu")
     assert p2.dry_run is True and len(p2.dc_heads) == 1 and p2.augment_copies == 1 and p2.out_dim == 128
+
+
+def _another(value):
+    """A different value of the same kind, to see whether a setting changes anything downstream."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "-other"
+    if isinstance(value, list):
+        return [*value, "other"]
+    if isinstance(value, dict):
+        return {**value, "other": 1}
+    return 1.5  # None: an optional number (minutes, grad_clip)
+
+
+def test_no_phase1_setting_is_silently_dropped(monkeypatch):
+    """Each field changes the model's arguments, the TrainConfig or train_crossview's options, unless
+    it is listed here with the code that reads it."""
+    import copy
+
+    import geolib.models
+    from geolib.config import Phase1, phase1_fit_options, phase1_model, phase1_train_config
+
+    read_elsewhere = {"preset": "dataroots.u1652", "teachers": "crossview.phase1_distillation",
+                      "distill_loss": "crossview.phase1_distillation", "distill_weight": "crossview.phase1_distillation"}
+    built: dict = {}
+    monkeypatch.setattr(geolib.models, "create_model", lambda name, **kw: built.update(name=name, **kw))
+
+    def downstream(cfg):
+        built.clear()
+        phase1_model(cfg)
+        return phase1_train_config(cfg).to_dict(), phase1_fit_options(cfg), dict(built)
+
+    base = resolve("smoke", "phase1", device="cpu")
+    for name in Phase1.settable():
+        if name not in read_elsewhere:
+            changed = copy.deepcopy(base)
+            changed[name] = _another(base[name])
+            assert downstream(changed) != downstream(base), f"phase1 setting {name!r} reaches nothing"
