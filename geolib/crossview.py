@@ -6,7 +6,7 @@ table is produced by the same code path and recorded with its protocol.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -21,7 +21,8 @@ from .records import write_record
 
 if TYPE_CHECKING:
     from .embcache import EmbeddingCache
-    from .train import FitResult, TrainConfig
+    from .loop import LoopResult
+    from .train import TrainConfig
 
 DIRECTIONS: tuple[tuple[str, str], ...] = (("street", "drone"), ("street", "satellite"),
                                            ("drone", "satellite"), ("satellite", "drone"))
@@ -142,28 +143,35 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
                     augment: str = "jitter", preload: bool = False,
                     select: str = "last", flip: bool = False,
                     cache: "EmbeddingCache | None" = None,
-                    transform: Callable | None = None) -> "FitResult":
-    """Train on the train split's places; after some epochs, R@1 of `eval_directions` on the test split.
+                    transform: Callable | None = None) -> "LoopResult":
+    """Train on the train split's places; after some epochs, R@1 of `eval_directions` on the test split
+    (recorded as a curve: `geolib.loop` never selects on it).
 
     The evaluations are curves to watch, not a selection rule. `select` decides which epoch is kept
     as `best`: "last" (default: the learning rate anneals to zero, so the last epoch is the trained
     model), "train-loss" (the lowest training loss; near the end of an annealed run its minimum is
     noise: in one default run it picked epoch 21 of 24, street->drone R@1 35.8 % against 38.9 % for
-    the last), or "test" (the highest test recall, for exploration only: it reports an optimistic
-    number for the very queries it was chosen on).
+    the last). Selecting on the test split is refused: it would report an optimistic number for the
+    very queries the model was chosen on.
+    `max_minutes` is an opt-in cap that stops the run early (the result says `cut_by_budget`);
+    the learning-rate schedule is always over `cfg.epochs`. `cfg` is not modified.
     `flip` and `cache` are those of `evaluate_crossview`: with the final evaluation's settings and
     cache, the curve measures what the table reports, and the last epoch's embeddings are reused.
     `transform` replaces the training transform (near-square crop jitter + `augment`): on a
     panorama that crop would keep a quarter of it, so pair datasets train on plain resizes.
     """
-    rules = {"last": "last", "train-loss": None, "test": "mean R@1"}
+    rules = {"last": "last", "train-loss": None}
+    if select == "test":
+        raise ValueError("select='test' is refused: it keeps the epoch that scores best on the test split and then "
+                         "reports that same split, an optimistic number. Use select='last' (default) or "
+                         "'train-loss'; the test recall is still recorded each evaluation as a curve")
     if select not in rules:
         raise ValueError(f"select must be one of {', '.join(rules)}, got {select!r}")
     from .losses import make_pair_loss
     from .train import MultiViewPlaces, fit
 
-    if hasattr(model, "config"):
-        cfg.extra.setdefault("model", model.config)  # so the checkpoint can rebuild its model
+    if hasattr(model, "config") and "model" not in cfg.extra:  # so the checkpoint can rebuild its model
+        cfg = replace(cfg, extra={**cfg.extra, "model": model.config})
     train_items = dryrun.places(ds.select(split="train"))
     places = MultiViewPlaces(train_items, cfg.views,
                              transform or default_transform(image_size, train=True, colour=augment),
@@ -177,7 +185,7 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
         return row
 
     in_training = bool(eval_directions) and not dryrun.active()  # a dry run evaluates once, at the end
-    return fit(model, places, cfg, out_dir, pair_loss, evaluate=evaluate if in_training else None,
+    return fit(model, places, cfg, out_dir, pair_loss, watch=evaluate if in_training else None,
                extra_loss=extra_loss, extra_modules=[pair_loss, *extra_modules], select_metric=rules[select],
                on_epoch=on_epoch, progress=progress, max_minutes=max_minutes)
 

@@ -379,6 +379,7 @@ def run(model: nn.Module, step: Callable[[Any, int], torch.Tensor],
                 row.update(validation)
             if watch is not None:
                 row.update({k: v for k, v in watch(model, epoch + 1).items() if k not in row})
+            cut = cut or (_spent(cfg.max_minutes, t_start) and epoch + 1 < epochs)  # an evaluation may use it up
         if cut:
             row["cut_by_budget"] = True
         history.append(row)

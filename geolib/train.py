@@ -1,19 +1,14 @@
-"""The training loop shared by every cross-view model (Phase 1, baselines, ablation rows).
+"""Multi-view contrastive training of every cross-view model (Phase 1, baselines, ablation rows, SAFA).
 
-Compact on purpose, in the spirit of CosPlace: seeded, one `fit` function, resumable from its
-last checkpoint, per-epoch metrics written as records. What changes between systems (model,
-pairwise loss, extra loss terms, evaluation) is passed in, not copied.
+The data (places, place batches), the embedding helpers and the multi-view step live here; the
+loop itself (optimizer, schedule, checkpoints, resume, caps) is `geolib.loop.run`, shared with the
+students and the Phase 2 classifiers. `fit` binds the two.
 
 A training sample is one *place* with one image per view; a batch never holds one place twice,
 so every other item in the batch is a true negative for InfoNCE and triplet losses.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
-import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -23,10 +18,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import dryrun
-from .checkpoint import load_checkpoint, save_checkpoint
-from .datasets import GeoDataset, ImageItem, by_label
+from .datasets import ImageItem, by_label
 from .images import load_image
+from .loop import (RESUME_FREE, LoopConfig, LoopResult, adamw, autocast, cosine_with_warmup,  # noqa: F401
+                   distributed, freeze_parts, gather, param_groups, run, seed_everything, wrap_ddp)
 
 
 @dataclass
@@ -51,18 +46,14 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()  # parameter-name parts (".backbone.") kept frozen, their BatchNorm stats too
     backbone_lr_scale: float = 1.0  # backbone lr = lr x this: a pretrained backbone needs less than a new neck
     channels_last: bool = False  # NHWC convolutions: 1.2-1.4x faster CNN steps on CPU (geolib bench)
+    optimizer: str = "adamw"  # geolib.loop.OPTIMIZERS
+    scheduler: str = "cosine"  # warm-up + cosine over the planned steps, or "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["views"] = list(self.views)
         return d
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 # --------------------------------------------------------------------------- data
@@ -178,61 +169,8 @@ class PlaceBatchSampler(torch.utils.data.Sampler[list[int]]):
 
 # --------------------------------------------------------------------------- optimisation
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                       clock: Callable[[], float] | None = None):
-    """Linear warm-up, then cosine to zero at `total_steps`.
-
-    `clock()` (share of a time budget used, 0..1) lets a budgeted run anneal on time: the cosine
-    follows whichever of steps and clock is further along, so a slow machine still ends its
-    budget at a low learning rate instead of being cut off at the peak.
-    """
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        if clock is not None:
-            progress = max(progress, clock())
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def autocast(device: str, amp: bool):
-    if amp and device.startswith("cuda"):
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
-
-
-def freeze_parts(module: nn.Module, parts: Sequence[str]) -> list[nn.Module]:
-    """Stop training every submodule whose name contains one of `parts`; returns them, so the
-    loop can keep them in eval mode (a frozen backbone must not drift its BatchNorm statistics)."""
-    if not parts:
-        return []
-    picked = [m for name, m in module.named_modules() if any(p in f".{name}." for p in parts)]
-    if not picked:
-        raise ValueError(f"freeze={list(parts)} matches no submodule; names look like "
-                         f"{[n for n, _ in module.named_modules()][1:4]}")
-    for m in picked:
-        m.requires_grad_(False)
-    return picked
-
-
-def param_groups(module: nn.Module, lr: float, backbone_scale: float = 1.0) -> list[dict[str, Any]]:
-    """Trainable parameters in two groups: `*.backbone.*` at `lr · backbone_scale`, the rest at `lr`."""
-    groups: dict[bool, list[nn.Parameter]] = {True: [], False: []}
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            groups[".backbone." in f".{name}"].append(p)
-    return [{"params": ps, "lr": lr * (backbone_scale if is_bb else 1.0)}
-            for is_bb, ps in groups.items() if ps]
-
-
-def adamw(params: Any, lr: float, weight_decay: float, device: str | torch.device) -> torch.optim.AdamW:
-    """AdamW, fused where the device has the kernel: one call for all parameters instead of a dozen
-    small ops per parameter, 4-8 % of a default CPU training step (measured)."""
-    fused = torch.device(device).type in ("cpu", "cuda")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+# The optimisation pieces (seed_everything, adamw, param_groups, cosine_with_warmup, autocast,
+# freeze_parts) live in geolib.loop, the one training loop; they stay importable from here.
 
 
 def input_format(model: nn.Module) -> torch.memory_format:
@@ -294,12 +232,7 @@ def embed_items(model: nn.Module, items: Sequence[ImageItem], view: str, transfo
 
 # --------------------------------------------------------------------------- the loop
 
-@dataclass
-class FitResult:
-    history: list[dict[str, Any]]
-    best_path: Path | None
-    last_path: Path
-    resumed_from: int
+FitResult = LoopResult  # the result of `fit` is the one loop's result (history, best_path, last_path, resumed_from…)
 
 
 def place_loader(train_set: MultiViewPlaces, sampler: PlaceBatchSampler, num_workers: int = 0
@@ -310,10 +243,37 @@ def place_loader(train_set: MultiViewPlaces, sampler: PlaceBatchSampler, num_wor
     return torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=num_workers)
 
 
-def _distributed() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+def loop_config(cfg: TrainConfig, select: str = "train-loss", max_minutes: float | None = None) -> LoopConfig:
+    """The loop settings a cross-view `TrainConfig` stands for."""
+    return LoopConfig(epochs=cfg.epochs, seed=cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                      optimizer=cfg.optimizer, scheduler=cfg.scheduler, warmup=cfg.warmup, grad_clip=cfg.grad_clip,
+                      amp=cfg.amp, device=cfg.device, channels_last=cfg.channels_last, freeze=tuple(cfg.freeze),
+                      backbone_lr_scale=cfg.backbone_lr_scale, select=select, eval_every=cfg.eval_every,
+                      resume=cfg.resume, max_minutes=max_minutes)
+
+
+def multiview_step(train_model: nn.Module, model: nn.Module, views: Sequence[str],
+                   pair_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: str,
+                   extra_loss: Callable[..., torch.Tensor] | None = None,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> Callable[[Any, int], torch.Tensor]:
+    """The loop step of multi-view contrastive training: embed each view of a batch of places, the
+    pairwise loss over view pairs on the (under DDP, gathered) global batch, plus `extra_loss` on
+    this process's rows. `train_model` is `model` or its DDP wrapper."""
+    pairs = view_pairs(views)
+    world = distributed()[1]
+
+    def step(batch: Any, epoch: int) -> torch.Tensor:
+        images, labels, paths = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
+        images = {v: x.to(device, non_blocking=True).contiguous(memory_format=memory_format) for v, x in images.items()}
+        labels = labels.to(device)
+        local = embed_batch(train_model, model, {v: images[v] for v in views})
+        emb = gather(local) if world > 1 else local
+        loss = multiview_loss(emb, pair_loss, pairs)
+        if extra_loss is not None:
+            more = (images, local, labels) if paths is None else (images, local, labels, paths)
+            loss = loss + extra_loss(*more)
+        return loss
+    return step
 
 
 def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir: str | Path,
@@ -322,153 +282,48 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
         extra_loss: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
         extra_modules: Sequence[nn.Module] = (), select_metric: str | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
-        max_minutes: float | None = None) -> FitResult:
-    """Train, evaluate every `cfg.eval_every` epochs, keep `best` and `last` checkpoints, resume.
+        max_minutes: float | None = None,
+        watch: Callable[[nn.Module, int], dict[str, float]] | None = None) -> LoopResult:
+    """Multi-view contrastive training of `model` through `geolib.loop.run`.
 
     `pair_loss(a, b)` scores two views' embeddings of the same places. `extra_loss(images,
     embeddings, labels)` adds terms such as distillation or the instance loss, on this process's own
     rows (under DDP, not the gathered batch); when the training set yields a third item (the drawn
     image paths per view, `MultiViewPlaces(with_paths=True)`), it is passed too: `extra_loss(images,
-    embeddings, labels, paths)`. `extra_modules` are
-    trained with the model (loss temperature, projection heads) and checkpointed with it.
-    `select_metric` names the history field whose highest value is kept as `best` (default: the
-    lowest training loss); `"last"` keeps the final epoch, written once at the end.
-    `max_minutes` stops cleanly after the epoch in which the time budget runs out, and the learning
-    rate anneals on that clock too (see `cosine_with_warmup`).
+    embeddings, labels, paths)`. `extra_modules` are trained with the model (loss temperature,
+    projection heads) and checkpointed with it.
+    `evaluate` measures a validation split, the only metrics `select_metric` may name; `watch`
+    records curves (a test split) that never select. `select_metric`: None keeps the lowest
+    training loss as `best`, "last" the final epoch (written once, when the run ends).
+    `max_minutes` is an opt-in cap: the run stops after the epoch in which it runs out, says so, and
+    the schedule stays the one planned over all epochs (see `geolib.loop`).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rank, world = _distributed()
-    seed_everything(cfg.seed)
+    rank, world = distributed()
     device = cfg.device
     bundle = nn.ModuleDict({"model": model, **{f"extra{i}": m for i, m in enumerate(extra_modules)}}).to(device)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     bundle.to(memory_format=fmt)
-    train_model = model
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)
-
+    train_model = wrap_ddp(model, device)
     neighbours = gps_neighbours(train_set.utm, cfg.gps_pool) if cfg.sampling == "gps" else None
     sampler = PlaceBatchSampler(len(train_set), cfg.batch_size, cfg.seed, neighbours, cfg.gps_near,
                                 cfg.gps_random, rank, world)
     loader = place_loader(train_set, sampler, cfg.num_workers)
-    frozen = freeze_parts(bundle, cfg.freeze)
-    params = [p for p in bundle.parameters() if p.requires_grad]
-    optimizer = adamw(param_groups(bundle, cfg.lr, cfg.backbone_lr_scale), cfg.lr, cfg.weight_decay, device)
-    total = max(1, cfg.epochs * len(sampler))
-    t_start = time.perf_counter()
-    clock = (lambda: (time.perf_counter() - t_start) / (60 * max_minutes)) if max_minutes else None
 
-    def spent() -> bool:  # max_minutes=0 is a budget too: one epoch
-        return max_minutes is not None and (time.perf_counter() - t_start) / 60 >= max_minutes
-    scheduler = cosine_with_warmup(optimizer, int(cfg.warmup * total), total, clock)
-    pairs = view_pairs(cfg.views)
-
-    history: list[dict[str, Any]] = []
-    start_epoch, best = 0, -math.inf
-    last_path, best_path = out_dir / "last", out_dir / "best"
-    if cfg.resume and last_path.with_suffix(".json").exists():
-        saved = check_resumable(last_path, cfg, max_minutes)
-        meta = load_checkpoint(last_path, bundle, optimizer, scheduler, restore_rng=True)
-        start_epoch, history, best = meta["epoch"], meta.get("history", []), meta.get("best", -math.inf)
-        if meta.get("complete") and saved.get("epochs", 0) >= cfg.epochs:
-            if progress and rank == 0:
-                print(f"{last_path}.json: this run already finished ({start_epoch} epochs); nothing to train")
-            return FitResult(history, best_path if best_path.with_suffix(".json").exists() else None,
-                             last_path, start_epoch)
-        if progress and rank == 0:
-            print(f"resuming from {last_path}.json after epoch {start_epoch}")
-    resumed_from = start_epoch
-    max_steps = dryrun.steps(None)  # a dry run checks the path with a few steps
-    t_start = time.perf_counter()  # the budget counts from here, after any resume
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
+    def plan(epoch: int, rng: np.random.Generator) -> torch.utils.data.DataLoader:
+        sampler.set_epoch(epoch)  # the sampler and the images draw from their own (seed, epoch) generators
         train_set.set_epoch(epoch)
-        bundle.train()
-        for m in frozen:
-            m.eval()
-        t0, losses = time.perf_counter(), []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank > 0, leave=False)
-        for step, batch in enumerate(bar):
-            if max_steps is not None and step >= max_steps:
-                break
-            images, labels, paths = batch[0], batch[1], (batch[2] if len(batch) > 2 else None)
-            images = {v: x.to(device, non_blocking=True).contiguous(memory_format=fmt) for v, x in images.items()}
-            labels = labels.to(device)
-            with autocast(device, cfg.amp):
-                local = embed_batch(train_model, model, {v: images[v] for v in cfg.views})
-                emb = _gather(local) if world > 1 else local
-                loss = multiview_loss(emb, pair_loss, pairs)
-                if extra_loss is not None:
-                    more = (images, local, labels) if paths is None else (images, local, labels, paths)
-                    loss = loss + extra_loss(*more)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-                               "seconds": round(time.perf_counter() - t0, 2), "lr": scheduler.get_last_lr()[0],
-                               "minutes_total": round((time.perf_counter() - t_start) / 60, 3)}
-        out_of_time = spent()
-        if evaluate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or out_of_time):
-            row.update(evaluate(model, epoch + 1))  # the last epoch of a budgeted run is evaluated too
-            out_of_time = out_of_time or spent()  # an evaluation that ends the budget ends the run
-        history.append(row)
-        if rank == 0:
-            complete = out_of_time or epoch + 1 == cfg.epochs
-            if select_metric == "last":  # `best` is the final model: written once, when the run ends
-                keep = complete
-            else:
-                score = row.get(select_metric, -row["loss"]) if select_metric else -row["loss"]
-                keep = score is not None and score > best
-                best = score if keep else best
-            if keep:
-                save_checkpoint(best_path, bundle, epoch=epoch + 1, config=cfg.to_dict(), metrics=row)
-            save_checkpoint(last_path, bundle, optimizer, scheduler, epoch=epoch + 1, config=cfg.to_dict(),
-                            history=history, best=best, complete=complete, max_minutes=max_minutes)
-            if on_epoch:
-                on_epoch(row)
-        if out_of_time:
-            break
-    return FitResult(history, best_path if best_path.with_suffix(".json").exists() else None, last_path, resumed_from)
+        return loader
+
+    step = multiview_step(train_model, model, cfg.views, pair_loss, device, extra_loss, fmt)
+    select = {None: "train-loss"}.get(select_metric, select_metric)
+    def on_model(fn: Callable[[nn.Module, int], dict[str, float]] | None):  # callbacks see the model, not the bundle
+        return None if fn is None else (lambda _bundle, epoch: fn(model, epoch))
+
+    return run(bundle, step, plan, loop_config(cfg, select, max_minutes), out_dir, evaluate=on_model(evaluate),
+               watch=on_model(watch),
+               settings=cfg.to_dict(), settings_defaults=TrainConfig().to_dict(), steps_per_epoch=len(sampler),
+               on_epoch=on_epoch, progress=progress)
 
 
-# Settings that change neither the weights nor the data order, so a run may resume under new values.
-RESUME_FREE = ("epochs", "resume", "eval_every", "num_workers", "device", "channels_last")
-
-
-def check_resumable(last_path: Path, cfg: TrainConfig, max_minutes: float | None = None) -> dict[str, Any]:
-    """The saved run's config, after checking it is this run's: resuming a different run (another
-    learning rate, batch size or model) would silently mix two experiments."""
-    doc_path = Path(last_path).with_suffix(".json")
-    meta = json.loads(doc_path.read_text()).get("meta", {})
-    def plain(c: TrainConfig) -> dict[str, Any]:
-        return json.loads(json.dumps(c.to_dict(), default=str))
-
-    saved = {**plain(TrainConfig()), **meta.get("config", {})}  # settings added since: their defaults
-    now = plain(cfg)
-    if "max_minutes" in meta:  # checkpoints written before budgets were recorded carry none
-        saved["max_minutes"], now["max_minutes"] = meta["max_minutes"], max_minutes
-    diffs = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
-    if diffs:
-        shown = "; ".join(f"{k}: saved {_short(saved.get(k))}, now {_short(now.get(k))}" for k in diffs)
-        raise ValueError(f"{doc_path}: the checkpoint here belongs to a run with other settings ({shown}). "
-                         f"Resume it with its own settings, train into another directory, or delete "
-                         f"{doc_path.parent} to start afresh.")
-    return saved
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _gather(emb: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """All ranks see the global batch, so in-batch negatives match a single-process run."""
-    from torch.distributed.nn.functional import all_gather
-
-    return {v: torch.cat(all_gather(e), dim=0) for v, e in emb.items()}
+_distributed = distributed  # older names
+_gather = gather

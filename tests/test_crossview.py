@@ -209,3 +209,21 @@ def test_train_cli_dry_run_distils_tiny_clip_and_dinov2_teachers_per_image(world
     assert seen and set(seen[0]) == {"street", "drone", "satellite"}
     train_paths = {str(it.path) for it in world.select(split="train")}
     assert all(p in train_paths for batch in seen for v in batch.values() for p in v)
+
+
+def test_train_crossview_refuses_test_selection_copies_its_config_and_records_a_cap(world, tmp_path):
+    import json
+
+    model = create_model("phase1-cpu", **TINY)
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-3)
+    with pytest.raises(ValueError, match="test split.*optimistic"):
+        train_crossview(model, world, cfg, tmp_path / "t", image_size=32, progress=False, select="test")
+    res = train_crossview(model, world, cfg, tmp_path / "ck", image_size=32, progress=False, max_minutes=0,
+                          eval_directions=())
+    assert cfg.extra == {}  # the caller's config is not modified
+    assert res.cut_by_budget and res.epochs_done == 1
+    meta = json.loads((tmp_path / "ck" / "last.json").read_text())["meta"]
+    assert meta["cut_by_budget"] is True and meta["config"]["extra"]["model"]["name"] == "phase1-cpu"
+    with pytest.raises(ValueError, match="batch_size: saved 4, now 2"):
+        train_crossview(create_model("phase1-cpu", **TINY), world, TrainConfig(epochs=3, batch_size=2, lr=1e-3),
+                        tmp_path / "ck", image_size=32, progress=False)

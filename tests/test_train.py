@@ -122,18 +122,20 @@ def test_preloaded_places_give_the_same_samples(places):
             assert torch.equal(a[v], b[v])
 
 
-def test_cosine_follows_the_clock_when_it_is_ahead_of_the_steps():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    used = {"share": 0.0}
-    sched = cosine_with_warmup(opt, warmup_steps=0, total_steps=100, clock=lambda: used["share"])
-    opt.step(); sched.step()
-    assert sched.get_last_lr()[0] > 0.99  # one step in, no time used: the peak
-    used["share"] = 0.5
-    opt.step(); sched.step()
-    assert abs(sched.get_last_lr()[0] - 0.5) < 1e-6  # half the budget gone: half way down the cosine
-    used["share"] = 1.2
-    opt.step(); sched.step()
-    assert sched.get_last_lr()[0] == 0.0
+def test_a_cap_stops_early_without_changing_the_schedule(places, tmp_path, capsys):
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, warmup=0.2, seed=0)
+    torch.manual_seed(0)
+    straight = fit(TinyNet(), places, cfg, tmp_path / "a", _infonce, progress=False)
+    torch.manual_seed(0)
+    capped = fit(TinyNet(), places, cfg, tmp_path / "b", _infonce, progress=False, max_minutes=0)
+    assert capped.cut_by_budget and capped.epochs_done == 1 and capped.history[0]["cut_by_budget"]
+    assert "stopped by the 0-minute cap after epoch 1 of 3" in capsys.readouterr().out
+    assert capped.history[0]["lr"] == straight.history[0]["lr"]  # the schedule is over the planned steps
+    assert capped.history[0]["loss"] == straight.history[0]["loss"]
+    resumed = fit(TinyNet(), places, cfg, tmp_path / "b", _infonce, progress=False)  # no cap: it continues
+    assert resumed.resumed_from == 1 and not resumed.cut_by_budget
+    assert [r["lr"] for r in resumed.history] == [r["lr"] for r in straight.history]
+    np.testing.assert_allclose([r["loss"] for r in resumed.history], [r["loss"] for r in straight.history], rtol=1e-6)
 
 
 def test_a_run_stopped_by_its_budget_evaluates_its_last_epoch(places, tmp_path):
@@ -146,13 +148,14 @@ def test_a_run_stopped_by_its_budget_evaluates_its_last_epoch(places, tmp_path):
     res = fit(TinyNet(), places, TrainConfig(epochs=5, batch_size=4, eval_every=100), tmp_path / "c", _infonce,
               evaluate=evaluate, progress=False, max_minutes=0)
     assert calls == [1] and res.history[-1]["street→drone R@1"] == 1.0 and len(res.history) == 1
+    assert res.cut_by_budget
 
 
 def test_an_evaluation_that_uses_up_the_budget_ends_the_run(places, tmp_path, monkeypatch):
-    import geolib.train as T
+    import geolib.loop as L
 
     now = [0.0]
-    monkeypatch.setattr(T.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(L.time, "perf_counter", lambda: now[0])
     calls = []
 
     def evaluate(model, epoch):
@@ -162,7 +165,7 @@ def test_an_evaluation_that_uses_up_the_budget_ends_the_run(places, tmp_path, mo
 
     res = fit(TinyNet(), places, TrainConfig(epochs=5, batch_size=4, eval_every=2), tmp_path, _infonce,
               evaluate=evaluate, progress=False, max_minutes=1)
-    assert calls == [2] and len(res.history) == 2  # no epoch 3 at a spent budget's zero learning rate
+    assert calls == [2] and len(res.history) == 2 and res.cut_by_budget
 
 
 def test_resuming_a_run_with_other_settings_fails_and_names_them(places, tmp_path):
@@ -188,8 +191,8 @@ def test_a_finished_run_is_reused_and_a_longer_one_continues_it(places, tmp_path
         torch.testing.assert_close(p, q)  # the saved weights, not a fresh init or more training
     longer = fit(TinyNet(), places, TrainConfig(**{**cfg.__dict__, "epochs": 3}), tmp_path, _infonce, progress=False)
     assert longer.resumed_from == 2 and [r["epoch"] for r in longer.history] == [1, 2, 3]
-    with pytest.raises(ValueError, match="max_minutes: saved null, now 1"):
-        fit(TinyNet(), places, cfg, tmp_path, _infonce, progress=False, max_minutes=1)
+    capped = fit(TinyNet(), places, cfg, tmp_path, _infonce, progress=False, max_minutes=1)
+    assert capped.resumed_from == 3  # a cap changes no weight: a finished run under one is still finished
 
 
 def test_channels_last_training_matches_the_default_layout(places, tmp_path):
