@@ -259,7 +259,7 @@ class Phase1(Common):
     warmup: float  # share of all steps spent warming up the learning rate
     optimizer: str = "adamw"  # "adamw" | "adam"
     scheduler: str = "cosine"  # "cosine" (linear warm-up, then cosine to 0 over the planned steps) | "none"
-    grad_clip: float | None = 1.0  # gradient-norm clip (0 or None: no clipping)
+    grad_clip: float | None = 1.0  # gradient-norm clip (0: no clipping)
     freeze: list[str] = field(default_factory=list)  # parameter-name parts kept frozen, e.g. [".backbone."]
     backbone_lr_scale: float = 1.0  # backbone learning rate = lr x this (a pretrained backbone needs less)
     minutes: float | None = None  # optional wall-clock cap in minutes (opt-in; None: train every epoch)
