@@ -3,7 +3,7 @@
 The model keeps two branches that share no weight (panorama, satellite). The satellite branch
 polar-transforms its square input inside `forward`, so any aerial tile can be passed as is, and the
 polar switch is a model option that the ablation can turn off. Training goes through `train.fit`
-(the same loop as Phase 1) on a CVUSA- or CVACT-layout dataset; evaluation uses the `cvusa`
+(`geolib.loop`, the same loop as Phase 1) on a CVUSA- or CVACT-layout dataset; evaluation uses the `cvusa`
 protocol, and on VIGOR also reports the hit rate (`vigor-hit`).
 
 As published: ImageNet-initialised backbones (where the weights are found), no augmentation that
@@ -13,8 +13,9 @@ scored best on the evaluation split, which is the split every CVUSA/CVACT number
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +24,12 @@ from torch import Tensor, nn
 
 from .datasets import GeoDataset, ImageItem, labels_of, load_image
 from .layers import GeM
+from .models import register_model
 from .render import polar_transform
+
+if TYPE_CHECKING:
+    from .loop import LoopResult
+    from .train import TrainConfig
 
 PROTOCOL_CVUSA = "cvusa"
 SAFA_VIEWS = ("panorama", "satellite")
@@ -241,24 +247,41 @@ def vigor_truth(queries: Sequence[ImageItem], gallery: Sequence[ImageItem]) -> t
     return pos, semi
 
 
-def train_safa(model: SAFAModel, ds: GeoDataset, cfg: "Any", out_dir: str | Path, *, alpha: float = 10.0,
-               max_minutes: float | None = None, progress: bool = True, jitter: float = 0.0):
-    """SAFA's weighted soft-margin triplet (α=10) through `train.fit`, on un-augmented pairs (`jitter`:
-    optional photometric jitter); R@1 each `eval_every` epochs is a curve, and the kept (`best`)
-    checkpoint is the last epoch's. A dry run trains `dryrun` capped epochs, batches and pairs."""
+def train_safa(model: SAFAModel, ds: GeoDataset, cfg: "TrainConfig", out_dir: str | Path, *, alpha: float = 10.0,
+               max_minutes: float | None = None, progress: bool = True, jitter: float = 0.0,
+               on_epoch: Callable[[dict[str, Any]], None] | None = None) -> "LoopResult":
+    """SAFA's weighted soft-margin triplet (α=10) through `train.fit` (`geolib.loop`), on un-augmented
+    pairs (`jitter`: optional photometric jitter). The kept (`best`) checkpoint is the last epoch's:
+    the CVUSA/CVACT/VIGOR releases here have no validation split, so R@1 on the evaluation split (a
+    test set) each `eval_every` epochs is only a curve to watch. `max_minutes` is an opt-in cap (the
+    schedule stays over `cfg.epochs`). `cfg` is not modified. A dry run trains `dryrun` capped
+    epochs, batches and pairs."""
     from . import dryrun
     from .losses import SoftMarginTriplet
     from .train import fit
 
-    cfg.views = SAFA_VIEWS
-    cfg.epochs, cfg.batch_size = dryrun.epochs(cfg.epochs), dryrun.batch(cfg.batch_size)
-    cfg.extra.setdefault("model", model.config)
+    cfg = replace(cfg, views=SAFA_VIEWS, epochs=dryrun.epochs(cfg.epochs), batch_size=dryrun.batch(cfg.batch_size),
+                  extra={**cfg.extra, "model": cfg.extra.get("model", model.config)})
     train_split, eval_split = cvusa_splits(ds)
     sizes = model.input_sizes()
     places = PairedViews(_capped_pairs(ds.select(split=train_split)), view_transforms(sizes, train=True, jitter=jitter))
 
-    def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
+    def watch(m: nn.Module, epoch: int) -> dict[str, float]:
         return {"panorama→satellite R@1": evaluate_pairs(m, ds, sizes, eval_split, device=cfg.device)["R@1"]}
 
-    return fit(model, places, cfg, out_dir, SoftMarginTriplet(alpha), evaluate=evaluate,
-               select_metric="last", progress=progress, max_minutes=max_minutes)
+    return fit(model, places, cfg, out_dir, SoftMarginTriplet(alpha), watch=watch,
+               select_metric="last", progress=progress, max_minutes=max_minutes, on_epoch=on_epoch)
+
+
+@register_model("safa")
+def create_safa(weights: str | None = None, **options: Any) -> SAFAModel:
+    """`geolib.models.create_model("safa", **model.config)`: a saved config names where its backbone
+    weights came from (`weights`); a rebuild then starts from random weights, since the trained ones
+    come from the checkpoint, and keeps that status in its config."""
+    if weights is not None:
+        options.setdefault("pretrained", False)
+        options.setdefault("log", lambda _: None)
+    model = SAFAModel(**options)
+    if weights is not None:
+        model.weights = model.config["weights"] = weights
+    return model

@@ -209,3 +209,37 @@ def test_safa_evaluation_of_vigor_reports_the_hit_rate(tmp_path):
     ds = load_dataset("vigor", root, split="test", cities=[city])
     out = evaluate_pairs(MeanColour(), ds, {"panorama": (16, 32), "satellite": (16, 16)})
     assert out["R@1"] == pytest.approx(100 / 3) and out["hit_rate"] == pytest.approx(200 / 3)
+
+
+def test_train_safa_resumes_to_the_uninterrupted_run_refuses_other_settings_and_records_a_cap(cvusa, tmp_path):
+    import json
+
+    from geolib.models import load_model
+
+    def run(out, cfg, **kw):
+        torch.manual_seed(0)
+        m = SAFAModel(polar=True, pretrained=False, **TINY)
+        return m, train_safa(m, cvusa, cfg, out, progress=False, **kw)
+
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-3, eval_every=5)
+    straight, a = run(tmp_path / "a", cfg)
+    assert cfg.views != ("panorama", "satellite") and cfg.extra == {}  # the caller's config is not modified
+
+    def kill(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", cfg, on_epoch=kill)
+    resumed, b = run(tmp_path / "b", cfg)
+    assert b.resumed_from == 1 and [r["loss"] for r in b.history] == [r["loss"] for r in a.history]
+    assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))
+    with pytest.raises(ValueError, match="lr: saved 0.001, now 0.002"):
+        run(tmp_path / "b", TrainConfig(epochs=3, batch_size=4, lr=2e-3))
+    _, capped = run(tmp_path / "c", cfg, max_minutes=0)
+    assert capped.cut_by_budget and len(capped.history) == 1
+    assert capped.history[0]["lr"] == a.history[0]["lr"] and capped.history[0]["loss"] == a.history[0]["loss"]
+    assert json.loads((tmp_path / "c" / "last.json").read_text())["meta"]["cut_by_budget"] is True
+    rebuilt = load_model(a.best_path)  # config.extra.model rebuilds SAFA through the registry
+    assert rebuilt.config == straight.config
+    x = torch.randn(1, 3, 32, 64)
+    assert torch.allclose(rebuilt(x, "panorama"), straight.eval()(x, "panorama"), atol=1e-6)
