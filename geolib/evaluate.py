@@ -9,21 +9,26 @@ memory is a few `chunk_size²` arrays, whatever Q and G are.
 Tie order (documented, deterministic): gallery items with exactly equal scores are ranked by
 gallery index, lower index first, i.e. the order a stable sort by descending score would give.
 The University-1652 reference uses numpy's unstable argsort, whose tie order is machine-dependent;
-scores from real embeddings almost never tie exactly, so the protocols agree in practice.
+scores from real embeddings almost never tie exactly, so the protocols agree in practice, except
+on galleries with duplicate images, which is why the score itself must not depend on blocking.
 
 Streaming from disk: every function here reads embeddings only through `x[a:b]` / `x[rows]`, one
 chunk at a time, so arrays, `np.load(..., mmap_mode="r")` memmaps and `geolib.embcache.NpyRows`
 readers all work. `streaming_label_ranks` / `streaming_retrieval_metrics` / `streaming_topk` take
 `.npy` paths (e.g. `EmbeddingCache` entries) and read both queries and gallery in chunks with plain
 file reads, so neither is ever resident whole; float16 files are converted chunk by chunk. Their
-ranks equal the in-memory path's bit for bit at the same `chunk_size` (same blocks, same float32
-products). Peak extra memory is set by `chunk_size` (a score block and its rank counters, a few tens of
+ranks equal the in-memory path's bit for bit, at any `chunk_size`. Peak extra memory is set by `chunk_size` (a score block and its rank counters, a few tens of
 bytes per chunk_size² entry: measured 0.69 GB at 4096 and 0.10 GB at 1024 for 20k × 100k × 512-d
 by `python -m geolib bench`), not by Q×G.
 
-Scores are inner products of the embeddings (cosine for L2-normalised ones), computed in float32.
-A score is always taken from the same block computation that ranks it, so a true item never
-competes with a re-rounded copy of itself.
+Scores are inner products of the embeddings (cosine for L2-normalised ones), defined pair by pair
+(`pair_scores`: exact float64 products of the float32 values, summed left to right, rounded to
+float32), so a pair's score never depends on the block it was computed in. A float32 block product
+rounds the same pair differently in differently shaped blocks (two identical gallery rows then
+score an ulp apart and swap with `chunk_size`); here it only pre-sorts: an item is compared by
+its block product only when that product is further from the other score than its error bound
+(`_score_band`), otherwise by `pair_scores`. Ranks, top-k and metrics are therefore the same at
+every `chunk_size`.
 
 Protocols:
 - `university1652-official` (`retrieval_metrics`): true items share the query's label; junk
@@ -262,21 +267,55 @@ def topk_search(query_emb: np.ndarray, gallery_emb: np.ndarray, k: int,
                 chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Top-k gallery (scores, indices) per query by inner product, one gallery chunk at a time.
 
-    For showing retrievals; the metrics above do not use it. faiss picks each chunk's top k; the
-    merge orders candidates by score, then gallery index. Which of several items tied exactly at
-    a chunk's k-th score faiss returns is faiss's choice.
+    The one exact top-k of the library: the k best items by `pair_scores`, equal scores by gallery
+    index, so the answer is the same at every `chunk_size` and agrees with `positive_ranks` (a
+    top-1 item ranks 0). Each block's float32 product only shortlists: every item within the
+    product's error bound of the block's k-th score is rescored exactly before the merge.
     """
-    import faiss
-
-    query_emb = _as_f32(query_emb)
-    k = min(k, len(gallery_emb))
-    best_s = np.full((len(query_emb), 0), -np.inf, np.float32)
-    best_i = np.zeros((len(query_emb), 0), np.int64)
+    q = _as_f32(query_emb)
+    n, k = len(q), max(0, min(int(k), len(gallery_emb)))
+    q_norm = _row_norms(q)
+    best_s = np.zeros((n, 0), np.float32)
+    best_i = np.zeros((n, 0), np.int64)
+    if k == 0 or n == 0:
+        return np.zeros((n, k), np.float32), np.zeros((n, k), np.int64)
     for g0 in range(0, len(gallery_emb), chunk_size):
-        chunk = _as_f32(gallery_emb[g0:g0 + chunk_size])
-        s, i = faiss.knn(query_emb, chunk, min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
-        best_s, best_i = _merge_topk(np.hstack([best_s, s]), np.hstack([best_i, i + g0]), k)
+        g = _as_f32(gallery_emb[g0:g0 + chunk_size])
+        s = _block_scores(q, g)
+        kk = min(k, len(g))
+        kth = np.partition(s, len(g) - kk, axis=1)[:, len(g) - kk]
+        band = _score_band(q_norm, g, q.shape[1])
+        rows, cols = np.nonzero(s >= (kth - 2 * band)[:, None])
+        exact = pair_scores(q, g, rows, cols)
+        seen = best_s.shape[1]
+        all_r = np.concatenate([rows.astype(np.int64), np.repeat(np.arange(n), seen)])
+        all_i = np.concatenate([cols.astype(np.int64) + g0, best_i.reshape(-1)])
+        all_s = np.concatenate([exact, best_s.reshape(-1)])
+        order = np.lexsort((all_i, -all_s, all_r))
+        all_r, all_i, all_s = all_r[order], all_i[order], all_s[order]
+        starts = np.searchsorted(all_r, np.arange(n))
+        keep = (np.arange(len(all_r)) - starts[all_r]) < k
+        width = min(k, seen + len(g))  # every row keeps the same count (see `_score_band`)
+        best_s = all_s[keep].reshape(n, width)
+        best_i = all_i[keep].reshape(n, width)
     return best_s, best_i
+
+
+def pair_scores(query_emb: np.ndarray, gallery_emb: np.ndarray, rows: np.ndarray,
+                cols: np.ndarray, batch: int = 8192) -> np.ndarray:
+    """The score of each (query row, gallery row) pair, a function of the two vectors alone.
+
+    A float32 matrix product rounds one pair differently in differently shaped blocks, so two
+    identical gallery rows could score an ulp apart and swap order with `chunk_size`. Here the
+    products are exact in float64, summed left to right (`cumsum`: one fixed order whatever the
+    batch), and rounded once to float32. Every ranking and top-k in this module compares these.
+    """
+    out = np.empty(len(rows), np.float32)
+    for a in range(0, len(rows), batch):
+        r, c = rows[a:a + batch], cols[a:a + batch]
+        prod = query_emb[r].astype(np.float64) * gallery_emb[c].astype(np.float64)
+        out[a:a + batch] = np.cumsum(prod, axis=1)[:, -1] if prod.shape[1] else 0.0
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,24 +367,30 @@ def _chunk_ranks(q: np.ndarray, gallery_emb: np.ndarray, keep: np.ndarray, pos: 
                  chunk_size: int) -> np.ndarray:
     """Ranks (n, P) of the padded positives `pos` for the query chunk `q`.
 
-    Pass 1 reads each positive's score out of its score block; pass 2 recomputes the same blocks
-    and counts, per positive, the items scoring strictly higher plus the tied items of lower index.
-    Identical blocks give identical float32 scores, so a positive always ties with itself.
+    Pass 1 takes each positive's exact score (`pair_scores`) from the block holding it; pass 2
+    counts, per positive, the items scoring strictly higher plus the equal items of lower index.
+    A block's float32 product decides an item's side only where its error bound allows; items
+    within the bound of a positive's score (the positive itself, duplicates, near ties) are
+    rescored exactly, so the ranks do not depend on how the gallery or the queries are blocked.
     """
     valid = pos >= 0
     pos_score = np.full(pos.shape, np.inf, np.float32)
-    for idx, g in _gallery_blocks(gallery_emb, keep, chunk_size):
-        hit = valid & (pos >= idx[0]) & (pos <= idx[-1])
-        if hit.any():
-            rows, cols = np.nonzero(hit)
-            local = np.searchsorted(idx, pos[rows, cols])
-            pos_score[rows, cols] = _block_scores(q, g)[rows, local]
+    rows, cols = np.nonzero(valid)
+    block = pos[rows, cols] // chunk_size
+    for b in np.unique(block).tolist():  # only the gallery chunks that hold a positive
+        sel = block == b
+        items = pos[rows[sel], cols[sel]]
+        uniq = np.unique(items)
+        pos_score[rows[sel], cols[sel]] = pair_scores(q, _as_f32(gallery_emb[uniq]), rows[sel],
+                                                      np.searchsorted(uniq, items))
     order = np.argsort(pos_score, axis=1, kind="stable")  # ascending; padding (+inf) last
     sorted_score = np.take_along_axis(pos_score, order, axis=1)
     sorted_index = np.take_along_axis(pos, order, axis=1)
+    q_norm = _row_norms(q)
     above = np.zeros(pos.shape, np.int64)
     for idx, g in _gallery_blocks(gallery_emb, keep, chunk_size):
-        above += _count_above(_block_scores(q, g), idx, sorted_score, sorted_index)
+        band = _score_band(q_norm, g, q.shape[1])[:, None]
+        above += _count_above(q, g, _block_scores(q, g), band, idx, sorted_score, sorted_index)
     ranks = np.empty_like(above)
     np.put_along_axis(ranks, order, above, axis=1)
     return ranks
@@ -355,39 +400,57 @@ def _block_scores(q: np.ndarray, g: np.ndarray) -> np.ndarray:
     return q @ g.T
 
 
-def _count_above(scores: np.ndarray, idx: np.ndarray, sorted_score: np.ndarray,
-                 sorted_index: np.ndarray) -> np.ndarray:
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64)))
+
+
+def _score_band(q_norm: np.ndarray, g: np.ndarray, dim: int) -> np.ndarray:
+    """Per query, a bound on |block product − `pair_scores`| for every item of block `g`.
+
+    A float32 dot product of length D is within γ_D·Σ|q_i g_i| ≤ D·u·‖q‖‖g‖ of the exact value
+    (u = 2⁻²⁴, any summation order, with or without FMA); the exact score is off by one more
+    rounding. (2D + 8)·u·‖q‖·max‖g‖ covers both, plus the rounding of `s ± band` itself.
+    Any valid bound gives the same answer; a tighter one only saves rescoring.
+    """
+    g_max = float(_row_norms(g).max()) if len(g) else 0.0
+    return ((2 * dim + 8) * 2.0 ** -24 * q_norm * g_max).astype(np.float32)
+
+
+def _count_above(q: np.ndarray, g: np.ndarray, scores: np.ndarray, band: np.ndarray, idx: np.ndarray,
+                 sorted_score: np.ndarray, sorted_index: np.ndarray) -> np.ndarray:
     """Per (query, sorted positive j): block items ranked above positive j.
 
-    `searchsorted` places each item between the query's sorted positive scores: an item with
-    `left` positives strictly below it scores above positives 0..left-1. Items tying a positive
-    exactly are rare (the positive itself, duplicates) and are resolved by gallery index.
+    `searchsorted` places each item between the query's sorted positive scores: an item whose
+    product lies more than `band` above `left` positives outranks positives 0..left-1 for sure;
+    positives in [left, right) lie within the band and are compared with the item's exact score.
     """
     n, p = sorted_score.shape
-    s = torch.from_numpy(scores)
     seq = torch.from_numpy(sorted_score)
-    left = torch.searchsorted(seq, s, right=False, out_int32=True)
-    right = torch.searchsorted(seq, s, right=True, out_int32=True)
-    offsets = torch.arange(n, dtype=torch.int64)[:, None] * (p + 1)
-    hist = torch.bincount((left + offsets).reshape(-1), minlength=n * (p + 1)).reshape(n, p + 1)
+    left = torch.searchsorted(seq, torch.from_numpy(scores - band), right=False, out_int32=True).numpy()
+    right = torch.searchsorted(seq, torch.from_numpy(scores + band), right=True, out_int32=True).numpy()
+    offsets = np.arange(n, dtype=np.int64)[:, None] * (p + 1)
+    hist = np.bincount((left + offsets).reshape(-1), minlength=n * (p + 1)).reshape(n, p + 1)
     # items with `left` = b lie above positives j < b: count for j = sum of hist[b] over b > j
-    above = hist.flip(1).cumsum(1).flip(1)[:, 1:].numpy().astype(np.int64)
-    rows, cols = torch.nonzero(right > left, as_tuple=True)
+    above = hist[:, ::-1].cumsum(1)[:, ::-1][:, 1:]
+    rows, cols = np.nonzero(right > left)
     if len(rows):
-        above += _tied_before(rows.numpy(), idx[cols.numpy()], left[rows, cols].numpy(),
-                              right[rows, cols].numpy(), sorted_index, p)
+        above = above + _near_above(rows, idx[cols], pair_scores(q, g, rows, cols), left[rows, cols],
+                                    right[rows, cols], sorted_score, sorted_index)
     return above
 
 
-def _tied_before(rows: np.ndarray, item: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                 sorted_index: np.ndarray, p: int) -> np.ndarray:
-    """Count, per (row, positive j in [lo, hi)), tied items whose gallery index is lower."""
+def _near_above(rows: np.ndarray, item: np.ndarray, score: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                sorted_score: np.ndarray, sorted_index: np.ndarray) -> np.ndarray:
+    """Count, per (row, positive j in [lo, hi)), items whose exact score is higher, or equal with a
+    lower gallery index (the documented tie order)."""
     span = (hi - lo).astype(np.int64)
     r = np.repeat(rows, span)
     it = np.repeat(item, span)
+    sc = np.repeat(score, span)
     j = np.repeat(lo.astype(np.int64), span) + (np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span))
-    before = it < sorted_index[r, j]
-    out = np.zeros((sorted_index.shape[0], p), np.int64)
+    ps = sorted_score[r, j]
+    before = (sc > ps) | ((sc == ps) & (it < sorted_index[r, j]))
+    out = np.zeros(sorted_index.shape, np.int64)
     np.add.at(out, (r[before], j[before]), 1)
     return out
 
@@ -407,18 +470,8 @@ def _first_and_ap(rank: np.ndarray, valid: np.ndarray, n_ranked: int) -> tuple[n
     p_at = (i + 1) / (rf + 1)
     p_before = np.where(rf > 0, i / np.maximum(rf, 1), 1.0)
     terms = np.where(ok, (p_at + p_before) / 2, 0.0)
-    ap = terms.sum(axis=1) / np.maximum(n, 1)
+    # left to right (`cumsum`), not numpy's pairwise `sum`: a query's AP must not depend on how
+    # many padding zeros its query chunk adds
+    total = np.cumsum(terms, axis=1)[:, -1] if terms.shape[1] else np.zeros(len(terms))
+    ap = total / np.maximum(n, 1)
     return first.astype(np.int64), ap
-
-
-def _merge_topk(scores: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the k best candidates per row, ordered by score then gallery index."""
-    order = _row_lexsort(scores, index)[:, :k]
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(index, order, 1)
-
-
-def _row_lexsort(scores: np.ndarray, index: np.ndarray) -> np.ndarray:
-    by_index = np.argsort(index, axis=1, kind="stable")
-    s = np.take_along_axis(scores, by_index, 1)
-    by_score = np.argsort(-s, axis=1, kind="stable")
-    return np.take_along_axis(by_index, by_score, 1)

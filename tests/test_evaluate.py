@@ -13,9 +13,15 @@ from geolib.evaluate import (label_ranks, one_percent_k, positive_ranks, recall_
                              retrieval_metrics, topk_search, vpr_positives, vpr_recalls)
 
 
+def exact_scores(q, g):
+    """The documented score of every pair: exact float64 products summed left to right, then float32."""
+    prod = q.astype(np.float32).astype(np.float64)[:, None, :] * g.astype(np.float32).astype(np.float64)[None]
+    return np.cumsum(prod, axis=2)[..., -1].astype(np.float32)
+
+
 def brute_force(q, ql, g, gl, ks=(1, 5, 10), junk=-1):
     """University-1652's evaluate loop, rewritten plainly, with a stable tie order."""
-    scores = q.astype(np.float32) @ g.astype(np.float32).T
+    scores = exact_scores(q, g)
     G = len(gl)
     k1 = max(1, round(G / 100))
     hits = {k: 0 for k in (*ks, k1)}
@@ -151,10 +157,10 @@ def test_positive_ranks_agree_with_topk_search():
     rng = np.random.default_rng(11)
     q, g = normed(rng, 25, 16), normed(rng, 300, 16)
     scores, index = topk_search(q, g, k=20, chunk_size=37)
-    full = q @ g.T
+    full = exact_scores(q, g)
     want = np.argsort(-full, axis=1, kind="stable")[:, :20]
     assert np.array_equal(index, want)
-    assert np.allclose(scores, np.take_along_axis(full, want, 1), atol=1e-6)
+    assert np.array_equal(scores, np.take_along_axis(full, want, 1))
     # the rank of each query's top-1 item, taken as its only true item, is 0
     r = positive_ranks(q, g, [np.array([i]) for i in index[:, 0]], chunk_size=50)
     assert r.first_rank.tolist() == [0] * 25
@@ -178,7 +184,7 @@ def test_vpr_matches_brute_force():
     db, q = normed(rng, 150, 8), normed(rng, 30, 8)
     got = vpr_recalls(q_utm, db_utm, q, db, chunk_size=17)
     dist = np.linalg.norm(q_utm[:, None] - db_utm[None], axis=2)
-    order = np.argsort(-(q @ db.T), axis=1, kind="stable")
+    order = np.argsort(-exact_scores(q, db), axis=1, kind="stable")
     for k in (1, 5, 10, 20):
         hit = [(dist[i, order[i, :k]] <= 25).any() for i in range(30)]
         assert got[f"R@{k}"] == pytest.approx(100 * np.mean(hit))
@@ -250,3 +256,38 @@ def test_vigor_hit_rate_counts_semi_positives_on_a_hand_case():
     assert out["hit_rate"] == pytest.approx(200 / 3)  # query 0's top-1 is a semi-positive
     # ties (query 2 scores 0 against tiles 0, 1, 2) go to the lower index: tile 0, its positive, ranks first
     assert vigor_metrics(np.array([[0, 0, 0, 1.0]], np.float32), g[:3], [0], [[]])["R@1"] == 100.0
+
+
+def test_ties_do_not_depend_on_blocking(one_torch_thread):
+    """Duplicate gallery and query rows of non-integer floats: a float32 product of differently
+    shaped blocks may round them an ulp apart, so ranks, top-k and metrics are compared at every
+    chunk_size from 1 to the gallery size (16 queries keep the 1-row blocks few)."""
+    rng = np.random.default_rng(21)
+    q, g = normed(rng, 16, 16), normed(rng, 300, 16)
+    g[rng.choice(300, 60, replace=False)] = g[rng.choice(300, 60)]  # exact duplicate rows
+    g[::7] = q[rng.integers(0, 16, len(g[::7]))]  # items equal to a query: top scores tie too
+    q[8:12] = q[:4]  # duplicate queries, in other query blocks at most chunk sizes
+    ql, gl = rng.integers(0, 12, 16), rng.integers(-1, 12, 300)
+    ql[8:12] = ql[:4]
+    for dup in range(150, 160):  # a true item and its duplicate under another label
+        g[dup], gl[dup] = g[dup - 100], (gl[dup - 100] + 1) % 12
+    base_ranks = label_ranks(q, ql, g, gl, chunk_size=4096)
+    base_metrics = retrieval_metrics(q, ql, g, gl, ks=(1, 5), chunk_size=4096)
+    base_s, base_i = topk_search(q, g, k=12, chunk_size=4096)
+    assert np.array_equal(base_ranks.first_rank[8:12], base_ranks.first_rank[:4])
+    assert np.array_equal(base_ranks.ap[8:12], base_ranks.ap[:4])
+    assert np.array_equal(base_i[8:12], base_i[:4])
+    tied = np.diff(base_s, axis=1) == 0
+    assert tied.any(), "the test data must contain exact ties in the top-k"
+    assert (np.diff(base_i, axis=1)[tied] > 0).all()  # equal scores in gallery order
+    for chunk in range(1, 301):
+        r = label_ranks(q, ql, g, gl, chunk_size=chunk)
+        assert np.array_equal(r.first_rank, base_ranks.first_rank), chunk
+        assert np.array_equal(r.ap, base_ranks.ap), chunk
+        s, i = topk_search(q, g, k=12, chunk_size=chunk)
+        assert np.array_equal(i, base_i) and np.array_equal(s, base_s), chunk
+    for chunk in (1, 3, 8, 13, 299):
+        assert retrieval_metrics(q, ql, g, gl, ks=(1, 5), chunk_size=chunk) == base_metrics, chunk
+    # the top-1 of the exact search ranks 0 when taken as the only true item, ties included
+    top1 = positive_ranks(q, g, [np.array([i]) for i in base_i[:, 0]], chunk_size=7)
+    assert top1.first_rank.tolist() == [0] * 16
