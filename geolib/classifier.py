@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models import register_model
-from .vpr_train import (ClassHead, TrainResult, read_model_files, save_model_files, saved_model_state,
-                        settings_hash, topk_hits, train, training_settings)
+from .vpr_train import (ClassHead, TrainResult, loaded_result, read_model_files, run_training, save_model_files,
+                        saved_model_state, settings_hash, topk_hits, training_settings)
 
 PROTOCOL_CLOSED = "closed-set"
 PROTOCOL_OPEN = "open-set"
@@ -49,6 +49,13 @@ class HierarchicalConfig:
     encoder_lr: float = 1e-5  # when fine-tuning an encoder
     seed: int = 0
     device: str = "cpu"
+    # the loop's optimisation (geolib.loop); the defaults are what this classifier was tuned with
+    optimizer: str = "adam"
+    scheduler: str = "none"
+    warmup: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    amp: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,7 +204,7 @@ def load_or_fit_hierarchical(features: np.ndarray | Tensor, region: np.ndarray, 
     if saved_model_state(out_dir, "hierarchical", full) == "load":
         print(f"hierarchical: loading {out_dir} (trained with these settings); delete it to retrain")
         saved = load_hierarchical(out_dir, cfg.device)
-        return saved.model, TrainResult(saved.history, len(saved.history), extra={"loaded_from": str(out_dir)})
+        return saved.model, loaded_result(saved.history, out_dir)
     return fit_hierarchical(features, region, place, cfg, out_dir=out_dir, progress=progress,
                             region_ids=region_ids, place_ids=place_ids, settings=settings)
 
@@ -228,9 +235,7 @@ def _fit(features: np.ndarray | Tensor, region: np.ndarray, place: np.ndarray, c
         i = torch.as_tensor(index)
         return model.loss(x[i].to(cfg.device), y_region[i].to(cfg.device), y_place[i].to(cfg.device))
 
-    result = train(model, groups, step, plan, cfg.epochs, seed=cfg.seed, out_dir=out_dir,
-                   config={**cfg.to_dict(), "settings": settings, "settings_hash": settings_hash(settings)},
-                   desc="hierarchical", progress=progress)
+    result = run_training(model, groups, step, plan, cfg, settings, out_dir, desc="hierarchical", progress=progress)
     return model.eval(), result
 
 

@@ -34,8 +34,8 @@ from .datasets import ImageItem, load_dataset, utm_of
 from .evaluate import PROTOCOL_VPR, vpr_positives, vpr_recalls
 from .models import register_model
 from .vpr_train import (PREPROCESSING, Augment, Batches, ClassHead, ImageTensors, TrainResult, class_batches,
-                        data_fingerprint, embed_paths, part, read_model_files, save_model_files,
-                        saved_model_state, settings_hash, train, training_settings)
+                        data_fingerprint, embed_paths, loaded_result, part, read_model_files, run_training,
+                        save_model_files, saved_model_state, settings_hash, training_settings)
 
 log = logging.getLogger(__name__)
 AGGREGATIONS = ("gem", "mixvpr", "attention")
@@ -323,6 +323,13 @@ class CosPlaceConfig:
     seed: int = 0
     device: str = "cpu"
     num_workers: int = 0
+    # the loop's optimisation (geolib.loop); the defaults are CosPlace's: Adam, no schedule
+    optimizer: str = "adam"
+    scheduler: str = "none"
+    warmup: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    amp: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -372,9 +379,12 @@ def build_heads(division: Division, groups_num: int, dim: int, kind: str, scale:
 
 def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, paths: Sequence[str | Path],
                  cfg: CosPlaceConfig, out_dir: str | Path | None = None, progress: bool = True,
-                 desc: str = "cosplace", config: dict[str, Any] | None = None) -> TrainResult:
+                 desc: str = "cosplace", settings: dict[str, Any] | None = None) -> TrainResult:
     """Epoch k trains group k mod len(heads): class-balanced batches, per-image augmentation,
-    backbone and aggregation at `backbone_lr`, classifiers at `classifier_lr`.
+    backbone and aggregation at `backbone_lr`, classifiers at `classifier_lr`, through `geolib.loop`
+    (Adam and no schedule unless `cfg` says otherwise). With `out_dir`, `last` and `best` are kept
+    there and a rerun resumes after the last finished epoch; `settings` (default: the config's,
+    `training_settings`) are recorded, and a resume under other settings is refused naming them.
 
     A dry run (`geolib.dryrun`) keeps the model and image size but trains on a few classes of each
     group with a few images each (so the backbone-map cache holds tens of images, not the whole
@@ -418,8 +428,8 @@ def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, path
 
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.backbone_lr},
               {"params": list(heads.parameters()), "lr": cfg.classifier_lr}]
-    return train(bundle, groups, step, plan, cfg.epochs, seed=cfg.seed, out_dir=out_dir,
-                 config=config or cfg.to_dict(), desc=desc, progress=progress)
+    settings = settings if settings is not None else training_settings(cfg.to_dict())
+    return run_training(bundle, groups, step, plan, cfg, settings, out_dir, desc=desc, progress=progress)
 
 
 def dry_run_subset(per_group: list[list[np.ndarray]], paths: Sequence[str | Path], classes: int,
@@ -488,9 +498,7 @@ def _train_group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir:
     heads = build_heads(division, groups, model.out_dim, cfg.head, cfg.scale, cfg.margin)
     start = time.perf_counter()
     result = train_groups(model, heads, division, [it.path for it in items], cfg, out_dir, progress,
-                          desc="divide&classify" if kind == "dc" else "cosplace",
-                          config={**cfg.to_dict(), "settings": settings,
-                                  "settings_hash": settings_hash(settings)})
+                          desc="divide&classify" if kind == "dc" else "cosplace", settings=settings)
     result.extra["train_s"] = time.perf_counter() - start
     training = GroupTraining(model, heads, division, result, {**cfg.to_dict(), "groups_used": groups})
     if out_dir is not None:
@@ -529,8 +537,7 @@ def _load_group_training(out_dir: str | Path, items: Sequence[ImageItem], cfg: C
     division = _division(items, cfg, kind)
     model = _placenet_from(meta, state).to(cfg.device)
     heads = _heads_from(meta, state).to(cfg.device)
-    result = TrainResult(list(meta.get("history", [])), len(meta.get("history", [])),
-                         extra={"loaded_from": str(out_dir), "train_s": meta.get("train_s")})
+    result = loaded_result(meta.get("history", []), out_dir, meta.get("train_s"))
     return GroupTraining(model, heads, division, result, dict(meta.get("config", {})))
 
 

@@ -28,8 +28,7 @@ from . import dryrun
 from .cosplace import (CosPlaceConfig, Division, GroupTraining, _heads_from, _placenet_from, _save_group_model,
                        _train_group_model, group_settings, load_or_train_group_model)
 from .datasets import ImageItem, utm_of
-from .vpr_train import (TrainResult, embed_paths, head_kind, part, read_model_files,
-                        saved_model_state)
+from .vpr_train import embed_paths, head_kind, loaded_result, part, read_model_files, saved_model_state
 
 PROTOCOL_DC = "dc-lr-25m"
 
@@ -111,7 +110,7 @@ def load_dc(out_dir: str | Path, device: str = "cpu") -> GroupTraining:
     model = _placenet_from(meta, state).to(device).eval()
     heads = _heads_from(meta, state).to(device).eval()
     history = list(meta.get("history", []))
-    result = TrainResult(history, len(history), extra={"loaded_from": str(out_dir), "train_s": meta.get("train_s")})
+    result = loaded_result(history, out_dir, meta.get("train_s"))
     return GroupTraining(model, heads, division, result, {**meta.get("config", {}), "image_size": meta["image_size"],
                                                           "groups_used": meta.get("groups_used")})
 

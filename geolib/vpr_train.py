@@ -1,18 +1,17 @@
 """What the Phase 2 classification trainings share: class heads, class-balanced batches, batched
-augmentation, a small resumable loop, and embedding images.
+augmentation, their settings and saved files on top of `geolib.loop`, and embedding images.
 
 CosPlace, Divide&Classify and the hierarchical classifier all train "an encoder + one or more class
 heads" with two learning rates; only what a batch holds and how the loss is computed differ, and
-those are passed in. Everything is kept deterministic: a batch plan is drawn from a generator
-seeded by (seed, epoch), so a resumed run replays exactly the batches an uninterrupted run sees.
+those are passed in as the loop's `plan` and `step`. Everything is kept deterministic: a batch plan
+is drawn from a generator seeded by (seed, epoch), so a resumed run replays exactly the batches an
+uninterrupted run sees.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -23,7 +22,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import dryrun
-from .checkpoint import load_checkpoint, read_model_state, save_checkpoint
+from .checkpoint import read_model_state, save_checkpoint
+from .loop import LoopConfig, LoopResult, run, seed_everything  # noqa: F401  (seed_everything: notebooks import it here)
 from .losses import ArcFaceLoss, cosface_loss
 
 log = logging.getLogger(__name__)
@@ -233,77 +233,36 @@ def normalize(batch: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- the loop
 
-@dataclass
-class TrainResult:
-    history: list[dict[str, Any]]
-    resumed_from: int
-    last_path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+TrainResult = LoopResult  # the name CosPlace, D&C and the classifier results had before the one loop
+
+# How the Phase 2 trainings optimise by default: plain Adam, each parameter group at its own lr, no
+# schedule, no clipping, no AMP (what their numbers were obtained with). A config may change any of
+# these; only the changed ones enter its settings, so models saved before they existed still match.
+LOOP_DEFAULTS: dict[str, Any] = {"optimizer": "adam", "scheduler": "none", "warmup": 0.0, "weight_decay": 0.0,
+                                 "grad_clip": 0.0, "amp": False}
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def loop_config(cfg: Any) -> LoopConfig:
+    """The loop settings of a Phase 2 config (`CosPlaceConfig`, `HierarchicalConfig`): its epochs,
+    seed, device and optimisation fields. Learning rates are not among them: every parameter group
+    of a Phase 2 training names its own."""
+    return LoopConfig(epochs=cfg.epochs, seed=cfg.seed, device=cfg.device,
+                      **{k: getattr(cfg, k, v) for k, v in LOOP_DEFAULTS.items()})
 
 
-def train(model: nn.Module, param_groups: list[dict[str, Any]],
-          step: Callable[[Any, int], Tensor], plan: Callable[[int, np.random.Generator], Iterable[Any]],
-          epochs: int, seed: int = 0, out_dir: str | Path | None = None, resume: bool = True,
-          config: dict[str, Any] | None = None, desc: str = "train", progress: bool = True,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Adam over `param_groups` (each with its own lr), `epochs` passes of `plan(epoch, rng)`.
-
-    `step(batch, epoch)` returns the loss. `model` must hold every trained module (encoder and all
-    heads) so one checkpoint restores them. Heads that get no gradient in an epoch are left
-    untouched by Adam, which is what CosPlace's per-group optimizers achieve. With `out_dir`,
-    `out_dir/last` is written after every epoch (weights, optimizer, RNG), and a rerun resumes
-    after the last finished epoch, replaying the same batches.
-
-    A dry run (`geolib.dryrun`) stops after `dryrun.EPOCHS` epochs of `dryrun.STEPS` batches
-    whatever the plan holds (callers cap the batch size); its checkpoint is marked, so a real run
-    in the same folder starts afresh instead of resuming from a capped epoch, and the reverse.
-    """
-    seed_everything(seed)
-    optimizer = torch.optim.Adam(param_groups)
-    epochs = dryrun.epochs(epochs)
-    max_steps = dryrun.steps(None)
-    dry = dryrun.active()
-    last = Path(out_dir) / "last" if out_dir is not None else None
-    history: list[dict[str, Any]] = []
-    start = 0
-    if resume and last is not None and last.with_name("last.json").exists():
-        saved_dry = bool(json.loads(last.with_name("last.json").read_text()).get("meta", {}).get("dry_run", False))
-        if saved_dry != dry:
-            log.info("%s: %s was written by a %s; starting afresh", desc, last,
-                     "dry run" if saved_dry else "real run (this is a dry run)")
-        else:
-            meta = load_checkpoint(last, model, optimizer, restore_rng=True)
-            start, history = int(meta["epoch"]), list(meta.get("history", []))
-            log.info("resuming %s from %s after epoch %d", desc, last, start)
-    for epoch in range(start, epochs):
-        model.train()
-        rng = np.random.default_rng([seed, epoch])
-        losses = []
-        batches = plan(epoch, rng)
-        if max_steps is not None:
-            batches = itertools.islice(batches, max_steps)
-        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for batch in bar:
-            loss = step(batch, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan")}
-        history.append(row)
-        if last is not None:
-            save_checkpoint(last, model, optimizer, epoch=epoch + 1, history=history, config=config or {},
-                            dry_run=dry)
-        if on_epoch is not None:
-            on_epoch(row)
-    return TrainResult(history, start, last)
+def run_training(model: nn.Module, param_groups: list[dict[str, Any]], step: Callable[[Any, int], Tensor],
+                 plan: Callable[[int, np.random.Generator], Iterable[Any]], cfg: Any, settings: Mapping[str, Any],
+                 out_dir: str | Path | None = None, desc: str = "train", progress: bool = True,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> LoopResult:
+    """A Phase 2 training through `geolib.loop.run`: `param_groups` each at its own lr, the loop
+    settings of `cfg` (`loop_config`), and `settings` (what decides the model, `training_settings`)
+    recorded in the checkpoints, so a resume under other settings is refused naming each one
+    (`saved_model_state` reads them back). `model` holds every trained part (encoder and heads)."""
+    settings = {**dict(settings), "settings_keys": sorted(settings)}  # how `run_settings` reads them back
+    if any("lr" not in g for g in param_groups):
+        raise ValueError("every parameter group of a Phase 2 training names its lr (backbone, heads...)")
+    return run(model, step, plan, loop_config(cfg), out_dir, param_groups=param_groups, settings=settings,
+               desc=desc, progress=progress, on_epoch=on_epoch)
 
 
 # --------------------------------------------------------------------------- inference
@@ -352,8 +311,10 @@ def data_fingerprint(paths: Sequence[str | Path]) -> dict[str, Any]:
 
 def training_settings(config: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     """The settings that decide a trained model: the config without device and loader workers,
-    plus `extra` (the data fingerprint, the encoder...)."""
-    out = {k: v for k, v in dict(config).items() if k not in _NOT_SETTINGS}
+    plus `extra` (the data fingerprint, the encoder...). Optimisation fields at their `LOOP_DEFAULTS`
+    are left out, so the settings (and hash) of a model saved before those fields existed still match."""
+    out = {k: v for k, v in dict(config).items()
+           if k not in _NOT_SETTINGS and not (k in LOOP_DEFAULTS and v == LOOP_DEFAULTS[k])}
     out.update(extra)
     return json.loads(json.dumps(out, default=str))  # tuples → lists, as the JSON will read back
 
@@ -409,6 +370,34 @@ def settings_diff(saved: Mapping[str, Any], wanted: Mapping[str, Any], limit: in
     return "; ".join(diff[:limit]) + more
 
 
+def run_settings(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The settings an unfinished run recorded in its `last` checkpoint (None: it recorded none).
+    The loop keeps them flat beside its own settings, with `settings_keys` naming which are the model's."""
+    if isinstance(config.get("settings"), dict):  # written before the one loop
+        return dict(config["settings"])
+    if not isinstance(config.get("settings_keys"), list):
+        return None
+    return {k: config.get(k) for k in config["settings_keys"]}
+
+
+def loaded_result(history: Sequence[dict[str, Any]], out_dir: str | Path, train_s: Any = None) -> LoopResult:
+    """The result of a training read back from its saved folder (nothing was trained now)."""
+    history = list(history)
+    return LoopResult(history, best_path=None, last_path=None, resumed_from=len(history), epochs_done=len(history),
+                      extra={"loaded_from": str(out_dir), "train_s": train_s})
+
+
+def _fill_loop_defaults(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both settings with the optimisation defaults one of them leaves out (`training_settings`)
+    written in, so a changed one compares (and is shown) as "saved 0.0, now 1.0", not as absent."""
+    a, b = dict(a), dict(b)
+    for k, v in LOOP_DEFAULTS.items():
+        if k in a or k in b:
+            a.setdefault(k, v)
+            b.setdefault(k, v)
+    return a, b
+
+
 def saved_model_state(out_dir: str | Path | None, kind: str, settings: Mapping[str, Any]) -> str:
     """What a training should do with `out_dir`: "none" (no folder), "train" (nothing usable saved:
     no model, a dry run's, or one of the same settings trained for fewer epochs, which the resumable
@@ -424,12 +413,13 @@ def saved_model_state(out_dir: str | Path | None, kind: str, settings: Mapping[s
         saved, saved_dry, what = meta.get("settings", {}), bool(meta.get("dry_run")), f"a {kind} model"
     elif last.exists():
         meta = json.loads(last.read_text()).get("meta", {})
-        saved, saved_dry = meta.get("config", {}).get("settings"), bool(meta.get("dry_run"))
+        saved, saved_dry = run_settings(meta.get("config", {})), bool(meta.get("dry_run"))
         what = f"an unfinished {kind} run (last.json)"
         if saved is None:  # written before settings were recorded: nothing to compare
             return "train"
     else:
         return "train"
+    saved, settings = _fill_loop_defaults(saved, settings)
     if saved_dry and not dryrun.active():
         print(f"{out_dir}: holds a dry run's {kind} model; training it for real")
         return "train"

@@ -105,6 +105,21 @@ def test_fine_tune_encoder_and_resume(toy, tmp_path):
     assert res.resumed_from == 1 and [h["epoch"] for h in res.history] == [1, 2, 3]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert (tmp_path / "a" / "best.json").exists() and (tmp_path / "a" / "last.json").exists()
+
+
+def test_an_interrupted_hierarchical_run_refuses_other_settings(toy, tmp_path):
+    x, region, place, train, _ = toy
+    C.fit_hierarchical(x[train], region[train], place[train], C.HierarchicalConfig(epochs=1), out_dir=tmp_path / "h",
+                       progress=False)
+    for name in ("model.json", "model.safetensors"):  # interrupted before the model was saved
+        (tmp_path / "h" / name).unlink()
+    with pytest.raises(ValueError, match=r"unfinished hierarchical run .*grad_clip: saved 0.0, now 1.0"):
+        C.fit_hierarchical(x[train], region[train], place[train], C.HierarchicalConfig(epochs=2, grad_clip=1.0),
+                           out_dir=tmp_path / "h", progress=False)
+    _, res = C.fit_hierarchical(x[train], region[train], place[train], C.HierarchicalConfig(epochs=2),
+                                out_dir=tmp_path / "h", progress=False)
+    assert res.resumed_from == 1 and len(res.history) == 2
 
 
 def test_open_set_prototypes_hand_made():

@@ -167,7 +167,16 @@ def test_epochs_cycle_over_groups_and_resume_exactly(toy_root, tmp_path):
     for (name, a), b in zip(model3.state_dict().items(), model2.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     meta = json.loads((tmp_path / "run" / "last.json").read_text())["meta"]
-    assert meta["epoch"] == 2
+    assert meta["epoch"] == 2 and meta["config"]["optimizer"] == "adam"  # the loop's checkpoint, Adam as before
+    assert meta["config"]["extra"]["model"]["name"] == "placenet" and (tmp_path / "run" / "best.json").exists()
+    from geolib.models import load_model  # `best` rebuilds the descriptor network alone
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(load_model(tmp_path / "run")(x), model2.eval()(x), rtol=0, atol=0)
+
+    cfg.epochs, cfg.backbone_lr = 3, 2e-3  # resuming under another setting is refused, naming it
+    with pytest.raises(ValueError, match=r"last.json: .*other settings \(backbone_lr: saved 0.001, now 0.002\)"):
+        cosplace.train_groups(*fresh(), division, paths, cfg, tmp_path / "run", progress=False)
 
 
 def test_train_cosplace_learns_toy_world(toy_root):

@@ -135,3 +135,30 @@ def test_load_or_train_dc_reuses_the_folder(tmp_path, capsys):
     with pytest.raises(ValueError, match="other settings"):
         dc.load_or_train_dc(items, cosplace.CosPlaceConfig(**{**cfg.to_dict(), "M": 40}),
                             tmp_path / "dc", progress=False)
+
+
+def test_train_dc_resumes_an_interrupted_run_exactly_and_refuses_other_settings(tmp_path):
+    import shutil
+
+    root = build_toy_vpr(tmp_path / "world", n_cells=3, train_per_cell=6)
+    items = cosplace.load_train_items(root)
+    cfg = dc.dc_config("aamc", backbone="resnet10t", image_size=32, out_dim=16, batch_size=4, epochs=2,
+                       iterations_per_epoch=2, min_images_per_class=2, N=1)
+    straight = dc.train_dc(items, cfg, out_dir=tmp_path / "straight", progress=False)
+    assert [h["epoch"] for h in straight.result.history] == [1, 2]
+
+    one = dc.dc_config("aamc", **{k: v for k, v in cfg.to_dict().items() if k not in ("head", "epochs")}, epochs=1)
+    dc.train_dc(items, one, out_dir=tmp_path / "run", progress=False)
+    for name in ("model.json", "model.safetensors"):  # interrupted before the model was saved
+        (tmp_path / "run" / name).unlink()
+    shutil.copytree(tmp_path / "run", tmp_path / "other")
+    resumed = dc.train_dc(items, cfg, out_dir=tmp_path / "run", progress=False)
+    assert resumed.result.resumed_from == 1
+    assert [h["loss"] for h in resumed.result.history] == [h["loss"] for h in straight.result.history]
+    for a, b in zip(straight.heads, resumed.heads):
+        torch.testing.assert_close(a.loss.W, b.loss.W, rtol=0, atol=0)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    other = cosplace.CosPlaceConfig(**{**cfg.to_dict(), "margin": 0.3})
+    with pytest.raises(ValueError, match=r"unfinished dc run .*margin: saved 0.2, now 0.3"):
+        dc.train_dc(items, other, out_dir=tmp_path / "other", progress=False)

@@ -267,7 +267,7 @@ def test_load_model_of_cosplace_dc_and_hierarchical_folders(tmp_path):
 
     division = divide(np.array([0.0, 1, 25, 26, 45, 46]), np.zeros(6), None, M=20, N=2, min_images_per_class=2)
     heads = build_heads(division, division.num_groups, net.out_dim, "arcface", 100.0, 0.2)
-    save_dc(GroupTraining(net, heads, division, TrainResult([{"epoch": 1, "loss": 1.0}], 0), {"image_size": 32}),
+    save_dc(GroupTraining(net, heads, division, TrainResult([{"epoch": 1, "loss": 1.0}], None, None, 0), {"image_size": 32}),
             tmp_path / "dc")
     dc = load_model(tmp_path / "dc" / "model.json")
     assert type(dc) is GroupTraining and dc.result.history == [{"epoch": 1, "loss": 1.0}]

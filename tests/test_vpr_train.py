@@ -1,5 +1,5 @@
-"""vpr_train: batched per-image augmentation (identities, ranges, per-image draws), the loop's dry-run caps,
-and the rules for a folder that already holds a saved model."""
+"""vpr_train: batched per-image augmentation (identities, ranges, per-image draws), Phase 2 training through
+geolib.loop (dry-run caps, resume checks), and the rules for a folder that already holds a saved model."""
 import pytest
 import torch
 
@@ -51,10 +51,12 @@ def test_augment_output_shape_and_type():
     assert out.shape == (6, 3, 12, 12) and out.dtype == torch.float32
 
 
-def _tiny_run(out_dir=None, epochs=3, batches=5):
+def _tiny_run(out_dir=None, epochs=3, batches=5, lr=0.1):
+    from types import SimpleNamespace
+
     from torch import nn
 
-    from geolib.vpr_train import train
+    from geolib.vpr_train import run_training, training_settings
 
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
@@ -64,12 +66,13 @@ def _tiny_run(out_dir=None, epochs=3, batches=5):
         calls.append((epoch, batch))
         return model(torch.ones(1, 2)).pow(2).sum()
 
-    res = train(model, [{"params": model.parameters(), "lr": 0.1}], step, lambda epoch, rng: list(range(batches)),
-                epochs, out_dir=out_dir, progress=False)
+    cfg = SimpleNamespace(epochs=epochs, seed=0, device="cpu", lr=lr)
+    res = run_training(model, [{"params": model.parameters(), "lr": lr}], step, lambda epoch, rng: list(range(batches)),
+                       cfg, training_settings(vars(cfg)), out_dir=out_dir, progress=False)
     return res, calls
 
 
-def test_train_honours_dry_run_caps(monkeypatch):
+def test_training_honours_dry_run_caps(monkeypatch):
     from geolib import dryrun
 
     res, calls = _tiny_run()
@@ -90,6 +93,30 @@ def test_a_real_run_does_not_resume_a_dry_runs_checkpoint(tmp_path, monkeypatch)
     assert res.resumed_from == 0 and len(calls) == 15
     res, calls = _tiny_run(tmp_path / "run", epochs=4)  # a real checkpoint is resumed
     assert res.resumed_from == 3 and len(calls) == 5
+
+
+def test_an_unfinished_run_of_other_settings_is_refused(tmp_path):
+    """The loop keeps the settings flat in `last`; both the folder check and the loop name the change."""
+    import json
+
+    from geolib.vpr_train import run_settings, saved_model_state, training_settings
+
+    _tiny_run(tmp_path / "run", epochs=2)
+    config = json.loads((tmp_path / "run" / "last.json").read_text())["meta"]["config"]
+    wanted = training_settings({"epochs": 2, "seed": 0, "lr": 0.1})
+    assert run_settings(config) == wanted and config["optimizer"] == "adam"
+    assert saved_model_state(tmp_path / "run", "x", {**wanted, "epochs": 3}) == "train"  # longer: continues
+    with pytest.raises(ValueError, match=r"unfinished x run .*lr: saved 0.1, now 0.2"):
+        saved_model_state(tmp_path / "run", "x", {**wanted, "lr": 0.2})
+    with pytest.raises(ValueError, match=r"other settings \(lr: saved 0.1, now 0.2\)"):
+        _tiny_run(tmp_path / "run", epochs=3, lr=0.2)
+
+
+def test_default_optimisation_fields_stay_out_of_the_settings():
+    from geolib.vpr_train import LOOP_DEFAULTS, training_settings
+
+    assert training_settings({"lr": 1.0, **LOOP_DEFAULTS}) == {"lr": 1.0}  # saved models keep their hash
+    assert training_settings({"lr": 1.0, **LOOP_DEFAULTS, "grad_clip": 1.0}) == {"lr": 1.0, "grad_clip": 1.0}
 
 
 def test_saved_model_state_rules(tmp_path, monkeypatch):
