@@ -681,14 +681,96 @@ def _places_table(places: list) -> str:
 # --------------------------------------------------------------------------- notebook 05 helpers
 
 def saved_checkpoint(profile: str) -> Path | None:
-    """Notebook 02's Phase 1 checkpoint (best, else last), or None when 02 has not run."""
-    from .paths import outputs_root
+    """Notebook 02's Phase 1 checkpoint (best, else last), or None when 02 has not run:
+    `paths.phase1_checkpoint`, the one rule every reader uses."""
+    from .paths import phase1_checkpoint
 
-    folder = outputs_root() / profile / "checkpoints" / "phase1"
-    for name in ("best", "last"):
-        if (folder / f"{name}.json").exists() and (folder / f"{name}.safetensors").exists():
-            return folder / name
-    return None
+    return phase1_checkpoint(profile)
+
+
+def checkpoint_or_fallback(profile: str, ds: Any, phase1: dict[str, Any], fallback_epochs: int,
+                           announce: Callable[[str], None] = print) -> tuple[Path, bool]:
+    """(checkpoint, whether it is a fallback): notebook 02's, else a `phase1` model trained here for
+    `fallback_epochs` epochs (announced, since its retrievals are weaker), so the explorer shows
+    something when run alone. With no checkpoint and `fallback_epochs` 0, a FileNotFoundError says
+    how to get one."""
+    from .config import phase1_model
+    from .crossview import train_crossview
+    from .paths import profile_dir
+    from .train import TrainConfig, seed_everything
+
+    checkpoint = saved_checkpoint(profile)
+    if checkpoint is not None:
+        return checkpoint, False
+    if fallback_epochs <= 0:
+        raise FileNotFoundError(f"no Phase 1 checkpoint for profile {profile!r}: run notebook 02 first "
+                                "(./run_all.sh --only 02), or set the explorer section's fallback_epochs > 0")
+    announce(f"**Notebook 02 has not run for profile `{profile}`**: no checkpoint in "
+             f"`{profile_dir(profile, 'checkpoints') / 'phase1'}`. Training a fallback model for "
+             f"{fallback_epochs} epoch(s) so that this notebook can show something; "
+             "its retrievals are weaker than notebook 02's.")
+    seed_everything(phase1["seed"])
+    fit = train_crossview(phase1_model(phase1), ds,
+                          TrainConfig(epochs=fallback_epochs, batch_size=phase1["batch_size"], lr=phase1["lr"],
+                                      device=phase1["device"], seed=phase1["seed"]),
+                          profile_dir(profile, "checkpoints") / "explorer_fallback",
+                          image_size=phase1["image_size"], eval_directions=())
+    return fit.last_path, True
+
+
+def untrained_like(model: Any, seed: int) -> Any:
+    """The same architecture as `model` at a seeded random init: the floor its retrievals are read against."""
+    from .models import create_model
+    from .train import seed_everything
+
+    seed_everything(seed)
+    return create_model(model.config["name"], **{k: v for k, v in model.config.items() if k != "name"})
+
+
+def add_vpr_runs(results: ExplorerResults, runs: dict[str, Any], vpr_data: Any, *, query_folder: str | None,
+                 cache: Any, image_size: int, device: str, k: int, regions: dict[str, str], source: str,
+                 profile: str, seed: int | None, checkpoint: str | Path) -> bool:
+    """The street branch of each run as place recognition (query→database of the VPR test split),
+    added to `results` and recorded as `<run>-street-branch`; False when there is no test split.
+    A dry run embeds a few images of each side."""
+    from . import dryrun
+    from .dataroots import query_folders, vpr_splits
+    from .datasets import load_dataset
+    from .evaluate import PROTOCOL_VPR
+    from .records import write_record
+
+    if vpr_data is None or "test" not in vpr_splits(vpr_data.root):
+        return False
+    folder = next(iter(query_folders(vpr_data.root, "test", query_folder).values()))
+    vpr = load_dataset("vpr", vpr_data.root, split="test", query_folder=folder)
+    db_items, q_items = dryrun.items(vpr.select(role="gallery")), dryrun.items(vpr.select(role="query"))
+    for run, net in runs.items():
+        db_emb = cache.get_or_compute(net, db_items, "street", image_size=image_size, device=device)
+        q_emb = cache.get_or_compute(net, q_items, "street", image_size=image_size, device=device)
+        results.add_vpr(run, q_items, db_items, q_emb, db_emb, k=k,
+                        query_regions=[regions.get(str(it.path.resolve())) for it in q_items],
+                        db_regions=[regions.get(str(it.path.resolve())) for it in db_items])
+        write_record(source, task="vpr", protocol=PROTOCOL_VPR, dataset=vpr_data.dataset, split="test",
+                     query_view="query", gallery_view="database", model=f"{run}-street-branch",
+                     metrics=results.get(run, "query→database").metrics, profile=profile, seed=seed,
+                     config={"checkpoint": str(checkpoint), "image_size": image_size, "queries": len(q_items),
+                             "database": len(db_items)})
+    return True
+
+
+def records_summary(records: Iterable[dict[str, Any]], dataset: str) -> Any:
+    """This dataset's Phase 1 retrieval records (every notebook's `phase1*` models), the last per
+    (source, model, direction): what the runs measured, beside what the explorer shows."""
+    from .records import records_table
+
+    recs = [r for r in records if r.get("task") in ("crossview", "vpr") and r.get("dataset") == dataset
+            and str(r.get("model") or "").startswith("phase1")]
+    table = records_table(recs, ("R@1", "R@5", "R@10", "AP"))
+    if table.empty:
+        return table
+    table.insert(0, "source", [r.get("_source") for r in recs])
+    table = table.reindex(columns=["source", "model", "direction", "protocol", "R@1", "R@5", "R@10", "AP"])
+    return table.drop_duplicates(["source", "model", "direction"], keep="last")
 
 
 def world_regions(export_root: str | os.PathLike) -> dict[str, str]:

@@ -201,3 +201,49 @@ def test_thumbnails_are_cached_and_survive_bad_files(tmp_path):
     first = ex.thumbnail_png(str(good), 64)
     assert ex.thumbnail_png(str(good), 64) is first and ex.thumbnail_png.cache_info().hits == 1
     assert ex.thumbnail_png(str(bad), 64).startswith(b"\x89PNG")
+
+
+# --------------------------------------------------------------------------- notebook 05's checkpoint and records
+
+def test_checkpoint_or_fallback_prefers_notebook_02s_and_refuses_without_epochs(monkeypatch, tmp_path):
+    from geolib.paths import outputs_root
+
+    monkeypatch.setenv("GEOLIB_OUTPUTS", str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match="run notebook 02 first .* fallback_epochs > 0"):
+        ex.checkpoint_or_fallback("smoke", None, {}, 0)
+    folder = outputs_root() / "smoke" / "checkpoints" / "phase1"
+    folder.mkdir(parents=True)
+    for name in ("last.json", "last.safetensors"):
+        (folder / name).write_text("{}")
+    said = []
+    assert ex.checkpoint_or_fallback("smoke", None, {}, 3, announce=said.append) == (folder / "last", False)
+    assert said == [] and ex.saved_checkpoint("smoke") == folder / "last"
+
+
+def test_untrained_like_is_the_same_architecture_seeded():
+    import torch
+
+    from geolib.config import phase1_model
+    from geolib.profiles import resolve
+
+    model = phase1_model(resolve("smoke", "phase1"))
+    a, b = ex.untrained_like(model, 3), ex.untrained_like(model, 3)
+    assert a.config == model.config
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_records_summary_keeps_the_last_per_source_model_direction():
+    def rec(source, model, q, g, r1, task="crossview", dataset="toy"):
+        return {"_source": source, "task": task, "dataset": dataset, "model": model, "query_view": q,
+                "gallery_view": g, "protocol": "p", "metrics": {"R@1": r1, "loss": 1.0}}
+
+    records = [rec("02", "phase1", "street", "drone", 10.0), rec("02", "phase1", "street", "drone", 20.0),
+               rec("05", "phase1", "street", "drone", 30.0), rec("02", "cosplace", "query", "database", 1.0),
+               rec("02", "phase1", "street", "drone", 5.0, dataset="other"),
+               rec("02", "phase1", "street", "satellite", 7.0, task="world")]
+    t = ex.records_summary(records, "toy")
+    assert list(t.columns) == ["source", "model", "direction", "protocol", "R@1", "R@5", "R@10", "AP"]
+    assert t[["source", "R@1"]].values.tolist() == [["02", 20.0], ["05", 30.0]]
+    assert t["direction"].tolist() == ["street→drone"] * 2
+    assert ex.records_summary([], "toy").empty
