@@ -122,7 +122,7 @@ def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[
         record_evaluation(ev, source=SOURCE, model=f"phase1-{name.split('/')[1]}", dataset=dataset,
                           profile=cfg["profile"], seed=cfg["seed"], config=row_cfg, extra_metrics=cost)
         return {"directions": _directions(ev), "cost": cost, "history": res.history,
-                "checkpoint": str(res.last_path)}
+                "checkpoint": str(res.last_path), "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}
 
     return runner.run(name, row_cfg, train)
 
@@ -175,8 +175,9 @@ def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module
     recorded under protocol `cvusa` (`vigor-hit` with the hit rate on VIGOR).
     """
     from .crossview import record_evaluation
-    from .distill import (DistillConfig, StudentModel, cache_teacher, loaded_weights, save_student,
-                          train_items, train_student, weights_status)
+    from .distill import (DistillConfig, StudentModel, cache_teacher, fit_student, loaded_weights, save_student,
+                          train_items, weights_status)
+    from .models import config_hash
 
     views = tuple(views or cfg["views"])
     size = int(cfg["student_image_size"])
@@ -200,14 +201,17 @@ def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module
                            batch_size=cfg["student_batch_size"], lr=cfg["student_lr"], perturb=perturb,
                            copies=cfg["copies"], seed=cfg["seed"], device=cfg["device"],
                            minutes=cfg["minutes_per_row"])
-        history = train_student(student, caches[perturb], dc)
+        ckpt = out / "runs" / f"{name.replace('/', '_')}-{config_hash(row_cfg)}"  # one folder per row settings
+        res = fit_student(student, caches[perturb], dc, ckpt)
+        history = res.history
         path = save_student(student, out / name.replace("/", "_"))
         ev = _evaluate(student, ds, size, directions, cfg["device"], split)
         cost = _cost(student, size, directions[0][0], cfg["cost_runs"])
         record_evaluation(ev, source=SOURCE, model=f"student-{spec['backbone']}" + ("-mp" if perturb else ""),
                           dataset=dataset, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg,
                           task="distillation", extra_metrics=cost, protocol=_protocol(ds), split=split)
-        return {"directions": _directions(ev), "cost": cost, "history": history, "checkpoint": str(path)}
+        return {"directions": _directions(ev), "cost": cost, "history": history, "checkpoint": str(path),
+                "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}
 
     return runner.run(name, row_cfg, run)
 
@@ -312,7 +316,7 @@ def run_pairs_teacher_row(ds: Any, cfg: Mapping[str, Any], out: Path, runner: Ro
                           seed=cfg["seed"], config=row_cfg, protocol=_protocol(ds), split=eval_split,
                           task="distillation", extra_metrics=cost)
         return {"directions": _directions(ev), "cost": cost, "history": res.history,
-                "checkpoint": str(res.last_path)}
+                "checkpoint": str(res.last_path), "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}
 
     return Path(runner.run(name, row_cfg, train)["results"]["checkpoint"])
 
@@ -359,7 +363,7 @@ def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[st
                      metrics={**metrics, **cost}, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg)
         n = len(dryrun.items(ds.select(view="panorama", split=eval_split)))  # the queries evaluated
         return {"directions": {"panorama→satellite": {**metrics, "queries": n}}, "cost": cost, "history": res.history,
-                "checkpoint": str(res.last_path)}
+                "checkpoint": str(res.last_path), "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}
 
     return runner.run(name, row_cfg, run)
 

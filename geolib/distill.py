@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .datasets import ImageDataset, ImageItem, default_transform
-from .train import adamw
+from .models import register_model
+
+if TYPE_CHECKING:
+    from .loop import LoopResult
 
 
 def dual_cosine_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> Tensor:
@@ -243,7 +246,12 @@ class DistillConfig:
     copies: int = 2
     seed: int = 0
     device: str = "cpu"
-    minutes: float | None = None
+    minutes: float | None = None  # opt-in wall-clock cap (stops early; never changes the schedule)
+    optimizer: str = "adamw"      # geolib.loop.OPTIMIZERS
+    scheduler: str = "none"       # "none" (as published here) or "cosine" (warm-up + cosine)
+    warmup: float = 0.0
+    grad_clip: float = 0.0
+    resume: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,47 +273,97 @@ class _ViewImages(torch.utils.data.Dataset):
         return self.inner[i]
 
 
-def train_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillConfig,
-                  progress: bool = False) -> list[dict[str, float]]:
-    """Each step: one batch per view; the student's view of an image is matched to a random cached
-    teacher copy of it. Returns the per-epoch mean loss history."""
-    from tqdm.auto import tqdm
+class _StudentBatches:
+    """One epoch's steps: per view, the images of a planned index batch and the teacher copy each
+    is matched to. Planned up front from the (seed, epoch) generator, so a resumed run replays them."""
 
+    def __init__(self, images: Mapping[str, _ViewImages], index: Mapping[str, list[np.ndarray]],
+                 copies: Mapping[str, list[np.ndarray]]) -> None:
+        self.images, self.index, self.copies = images, index, copies
+        self.steps = min(len(b) for b in index.values())
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        loaders = {v: iter(torch.utils.data.DataLoader(self.images[v], batch_sampler=[ix.tolist() for ix in batches]))
+                   for v, batches in self.index.items()}
+        for k in range(self.steps):
+            yield {v: (next(loaders[v])[0], self.index[v][k], self.copies[v][k]) for v in self.index}
+
+
+def student_plan(cache: TeacherEmbeddings, views: Sequence[str], transform: Callable, batch_size: int
+                 ) -> Callable[[int, np.random.Generator], _StudentBatches]:
+    """`plan(epoch, rng)` for `geolib.loop`: each step one batch per view (a view smaller than a batch
+    gives all its images), every image of the view at most once per epoch, and per image a random
+    cached teacher copy."""
+    images = {v: _ViewImages(cache.items[v], transform) for v in views}
+    sizes = {v: len(cache.items[v]) for v in views}
+    if not all(sizes.values()):
+        raise ValueError(f"the teacher cache has no image for some view ({sizes}); check the views and the train split")
+    steps = min(n // batch_size if n > batch_size else 1 for n in sizes.values())
+
+    def plan(epoch: int, rng: np.random.Generator) -> _StudentBatches:
+        index, copies = {}, {}
+        for v in views:
+            order = rng.permutation(sizes[v])
+            index[v] = [order[k * batch_size:(k + 1) * batch_size] for k in range(steps)]
+            copies[v] = [rng.integers(cache.emb[v].shape[0], size=len(ix)) for ix in index[v]]
+        return _StudentBatches(images, index, copies)
+    return plan
+
+
+def fit_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillConfig,
+                out_dir: str | Path | None = None, progress: bool = False,
+                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> "LoopResult":
+    """Distil `student` through `geolib.loop`: each step matches one batch per view to the cached
+    teacher embeddings (dual cosine loss). With `out_dir`, `best`/`last` checkpoints (the last epoch
+    is the model) and resume under the same settings; `cfg.minutes` is an opt-in cap."""
     from . import dryrun
+    from .loop import LoopConfig, run
 
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    epochs, batch_size = dryrun.epochs(cfg.epochs), dryrun.batch(cfg.batch_size)
+    batch_size = dryrun.batch(cfg.batch_size)
     tf = perturbation_transform(cfg.image_size) if cfg.perturb else default_transform(cfg.image_size)
-    loaders = {v: torch.utils.data.DataLoader(_ViewImages(cache.items[v], tf), batch_size=batch_size,
-                                              shuffle=True, drop_last=len(cache.items[v]) > batch_size,
-                                              generator=torch.Generator().manual_seed(cfg.seed + k))
-               for k, v in enumerate(cfg.views)}
-    student.to(cfg.device).train()
-    opt = adamw(student.parameters(), cfg.lr, cfg.weight_decay, cfg.device)
-    history, t0 = [], time.perf_counter()
-    steps = dryrun.steps(min(len(dl) for dl in loaders.values()))
-    for epoch in range(epochs):
-        losses = []
-        iters = {v: iter(dl) for v, dl in loaders.items()}
-        for _ in tqdm(range(steps), desc=f"distil {epoch + 1}/{epochs}", disable=not progress, leave=False):
-            s_emb, t_emb = {}, {}
-            for v in cfg.views:
-                x, idx = next(iters[v])
-                copy = rng.integers(cache.emb[v].shape[0], size=len(idx))
-                t_emb[v] = torch.from_numpy(cache.emb[v][copy, idx.numpy()])
-                s_emb[v] = student(x.to(cfg.device), v)
-            loss = dual_cosine_loss(s_emb, t_emb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-                        "minutes_total": round((time.perf_counter() - t0) / 60, 3)})
-        if cfg.minutes is not None and (time.perf_counter() - t0) / 60 >= cfg.minutes:
-            break
+    plan = student_plan(cache, cfg.views, tf, batch_size)
+    device = cfg.device
+
+    def step(batch: Mapping[str, tuple[Tensor, np.ndarray, np.ndarray]], epoch: int) -> Tensor:
+        s_emb, t_emb = {}, {}
+        for v, (x, idx, copy) in batch.items():
+            t_emb[v] = torch.from_numpy(cache.emb[v][copy, idx])
+            s_emb[v] = student(x.to(device), v)
+        return dual_cosine_loss(s_emb, t_emb)
+
+    loop_cfg = LoopConfig(epochs=cfg.epochs, seed=cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                          optimizer=cfg.optimizer, scheduler=cfg.scheduler, warmup=cfg.warmup,
+                          grad_clip=cfg.grad_clip, device=device, resume=cfg.resume, max_minutes=cfg.minutes)
+    settings = {**cfg.to_dict(), "batch_size": batch_size, "teacher_copies": int(next(iter(cache.emb.values())).shape[0]),
+                "teacher_images": {v: len(its) for v, its in cache.items.items()}}
+    res = run(student, step, plan, loop_cfg, out_dir, param_groups=[{"params": list(student.parameters())}],
+              settings=settings, settings_defaults=DistillConfig().to_dict(), progress=progress, desc="distil",
+              on_epoch=on_epoch)
     student.eval()
-    return history
+    return res
+
+
+def train_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillConfig,
+                  progress: bool = False, out_dir: str | Path | None = None) -> list[dict[str, float]]:
+    """`fit_student`'s per-epoch history (loss, lr, seconds…), as the ablation rows record it."""
+    return fit_student(student, cache, cfg, out_dir, progress).history
+
+
+@register_model("student")
+def create_student(weights: str | None = None, **options: Any) -> StudentModel:
+    """`geolib.models.create_model("student", **model.config)`: a saved config names where its
+    backbone weights came from (`weights`); a rebuild then starts from random weights (the trained
+    ones come from the file) and keeps that status in its config."""
+    if weights is not None:
+        options.setdefault("pretrained", False)
+        options.setdefault("log", lambda _: None)
+    model = StudentModel(**options)
+    if weights is not None:
+        model.weights = model.config["weights"] = weights
+    return model
 
 
 def train_items(ds: Any, views: Sequence[str]) -> dict[str, list[ImageItem]]:

@@ -55,6 +55,8 @@ def test_pairs_teacher_and_student_rows_record_recall(layout, tmp_path):
     assert {r["model"] for r in recs} == {"teacher", "student-mobilenetv3_small_050"}
     assert {r["protocol"] for r in recs} == {"vigor-hit" if layout == "vigor" else "cvusa"}
     assert {r["split"] for r in recs} == {split} and all("R@1" in r["metrics"] for r in recs)
+    for r, epochs in ((t_row, cfg["epochs"]), (row, cfg["student_epochs"])):  # a cap's cut is part of the row
+        assert r["results"]["cut_by_budget"] is False and r["results"]["epochs_done"] == epochs
 
 
 def test_pairs_teacher_refuses_a_root_without_train_pairs(tmp_path):

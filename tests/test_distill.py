@@ -182,3 +182,35 @@ def test_student_row_passes_the_profile_choice_and_records_the_weights(world, te
                              teacher, world, {**cfg, "student_pretrained": False}, tmp_path / "out",
                              RowRunner(tmp_path / "rows"), "fixture", "t", {})
     assert row["config"]["weights"] == "random-init"  # another initialisation is another row, rerun
+
+
+def test_student_training_resumes_exactly_refuses_other_settings_and_records_a_cap(world, teacher, tmp_path):
+    from geolib.distill import fit_student
+    from geolib.models import load_model
+
+    cache = cache_teacher(teacher, train_items(world, VIEWS), 32, perturb=True, copies=2)
+    cfg = DistillConfig(views=VIEWS, image_size=32, epochs=2, batch_size=4, lr=3e-3, scheduler="cosine", warmup=0.25)
+
+    def run(out, c=cfg, **kw):
+        torch.manual_seed(0)
+        st = StudentModel("mobilenetv3_small_050", VIEWS, out_dim=cache.dim, img_size=32, pretrained=False)
+        return st, fit_student(st, cache, c, out, **kw)
+
+    def kill(row):
+        raise KeyboardInterrupt
+
+    straight, a = run(tmp_path / "a")
+    assert [r["epoch"] for r in a.history] == [1, 2] and a.best_path is not None
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", on_epoch=kill)
+    resumed, b = run(tmp_path / "b")
+    assert b.resumed_from == 1 and [r["loss"] for r in b.history] == [r["loss"] for r in a.history]
+    assert all(torch.equal(p, q) for p, q in zip(straight.parameters(), resumed.parameters()))
+    with pytest.raises(ValueError, match="perturb: saved true, now false"):
+        run(tmp_path / "b", DistillConfig(**{**cfg.__dict__, "perturb": False, "epochs": 3}))
+    _, capped = run(tmp_path / "c", DistillConfig(**{**cfg.__dict__, "minutes": 0.0}))
+    assert capped.cut_by_budget and len(capped.history) == 1 and capped.history[0]["cut_by_budget"]
+    assert capped.history[0]["lr"] == a.history[0]["lr"] and capped.history[0]["loss"] == a.history[0]["loss"]
+    rebuilt = load_model(a.best_path)  # the checkpoint's config.extra.model rebuilds the student
+    x = torch.randn(1, 3, 32, 32)
+    assert rebuilt.config == straight.config and torch.allclose(rebuilt(x, "drone"), straight(x, "drone"), atol=1e-6)
