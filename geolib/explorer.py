@@ -721,7 +721,7 @@ def checkpoint_or_fallback(profile: str, ds: Any, phase1: dict[str, Any], fallba
 def untrained_like(model: Any, seed: int) -> Any:
     """The same architecture as `model` at a seeded random init: the floor its retrievals are read against."""
     from .models import create_model
-    from .train import seed_everything
+    from .loop import seed_everything
 
     seed_everything(seed)
     return create_model(model.config["name"], **{k: v for k, v in model.config.items() if k != "name"})

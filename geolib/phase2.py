@@ -267,7 +267,7 @@ def phase1_encoder(checkpoint: str | Path | None, phase1: Mapping[str, Any], see
     from .ablation import checkpoint_id
     from .config import phase1_model
     from .crossview import load_trained_model
-    from .vpr_train import seed_everything
+    from .loop import seed_everything
 
     ckpt = Path(checkpoint).with_suffix(".json") if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():

@@ -102,7 +102,7 @@ def run_untrained(cfg: Mapping[str, Any], database: Sequence[ImageItem], queries
     """CosPlace's network before training (the backbone's initial weights, a seeded projection),
     GeM-aggregated, on the test queries: what training adds is measured against it."""
     from .cosplace import PlaceNet
-    from .vpr_train import seed_everything
+    from .loop import seed_everything
 
     seed_everything(cfg["seed"])
     untrained = PlaceNet(cfg["backbone"], "gem", cfg["out_dim"], cfg["image_size"], cfg["pretrained"])
