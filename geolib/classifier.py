@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models import register_model
-from .vpr_train import (ClassHead, TrainResult, loaded_result, read_model_files, run_training, save_model_files,
+from .vpr_train import (ClassHead, TrainResult, loaded_result, rank_rows, read_model_files, run_training, save_model_files,
                         saved_model_state, settings_hash, topk_hits, training_settings)
 
 PROTOCOL_CLOSED = "closed-set"
@@ -229,7 +229,7 @@ def _fit(features: np.ndarray | Tensor, region: np.ndarray, place: np.ndarray, c
 
     def plan(epoch: int, rng: np.random.Generator):
         order = rng.permutation(len(x))
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return [rank_rows(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
 
     def step(index: np.ndarray, epoch: int) -> Tensor:
         i = torch.as_tensor(index)

@@ -34,7 +34,7 @@ from .datasets import ImageItem, load_dataset, utm_of
 from .evaluate import PROTOCOL_VPR, vpr_positives, vpr_recalls
 from .models import register_model
 from .vpr_train import (PREPROCESSING, Augment, Batches, ClassHead, ImageTensors, TrainResult, class_batches,
-                        data_fingerprint, embed_paths, loaded_result, part, read_model_files, run_training,
+                        data_fingerprint, embed_paths, loaded_result, part, rank_rows, read_model_files, run_training,
                         save_model_files, saved_model_state, settings_hash, training_settings)
 
 log = logging.getLogger(__name__)
@@ -408,7 +408,8 @@ def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, path
 
         def plan_cached(epoch: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             batches = class_batches(per_group[epoch % len(heads)], iterations, batch_size, rng)
-            return [(idx, labels, rng.integers(copies, size=len(idx))) for idx, labels in batches]
+            drawn = [(idx, labels, rng.integers(copies, size=len(idx))) for idx, labels in batches]
+            return [tuple(rank_rows(a) for a in batch) for batch in drawn]
 
         def step_cached(batch: tuple[np.ndarray, np.ndarray, np.ndarray], epoch: int) -> Tensor:
             idx, labels, copies = batch
@@ -419,7 +420,7 @@ def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, path
     else:
         def plan(epoch: int, rng: np.random.Generator) -> Batches:
             batches = class_batches(per_group[epoch % len(heads)], iterations, batch_size, rng)
-            return Batches(images, batches, cfg.num_workers)
+            return Batches(images, [(rank_rows(i), rank_rows(c)) for i, c in batches], cfg.num_workers)
 
         def step(batch: tuple[Tensor, np.ndarray], epoch: int) -> Tensor:
             images_u8, labels = batch

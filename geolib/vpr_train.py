@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from . import dryrun
 from .checkpoint import read_model_state, save_checkpoint
-from .loop import LoopConfig, LoopResult, run, seed_everything  # noqa: F401  (seed_everything: notebooks import it here)
+from .loop import LoopConfig, LoopResult, distributed, run, seed_everything  # noqa: F401  (seed_everything: notebooks import it here)
 from .losses import ArcFaceLoss, cosface_loss
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,39 @@ def loop_config(cfg: Any) -> LoopConfig:
                       **{k: getattr(cfg, k, v) for k, v in LOOP_DEFAULTS.items()})
 
 
+class _Call(nn.Module):
+    """Runs a step inside `forward`, so DistributedDataParallel, which all-reduces the gradients of
+    what a forward used, sees the whole step (encoder and the head it trained)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, fn: Callable[..., Tensor], *args: Any) -> Tensor:
+        return fn(*args)
+
+
+def distributed_step(model: nn.Module, step: Callable[[Any, int], Tensor], device: str = "cpu"
+                     ) -> Callable[[Any, int], Tensor]:
+    """`step` itself in one process; under torch.distributed, `step` run through DDP over `model`,
+    with unused parameters allowed (an epoch trains one group's head, the others get no gradient).
+    Each rank then computes its share of a batch (`rank_rows`) and DDP averages the gradients."""
+    if distributed()[1] == 1:
+        return step
+    ids = [torch.cuda.current_device()] if str(device).startswith("cuda") else None
+    ddp = nn.parallel.DistributedDataParallel(_Call(model), device_ids=ids, find_unused_parameters=True)
+    return lambda batch, epoch: ddp(step, batch, epoch)
+
+
+def rank_rows(rows: np.ndarray) -> np.ndarray:
+    """This process's share of a global batch's rows under torch.distributed (all of them in one
+    process, and when the batch has fewer rows than processes: no rank may sit a step out)."""
+    rank, world = distributed()
+    if world == 1 or len(rows) < world:
+        return rows
+    return np.array_split(np.asarray(rows), world)[rank]
+
+
 def run_training(model: nn.Module, param_groups: list[dict[str, Any]], step: Callable[[Any, int], Tensor],
                  plan: Callable[[int, np.random.Generator], Iterable[Any]], cfg: Any, settings: Mapping[str, Any],
                  out_dir: str | Path | None = None, desc: str = "train", progress: bool = True,
@@ -261,6 +294,7 @@ def run_training(model: nn.Module, param_groups: list[dict[str, Any]], step: Cal
     settings = {**dict(settings), "settings_keys": sorted(settings)}  # how `run_settings` reads them back
     if any("lr" not in g for g in param_groups):
         raise ValueError("every parameter group of a Phase 2 training names its lr (backbone, heads...)")
+    step = distributed_step(model, step, cfg.device)
     return run(model, step, plan, loop_config(cfg), out_dir, param_groups=param_groups, settings=settings,
                desc=desc, progress=progress, on_epoch=on_epoch)
 

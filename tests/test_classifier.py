@@ -222,3 +222,43 @@ def test_load_or_fit_hierarchical_reuses_and_refuses(toy, tmp_path, capsys):
     with pytest.raises(ValueError, match="other settings"):
         C.load_or_fit_hierarchical(x[train], region[train], place[train], C.HierarchicalConfig(epochs=1, lr=0.1),
                                    tmp_path / "h", settings={"encoder": "a"})
+
+
+def _ddp_fit(rank: int, world: int, port: int, out: str) -> None:
+    import json
+
+    if world > 1:
+        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                             world_size=world)
+    torch.set_num_threads(1)
+    x, region, place = toy_embeddings(regions=3, places=2, per_place=8)
+    model, res = C.fit_hierarchical(x, region, place, C.HierarchicalConfig(epochs=2, batch_size=8, hidden=8),
+                                    progress=False)
+    with open(f"{out}/rank{rank}_of{world}.json", "w") as fh:
+        json.dump({"loss": [r["loss"] for r in res.history],
+                   "weights": {k: v.tolist() for k, v in model.state_dict().items()}}, fh)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_two_gloo_ranks_train_the_classifier_as_one_process(tmp_path):
+    """Each rank takes half of every batch and DDP averages the gradients: the weights are those of
+    one process training on the whole batches."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _ddp_fit(0, 1, 0, str(tmp_path))
+    mp.spawn(_ddp_fit, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    one = json.loads((tmp_path / "rank0_of1.json").read_text())
+    ranks = [json.loads((tmp_path / f"rank{r}_of2.json").read_text()) for r in (0, 1)]
+    for k, w in one["weights"].items():
+        for r in ranks:
+            np.testing.assert_allclose(np.array(r["weights"][k]), np.array(w), rtol=0, atol=1e-5, err_msg=k)
+    local = np.mean([r["loss"] for r in ranks], axis=0)  # each rank's mean loss is over its half batches
+    np.testing.assert_allclose(local, one["loss"], rtol=1e-5)

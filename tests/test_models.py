@@ -249,7 +249,7 @@ def test_load_model_from_a_loop_checkpoint_of_any_registered_network(tmp_path):
     _same_outputs(phase1, loaded, torch.randn(2, 3, 64, 64), "street")
     for path in (tmp_path / "vpr" / "last", tmp_path / "vpr" / "last.json", tmp_path / "vpr" / "last.safetensors"):
         _same_outputs(net, load_model(path), torch.randn(2, 3, 32, 32))
-    assert create_model(**{**net.config}).config == net.config  # the config alone rebuilds the network
+    assert create_model(**net.config).config == net.config  # the config alone rebuilds the network
 
 
 def test_load_model_of_cosplace_dc_and_hierarchical_folders(tmp_path):
