@@ -55,40 +55,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "common": {"seed": 0, "device": "auto", "amp": False, "num_workers": 0},
         "world": {"preset": "default"},
         # The CPU default swaps Swin for the one backbone with ImageNet weights offline (EfficientNet-Lite0)
-        # and keeps the rest of Phase 1 (L2L, fusion, pooling, InfoNCE). In the same 6 minutes on one
-        # core it reached street->drone R@1 12.9 % at 64 px, the scaled-down Swin from scratch 7.6 % at
-        # 96 px (measured); the budget, not the data, is what stops both. GeM, not
-        # attention pooling: from scratch, attention pooling collapsed every embedding to one point.
-        # Gray-world colour constancy runs inside the model, so every later user embeds the same way.
-        # The 4.85-minute budget binds before 40 epochs; the learning rate anneals on that clock.
-        # One notebook run each on a quiet machine (street->drone / street->satellite R@1): 64 px,
-        # lr 1e-3: 14.7 / 7.7; 48 px (more steps fit): 17.1 / 11.5; 48 px, lr 2e-3: 23.8 / 13.9;
-        # lr 4e-3: 21.0 / 13.7 (epoch 15); batch 64, lr 2e-3: 20.2 / 10.8 (epoch 15).
-        # At equal steps (12 epochs, 1 thread): fusion width 256 instead of 128, 21.8 / 14.2 against
-        # 18.9 / 11.9, for ~7 % more time per step; one branch for all views 10.4 / 6.0; GPS-neighbour
-        # batches 10.3 / 6.5; backbone at a quarter or half the neck's learning rate 19.8-20.0 / 11.2-13.0.
-        # Embedding width 512 (the published one) instead of 256, with fusion 256: 23.4 / 11.2, R@5
-        # 49.1 / 36.0 against 20.6-21.8 / 12.8-14.2, R@5 42.1-42.8 / 32.3-37.1 (two runs). Fusion 512:
-        # 21.2 / 13.0. channels_last runs the same epochs ~1.37x faster.
-        # Under the budget itself (4.75 min, 2 threads, no evaluations during training; one run each,
-        # run-to-run spread ~1.5 points; outputs/scratch/exp3.py): drone and satellite through their
-        # shared branch as one batch 44.0 / 27.2 (30 epochs) against one call per view 40.7 / 23.4
-        # (27); label smoothing 0: 39.4 / 22.5; no gradient clipping 44.8 / 22.5; lr 3e-3 42.1 / 26.4;
-        # batch 24: 40.4 / 23.7; 40 px 25.4 / 12.9; 56 px 42.5 / 21.2; MixVPR pooling 31.2 / 13.4;
-        # no crop or gain augmentation 38.4 / 22.3; early blocks (stride <= 8) frozen 34.5 / 17.5
-        # (36 epochs); street and drone only 36.9 / 4.7 (40 epochs). Evaluations every 16 epochs
-        # leave more of the budget to training; 4.85 minutes ends notebook 02 within 6 (5 took 354 s cold).
-        # Flip test-time augmentation (University-1652's evaluation) on a cold run's checkpoint:
-        # 47.1 / 28.1 against 45.8 / 26.6 without; the curve uses it too, and the last in-training
-        # evaluation's embeddings are reused by the final one (EmbeddingCache), which pays for it.
-        # The one-tap shortcut for depthwise convs on 1x1 maps and fused AdamW cut a step from 0.338 to
-        # 0.276 s (outputs/scratch/ab.py); notebook 02 cold then gave 51.2 / 27.2 (33 epochs, 337.7 s)
-        # and 50.2 / 30.7 (35 epochs, 336.3 s), against 46.4 / 25.2 (31 epochs) before. One loader
-        # worker beside the 2 compute threads: 13 epochs in a 2-minute budget against 15 without.
-        # Fixed epochs, not a clock: the 4.85-minute budget this profile used gave 33-35 epochs on a quiet
-        # day and 24-30 on a loaded one, and results moved with them; 30 epochs is what the budget gave
-        # on 2026-12-01 for both the old and the new code. Part A/C rows train their 6 epochs and the
-        # students 1 (what their 0.5-minute budgets had allowed), whatever the machine's load.
+        # and keeps the rest of Phase 1 (L2L, fusion, InfoNCE), with GeM pooling (attention pooling
+        # collapsed from scratch) and gray-world colour constancy inside the model. It trains a fixed
+        # 30 epochs, so results depend on the seed and settings, not the machine's load. The settings
+        # tried on the way, with their figures, are in docs/measurements.md.
         "phase1": {"preset": "default", "model": "phase1-cpu", "image_size": 48,
                    "model_options": {"backbone": "efficientnet-lite0", "pretrained": True, "gray_world": True,
                                      "fusion_dim": 256, "embed_dim": 512},

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from .datasets import DatasetError
     from .needs import NeedMissing, Needs
     from .needs import phase1 as phase1_needs
-    from .paths import outputs_root, profile_dir
+    from .paths import outputs_root, phase1_checkpoint_dir
     from .profiles import resolve
 
     args = build_parser().parse_args(argv)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = dry_run_dataset(ds)
     net = phase1_model(cfg)
     train_cfg = phase1_train_config(cfg)
-    out = Path(args.out) if args.out else profile_dir(args.profile, "checkpoints") / "phase1"
+    out = Path(args.out) if args.out else phase1_checkpoint_dir(args.profile)
     # as notebook 02: teachers cached under outputs/cache/teachers; rank 0 embeds, the others then read
     if world_size > 1 and rank > 0:
         torch.distributed.barrier()
