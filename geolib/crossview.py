@@ -191,19 +191,10 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
 
 
 def load_trained_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from a checkpoint written by `train_crossview` (its config names the model)."""
-    from .checkpoint import load_weights, read_checkpoint
-    from .models import create_model
+    """The model of a `train_crossview` checkpoint and its metadata (`geolib.models.load_model_and_meta`)."""
+    from .models import load_model_and_meta
 
-    doc, _ = read_checkpoint(checkpoint)
-    model_cfg = dict(doc["meta"].get("config", {}).get("extra", {}).get("model") or {})
-    if not model_cfg:
-        raise ValueError(f"{checkpoint}: the checkpoint does not say which model it holds "
-                         "(config.extra.model); was it written by train_crossview?")
-    name = model_cfg.pop("name")
-    model = create_model(name, **model_cfg)
-    meta = load_weights(checkpoint, model)
-    return model.to(device).eval(), meta
+    return load_model_and_meta(checkpoint, device)
 
 
 # --------------------------------------------------------------------------- teachers from a profile

@@ -229,21 +229,13 @@ def efficientnet_lite0_teacher(name: str = "efficientnet-lite0", weights: str | 
 def checkpoint_teacher(path: str, name: str | None = None, view: str | None = None,
                        image_size: int | None = None) -> Teacher:
     """A saved geolib model as a frozen teacher; `view` picks the branch (default: the first)."""
-    from .checkpoint import load_weights, read_checkpoint
-    from .models import create_model
+    from .models import load_model
 
-    if not Path(str(path) + ".json").exists() and not Path(path).exists():
-        raise TeacherUnavailable(f"teacher geolib:{path}: no checkpoint there")
-    doc, _ = read_checkpoint(path)
-    meta = doc["meta"]
-    # train_crossview keeps the model's config in config.extra.model; plain saves may use model_config
-    config = dict((meta.get("config") or {}).get("extra", {}).get("model") or meta.get("model_config") or {})
-    if not config:
-        raise ValueError(f"checkpoint {path} names no model (config.extra.model or model_config); "
-                         "it cannot rebuild its model")
-    model = create_model(config.pop("name"), **config)
-    load_weights(path, model)
-    use_view = view or next(iter(model.views))
+    try:
+        model = load_model(path)
+    except FileNotFoundError as err:
+        raise TeacherUnavailable(f"teacher geolib:{path}: {err}") from err
+    use_view = view or next(iter(getattr(model, "views", None) or model.branches))
     return Teacher(name or f"geolib:{path}", model, lambda m, x: m(x, use_view), model.embed_dim,
                    image_size or model.img_size, IMAGENET_MEAN, IMAGENET_STD)
 

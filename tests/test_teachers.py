@@ -91,7 +91,7 @@ def test_geolib_checkpoint_teacher(tmp_path):
         assert torch.allclose(teacher(x), model(x, "drone"), atol=1e-5)
     assert teacher.dim == 24
     save_checkpoint(tmp_path / "bare", bundle)
-    with pytest.raises(ValueError, match="names no model"):
+    with pytest.raises(ValueError, match="does not say which model it holds"):
         create_teacher(f"geolib:{tmp_path / 'bare'}")
 
 
