@@ -1,4 +1,4 @@
-"""Non-learned baselines and the oracle check of the synthetic world (issue 3).
+"""Non-learned baselines and the oracle check of the synthetic world.
 
 Why: a world that a colour histogram can match teaches nothing, and a world where no cue survives
 the change of view cannot be learned. The baselines bound the first from above (they must stay
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .evaluate import label_chance_recall, retrieval_metrics
 from .world import FACADE_HUE_SHIFT
 
 PROTOCOL = "university1652-official"
@@ -110,15 +111,7 @@ def distance_embeddings(q: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.nd
     return q2.astype(np.float32), g2.astype(np.float32)
 
 
-def chance(query_labels: np.ndarray, gallery_labels: np.ndarray) -> float:
-    """Expected R@1 (percent) of a random ranking: share of the gallery that is true, per query."""
-    counts = {lab: c for lab, c in zip(*np.unique(gallery_labels, return_counts=True))}
-    return float(np.mean([counts.get(lab, 0) for lab in query_labels]) / len(gallery_labels) * 100)
-
-
 def _metrics(q, ql, g, gl) -> dict[str, float]:
-    from .evaluate import retrieval_metrics
-
     return retrieval_metrics(q, ql, g, gl, ks=(1, 5, 10))
 
 
@@ -138,7 +131,7 @@ def run_all(root: Path, masks: dict[str, tuple[np.ndarray, np.ndarray]] | None =
         gp, gl, gfull, gsmall = cache[f"gallery_{gv}"]
         base = {"protocol": PROTOCOL, "query_view": qv, "gallery_view": gv,
                 "config": {"queries": len(ql), "gallery": len(gl), "gallery_places": int(len(set(gl)))}}
-        results.append({**base, "model": "chance", "metrics": {"R@1": chance(ql, gl)}})
+        results.append({**base, "model": "chance", "metrics": {"R@1": label_chance_recall(ql, gl)}})
         results.append({**base, "model": "raw-pixels", "config": {**base["config"], "size": 16},
                         "metrics": _metrics(raw_pixels(qsmall), ql, raw_pixels(gsmall), gl)})
         results.append({**base, "model": "color-histogram", "config": {**base["config"], "bins": "8x8x8 RGB, sqrt"},

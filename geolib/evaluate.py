@@ -13,7 +13,7 @@ scores from real embeddings almost never tie exactly, so the protocols agree in 
 on galleries with duplicate images, which is why the score itself must not depend on blocking.
 
 Streaming from disk: every function here reads embeddings only through `x[a:b]` / `x[rows]`, one
-chunk at a time, so arrays, `np.load(..., mmap_mode="r")` memmaps and `geolib.embcache.NpyRows`
+chunk at a time, so arrays, `np.load(..., mmap_mode="r")` memmaps and `geolib.npy.NpyRows`
 readers all work. `streaming_label_ranks` / `streaming_retrieval_metrics` / `streaming_topk` take
 `.npy` paths (e.g. `EmbeddingCache` entries) and read both queries and gallery in chunks with plain
 file reads, so neither is ever resident whole; float16 files are converted chunk by chunk. Their
@@ -27,7 +27,7 @@ float32), so a pair's score never depends on the block it was computed in. A flo
 rounds the same pair differently in differently shaped blocks (two identical gallery rows then
 score an ulp apart and swap with `chunk_size`); here it only pre-sorts: an item is compared by
 its block product only when that product is further from the other score than its error bound
-(`_score_band`), otherwise by `pair_scores`. Ranks, top-k and metrics are therefore the same at
+(`score_band`), otherwise by `pair_scores`. Ranks, top-k and metrics are therefore the same at
 every `chunk_size`.
 
 Protocols:
@@ -56,7 +56,7 @@ PROTOCOL_UNIVERSITY_NO_DISTRACTORS = "university1652-no-distractors"
 PROTOCOL_VPR = "vpr-25m"
 PROTOCOL_VIGOR = "vigor-hit"
 
-# an in-memory array, a memmap, a geolib.embcache.NpyRows reader, or the path of a 2-D .npy file
+# an in-memory array, a memmap, a geolib.npy.NpyRows reader, or the path of a 2-D .npy file
 EmbeddingSource = Union[np.ndarray, str, PathLike]
 
 
@@ -105,7 +105,7 @@ def streaming_label_ranks(query: EmbeddingSource, query_labels: Sequence[int] | 
                           gallery: EmbeddingSource, gallery_labels: Sequence[int] | np.ndarray,
                           chunk_size: int = 4096, junk_label: int | None = -1) -> Ranks:
     """`label_ranks` with queries and gallery read from `.npy` files chunk by chunk (see module doc)."""
-    from .embcache import open_rows
+    from .npy import open_rows
 
     return label_ranks(open_rows(query), query_labels, open_rows(gallery), gallery_labels,
                        chunk_size=chunk_size, junk_label=junk_label)
@@ -123,7 +123,7 @@ def streaming_retrieval_metrics(query: EmbeddingSource, query_labels: Sequence[i
 def streaming_topk(query: EmbeddingSource, gallery: EmbeddingSource, k: int,
                    chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """`topk_search` one query chunk at a time; only the (Q, k) answer is held whole."""
-    from .embcache import open_rows
+    from .npy import open_rows
 
     q, g = open_rows(query), open_rows(gallery)
     parts = [topk_search(q[q0:q0 + chunk_size], g, k, chunk_size) for q0 in range(0, len(q), chunk_size)]
@@ -190,6 +190,26 @@ def vigor_metrics(query_emb: np.ndarray, gallery_emb: np.ndarray, positives: Seq
     out.pop("AP", None)  # one true tile per query: AP would only restate the rank
     out["hit_rate"] = recall_at(positive_ranks(query_emb, gallery_emb, either, chunk_size=chunk_size), 1)
     return out
+
+
+def chance_recall(positives: Sequence[np.ndarray], n_ranked: int) -> float:
+    """Expected R@1, in percent, of a uniformly random ranking: each query's share of true items.
+
+    The floor every table compares against, for any protocol: give it `label_positives` (with
+    the kept gallery size) or `vpr_positives` (with the database size). Queries without a true
+    item count as 0, as they do in the metrics.
+    """
+    if len(positives) == 0 or n_ranked <= 0:
+        return 0.0
+    return float(100.0 * np.mean([len(p) / n_ranked for p in positives]))
+
+
+def label_chance_recall(query_labels: Sequence[int] | np.ndarray, gallery_labels: Sequence[int] | np.ndarray,
+                        junk_label: int | None = -1) -> float:
+    """`chance_recall` under the University-1652 protocol (junk removed from the gallery)."""
+    q_labels, g_labels = np.asarray(query_labels).reshape(-1), np.asarray(gallery_labels).reshape(-1)
+    keep = np.ones(len(g_labels), bool) if junk_label is None else g_labels != junk_label
+    return chance_recall(label_positives(q_labels, g_labels, keep, junk_label), int(keep.sum()))
 
 
 def metrics_from_ranks(ranks: Ranks, ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:
@@ -284,21 +304,22 @@ def topk_search(query_emb: np.ndarray, gallery_emb: np.ndarray, k: int,
         s = _block_scores(q, g)
         kk = min(k, len(g))
         kth = np.partition(s, len(g) - kk, axis=1)[:, len(g) - kk]
-        band = _score_band(q_norm, g, q.shape[1])
+        band = _block_band(q_norm, g)
         rows, cols = np.nonzero(s >= (kth - 2 * band)[:, None])
-        exact = pair_scores(q, g, rows, cols)
-        seen = best_s.shape[1]
-        all_r = np.concatenate([rows.astype(np.int64), np.repeat(np.arange(n), seen)])
-        all_i = np.concatenate([cols.astype(np.int64) + g0, best_i.reshape(-1)])
-        all_s = np.concatenate([exact, best_s.reshape(-1)])
-        order = np.lexsort((all_i, -all_s, all_r))
-        all_r, all_i, all_s = all_r[order], all_i[order], all_s[order]
-        starts = np.searchsorted(all_r, np.arange(n))
-        keep = (np.arange(len(all_r)) - starts[all_r]) < k
-        width = min(k, seen + len(g))  # every row keeps the same count (see `_score_band`)
-        best_s = all_s[keep].reshape(n, width)
-        best_i = all_i[keep].reshape(n, width)
+        best_s, best_i = _merge_candidates(n, k, rows, cols.astype(np.int64) + g0, pair_scores(q, g, rows, cols),
+                                           best_s, best_i)
     return best_s, best_i
+
+
+def exact_topk_of_candidates(query_emb: np.ndarray, rows: np.ndarray, items: np.ndarray,
+                             vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k per query among shortlisted (query row, gallery item, item vector) triples, in
+    `topk_search`'s order; for an index whose shortlist provably holds the exact top k."""
+    q = _as_f32(query_emb)
+    scores = pair_scores(q, _as_f32(vectors), np.asarray(rows, np.int64), np.arange(len(items)))
+    empty_s, empty_i = np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    return _merge_candidates(len(q), k, np.asarray(rows, np.int64), np.asarray(items, np.int64), scores,
+                             empty_s, empty_i)
 
 
 def pair_scores(query_emb: np.ndarray, gallery_emb: np.ndarray, rows: np.ndarray,
@@ -389,7 +410,7 @@ def _chunk_ranks(q: np.ndarray, gallery_emb: np.ndarray, keep: np.ndarray, pos: 
     q_norm = _row_norms(q)
     above = np.zeros(pos.shape, np.int64)
     for idx, g in _gallery_blocks(gallery_emb, keep, chunk_size):
-        band = _score_band(q_norm, g, q.shape[1])[:, None]
+        band = _block_band(q_norm, g)[:, None]
         above += _count_above(q, g, _block_scores(q, g), band, idx, sorted_score, sorted_index)
     ranks = np.empty_like(above)
     np.put_along_axis(ranks, order, above, axis=1)
@@ -400,20 +421,43 @@ def _block_scores(q: np.ndarray, g: np.ndarray) -> np.ndarray:
     return q @ g.T
 
 
+def _merge_candidates(n: int, k: int, rows: np.ndarray, items: np.ndarray, scores: np.ndarray,
+                      best_s: np.ndarray, best_i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of the running (n, m) top lists and new candidates, by score then gallery index.
+
+    Every row must end with the same count (min(k, m + its candidates)), which the shortlists
+    guarantee: a block either gives each row at least its own k or all of its items.
+    """
+    seen = best_s.shape[1]
+    all_r = np.concatenate([rows.astype(np.int64), np.repeat(np.arange(n), seen)])
+    all_i = np.concatenate([items.astype(np.int64), best_i.reshape(-1)])
+    all_s = np.concatenate([scores.astype(np.float32), best_s.reshape(-1)])
+    order = np.lexsort((all_i, -all_s, all_r))
+    all_r, all_i, all_s = all_r[order], all_i[order], all_s[order]
+    starts = np.searchsorted(all_r, np.arange(n))
+    counts = np.diff(np.append(starts, len(all_r)))
+    width = int(min(k, counts.min())) if n else 0
+    keep = (np.arange(len(all_r)) - starts[all_r]) < width
+    return all_s[keep].reshape(n, width), all_i[keep].reshape(n, width)
+
+
 def _row_norms(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64)))
 
 
-def _score_band(q_norm: np.ndarray, g: np.ndarray, dim: int) -> np.ndarray:
-    """Per query, a bound on |block product − `pair_scores`| for every item of block `g`.
+def score_band(q_norm: np.ndarray, g_max_norm: float, dim: int) -> np.ndarray:
+    """Per query, a bound on |float32 product − `pair_scores`| for gallery rows of norm ≤ `g_max_norm`.
 
     A float32 dot product of length D is within γ_D·Σ|q_i g_i| ≤ D·u·‖q‖‖g‖ of the exact value
     (u = 2⁻²⁴, any summation order, with or without FMA); the exact score is off by one more
     rounding. (2D + 8)·u·‖q‖·max‖g‖ covers both, plus the rounding of `s ± band` itself.
     Any valid bound gives the same answer; a tighter one only saves rescoring.
     """
-    g_max = float(_row_norms(g).max()) if len(g) else 0.0
-    return ((2 * dim + 8) * 2.0 ** -24 * q_norm * g_max).astype(np.float32)
+    return ((2 * dim + 8) * 2.0 ** -24 * np.asarray(q_norm, np.float64) * g_max_norm).astype(np.float32)
+
+
+def _block_band(q_norm: np.ndarray, g: np.ndarray) -> np.ndarray:
+    return score_band(q_norm, float(_row_norms(g).max()) if len(g) else 0.0, g.shape[1])
 
 
 def _count_above(q: np.ndarray, g: np.ndarray, scores: np.ndarray, band: np.ndarray, idx: np.ndarray,

@@ -203,7 +203,7 @@ def test_memory_mapped_embeddings_stream_from_disk(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_streaming_from_npy_equals_in_memory_bit_for_bit(tmp_path, dtype):
-    from geolib.embcache import NpyRows
+    from geolib.npy import NpyRows
     from geolib.evaluate import streaming_label_ranks, streaming_retrieval_metrics, streaming_topk
 
     rng = np.random.default_rng(11)
@@ -226,7 +226,7 @@ def test_streaming_from_npy_equals_in_memory_bit_for_bit(tmp_path, dtype):
 
 
 def test_npy_rows_reads_only_what_is_asked(tmp_path):
-    from geolib.embcache import NpyRows, save_npy
+    from geolib.npy import NpyRows, save_npy
 
     a = np.arange(40, dtype=np.float32).reshape(10, 4)
     save_npy(tmp_path / "a.npy", a)
@@ -291,3 +291,18 @@ def test_ties_do_not_depend_on_blocking(one_torch_thread):
     # the top-1 of the exact search ranks 0 when taken as the only true item, ties included
     top1 = positive_ranks(q, g, [np.array([i]) for i in base_i[:, 0]], chunk_size=7)
     assert top1.first_rank.tolist() == [0] * 16
+
+
+def test_chance_recall_by_hand_and_against_random_rankings():
+    from geolib.evaluate import chance_recall, label_chance_recall
+
+    # query 0 has 2 of 4 kept items true, query 1 none (junk is not ranked): (2/4 + 0) / 2
+    assert label_chance_recall([1, 7], [1, 1, 2, -1, 3]) == pytest.approx(100 * (2 / 4) / 2)
+    assert chance_recall([], 10) == 0.0
+    q_utm, db_utm = np.array([[0.0, 0.0], [0.0, 100.0]]), np.array([[0.0, 25.0], [0.0, 30.0], [0.0, 90.0]])
+    assert chance_recall(vpr_positives(q_utm, db_utm, 25.0), 3) == pytest.approx(100 * (1 / 3 + 1 / 3) / 2)
+    # the expectation over many random rankings
+    rng = np.random.default_rng(2)
+    ql, gl = rng.integers(0, 5, 30), rng.integers(0, 5, 40)
+    hits = [np.mean(gl[rng.permutation(40)[0]] == ql) for _ in range(20000)]
+    assert label_chance_recall(ql, gl) == pytest.approx(100 * np.mean(hits), abs=1.5)
