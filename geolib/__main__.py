@@ -8,7 +8,7 @@ import sys
 COMMANDS = {
     "check-data": ("geolib.validate", "main", "validate a dataset folder (exit 1 on errors)"),
     "run": ("geolib.pipeline", "main", "run the notebooks with papermill (what run_all.sh calls)"),
-    "world": ("geolib.world", "cli", "generate and export the synthetic world"),
+    "world": ("geolib.world_build", "cli", "generate and export the synthetic world"),
     "train": ("geolib.train_cli", "main", "train Phase 1 (torchrun -m geolib train … for DDP)"),
     "report": ("geolib.report", "main", "write outputs/<profile>/report/index.html"),
     "bench": ("geolib.bench", "main", "benchmarks; rows go to outputs/bench/metrics/bench.jsonl"),

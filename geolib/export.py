@@ -23,9 +23,10 @@ import torch
 from PIL import Image
 
 from . import render as R
+from .coords import utm_to_latlon
 from .datasets import ImageItem
 from .world import (UTM_LETTER, UTM_ZONE, Place, World, camera_light, drone_cameras, road_points,
-                    street_cameras, utm_to_latlon, vpr_database_points)
+                    street_cameras, vpr_database_points)
 
 BATCH = 64
 UNIVERSITY, CVUSA, VPR = "university1652", "cvusa", "vpr"

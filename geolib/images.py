@@ -25,6 +25,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# The per-channel statistics every ImageNet-pretrained backbone and teacher was trained with: one
+# pair for the whole library, so a transform and the model it feeds cannot drift apart.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # 80 MP (a 10,300 × 7,750 photo): far above any dataset image and what the model sees (a few hundred
 # pixels a side), and below Pillow's DecompressionBombWarning threshold (89.5 MP), so Pillow never
 # warns about an image this library accepts.

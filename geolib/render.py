@@ -90,7 +90,7 @@ def top_shading(height: np.ndarray, res: float, sun_az: float, sun_el: float,
     az, el = math.radians(sun_az), math.radians(sun_el)
     sx, sy = math.sin(az), math.cos(az)
     gy, gx = np.gradient(height.astype(np.float32), res)       # rows go south: gy is -dz/dy
-    nx, ny, nz = -gx, gy, np.ones_like(gx)
+    nx, ny = -gx, gy  # the normal's z is 1 before normalising
     norm = np.sqrt(nx * nx + ny * ny + 1.0)
     slope = np.clip(np.where(height > 0.5, 1.0, 0.0) * (nx * sx * math.cos(el) + ny * sy * math.cos(el))
                     / norm, -0.3, 0.3)
@@ -383,35 +383,5 @@ def to_uint8(rgb: torch.Tensor) -> np.ndarray:
     return (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
 
 
-# ---------------------------------------------------------------- polar transform (SAFA)
-
-def polar_grid(size: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sampling rows x and columns y of docs/reference.md: bottom row at the tile centre, j=0 south."""
-    i = np.arange(height, dtype=np.float64)[:, None]
-    j = np.arange(width, dtype=np.float64)[None, :]
-    r = (size / 2) * (height - 1 - i) / height
-    x = size / 2 + r * np.cos(2 * np.pi * j / width)
-    y = size / 2 - r * np.sin(2 * np.pi * j / width)
-    return x, y
-
-
-def polar_transform(tile: np.ndarray | torch.Tensor, height: int, width: int):
-    """SAFA polar transform of a square aerial tile (H, W[, C] numpy or (B, C, S, S) torch).
-
-    Bilinear, zero outside, with pixel centres at integer indices; returns the same kind of array.
-    """
-    is_np = isinstance(tile, np.ndarray)
-    t = torch.as_tensor(np.asarray(tile, dtype=np.float32)) if is_np else tile.float()
-    if is_np:
-        t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
-    s = t.shape[-1]
-    x, y = polar_grid(s, height, width)
-    gx = torch.as_tensor(y / (s - 1) * 2 - 1, dtype=torch.float32)   # grid x = column
-    gy = torch.as_tensor(x / (s - 1) * 2 - 1, dtype=torch.float32)   # grid y = row
-    grid = torch.stack([gx, gy], dim=-1)[None].expand(t.shape[0], -1, -1, -1)
-    out = F.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    if not is_np:
-        return out
-    out = out[0].permute(1, 2, 0).numpy()
-    out = out[..., 0] if np.asarray(tile).ndim == 2 else out
-    return out.astype(np.asarray(tile).dtype) if np.asarray(tile).dtype == np.uint8 else out
+# the SAFA polar transform lives in geolib.transforms; importable from here for old callers
+from .transforms import polar_grid, polar_transform  # noqa: E402,F401

@@ -101,3 +101,12 @@ def test_a_folder_named_like_an_image_says_it_is_a_folder(tmp_path):
     (tmp_path / "x.jpg").mkdir()
     with pytest.raises(ImageError, match="x.jpg: is a folder"):
         load_image(tmp_path / "x.jpg")
+
+
+def test_imagenet_statistics_are_timms():
+    """The one mean/std pair must be the one timm's pretrained backbones expect."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from geolib.images import IMAGENET_MEAN, IMAGENET_STD
+
+    assert IMAGENET_MEAN == pytest.approx(IMAGENET_DEFAULT_MEAN) and IMAGENET_STD == pytest.approx(IMAGENET_DEFAULT_STD)

@@ -1,4 +1,4 @@
-"""The synthetic world: determinism, geometry consistency, export layouts, coordinates (issue 3)."""
+"""The synthetic world: determinism, geometry consistency, export layouts, coordinates."""
 from __future__ import annotations
 
 import csv
@@ -13,12 +13,15 @@ import torch
 from geolib import export as E
 from geolib import render as R
 from geolib import world as W
+from geolib import world_build as B
+from geolib.coords import latlon_to_utm, utm_to_latlon
+from geolib.transforms import polar_transform
 
 
 @pytest.fixture(scope="module")
 def smoke_roots(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("world")
-    return {name: W.build_world("smoke", seed=seed, out=base / name, progress=False, record=False)
+    return {name: B.build_world("smoke", seed=seed, out=base / name, progress=False, record=False)
             for name, seed in (("a", 0), ("b", 0), ("c", 1))}
 
 
@@ -52,7 +55,7 @@ def test_cache_key_tracks_version_params_and_seed(monkeypatch):
 def test_cached_export_is_reused(smoke_roots):
     root = smoke_roots["a"]
     stamp = (root / "world.json").stat().st_mtime_ns
-    assert W.build_world("smoke", seed=0, out=root, progress=False, record=False) == root
+    assert B.build_world("smoke", seed=0, out=root, progress=False, record=False) == root
     assert (root / "world.json").stat().st_mtime_ns == stamp
 
 
@@ -104,7 +107,7 @@ def test_vpr_layout_names_and_positives(smoke_roots):
             for q in qs:
                 f = q.name.split("@")
                 assert len(f) == 16 and f[3] == "33" and f[4] == "T" and f[9] == ""
-                lat, lon = W.utm_to_latlon(float(f[1]), float(f[2]), 33)
+                lat, lon = utm_to_latlon(float(f[1]), float(f[2]), 33)
                 assert abs(lat - float(f[5])) < 1e-5 and abs(lon - float(f[6])) < 1e-5
                 assert np.linalg.norm(db_utm - utm(q), axis=1).min() <= 25.0
 
@@ -118,12 +121,28 @@ def test_exports_pass_check_data(smoke_roots):
 
 def test_utm_inverse_known_point_and_round_trip():
     # On the central meridian (15 E in zone 33) at 45 N: easting 500 km, northing k0 * M(45 deg).
-    lat, lon = W.utm_to_latlon(500_000.0, 4_982_950.400, 33)
+    lat, lon = utm_to_latlon(500_000.0, 4_982_950.400, 33)
     assert abs(lat - 45.0) < 1e-6 and abs(lon - 15.0) < 1e-9
     for la, lo in ((45.3, 14.7), (41.9, 12.5), (47.8, 17.9)):
-        e, n = W.latlon_to_utm(la, lo, 33)
-        back = W.utm_to_latlon(e, n, 33)
+        e, n = latlon_to_utm(la, lo, 33)
+        back = utm_to_latlon(e, n, 33)
         assert abs(back[0] - la) < 1e-8 and abs(back[1] - lo) < 1e-8
+    # south of the equator: the 10,000 km false northing, and the inverse is told the hemisphere
+    e, n = latlon_to_utm(-33.9, 18.4, 34)
+    assert 6_000_000 < n < 10_000_000
+    assert utm_to_latlon(e, n, 34, northern=False) == pytest.approx((-33.9, 18.4), abs=1e-8)
+    with pytest.raises(ValueError, match="zone"):
+        latlon_to_utm(45.0, 15.0, 61)
+
+
+def test_old_world_names_still_reach_the_build_module():
+    """Callers outside the world modules import these from geolib.world; they moved to world_build."""
+    from geolib.world import build_world, latlon_to_utm as old_utm
+
+    assert build_world is B.build_world and W.cli is B.cli and old_utm is latlon_to_utm
+    assert R.polar_transform is polar_transform  # safa.py and exploration.py still import it from render
+    with pytest.raises(AttributeError):
+        W.no_such_name  # noqa: B018
 
 
 def test_polar_transform_bottom_row_is_tile_centre_and_south_is_column_zero():
@@ -131,7 +150,7 @@ def test_polar_transform_bottom_row_is_tile_centre_and_south_is_column_zero():
     tile = np.zeros((s, s), np.float32)
     tile[s // 2, s // 2] = 1.0
     tile[s // 2 + 20, s // 2] = 2.0            # 20 px south of the centre
-    out = R.polar_transform(tile, 32, 128)
+    out = polar_transform(tile, 32, 128)
     assert np.allclose(out[-1], 1.0)
     south = np.unravel_index(np.argmax(out == out.max()), out.shape)
     assert out.max() > 1.0 and south[1] in (0, 1, 127)
@@ -219,21 +238,21 @@ def test_facade_colour_is_hue_rotated_roof_colour():
 
 def test_cli_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
-        W.cli(["--preset", "nope"])
+        B.cli(["--preset", "nope"])
     with pytest.raises(SystemExit):
-        W.cli(["--seed", "-1", "--out", str(tmp_path / "w")])
+        B.cli(["--seed", "-1", "--out", str(tmp_path / "w")])
     other = tmp_path / "not_a_world"
     other.mkdir()
     (other / "keep.txt").write_text("user data")
     with pytest.raises(FileExistsError):
-        W.build_world("smoke", out=other, progress=False, record=False)
+        B.build_world("smoke", out=other, progress=False, record=False)
 
 
 def test_records_written_once_per_key(tmp_path, smoke_roots):
     from geolib.records import read_records
 
-    W.build_world("smoke", seed=0, out=smoke_roots["a"], progress=False, profile="smoke")
-    W.build_world("smoke", seed=0, out=smoke_roots["a"], progress=False, profile="smoke")
+    B.build_world("smoke", seed=0, out=smoke_roots["a"], progress=False, profile="smoke")
+    B.build_world("smoke", seed=0, out=smoke_roots["a"], progress=False, profile="smoke")
     recs = read_records("smoke", "world")
     models = sorted(r["model"] for r in recs)
     assert models.count("oracle") == 1 and models.count("renderer") == 1
