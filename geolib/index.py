@@ -40,7 +40,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -393,29 +393,72 @@ class GalleryIndex:
             apply_search_params(index, choice["params"], on_gpu)
         return cls(index, meta, on_gpu)
 
+    @property
+    def exact(self) -> bool:
+        """A flat index: every item scored, so answers must equal `geolib.evaluate.topk_search`."""
+        spec = self.spec
+        return (spec.kind == "flat") if spec is not None else self.meta.get("factory") == "Flat"
+
     def search(self, query_emb: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, gallery indices), each (Q, k); missing neighbours are -1 (fewer than k items)."""
+        """(scores, gallery indices), each (Q, k); missing neighbours are -1 (fewer than k items).
+
+        Exact (flat) indexes answer as `geolib.evaluate.topk_search` does, equal scores by gallery
+        index (`_exact_rerank`). IVF, PQ and HNSW indexes return faiss's own approximate answer:
+        items outside the probed lists or graph walk are missed, PQ scores are approximations, and
+        items tied at the k-th score are faiss's choice; that is what makes them fast.
+        """
         q = np.ascontiguousarray(query_emb, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.index.d:
             raise ValueError(f"queries must be (Q, {self.index.d}), got {q.shape}")
+        if self.exact and len(q) and k > 0:
+            return self._exact_rerank(q, k)
         return self.index.search(q, k)
+
+    def _exact_rerank(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's float32 top-k, widened until it holds every item within the product's error
+        bound of the k-th score, then ordered by `evaluate.pair_scores` and gallery index.
+
+        faiss rounds a pair differently in a batch than alone, so two identical gallery images
+        could swap; the widening makes the shortlist provably contain the exact top k.
+        """
+        from .evaluate import exact_topk_of_candidates, score_band
+
+        n = len(self)
+        kk = min(k, n)
+        band = score_band(np.sqrt(np.einsum("ij,ij->i", q.astype(np.float64), q.astype(np.float64))),
+                          self._max_norm(), q.shape[1])
+        depth = min(n, max(2 * kk, kk + 16))
+        while True:
+            s, i = self.index.search(q, depth)
+            if depth >= n or bool((s[:, -1] < s[:, kk - 1] - 2 * band).all()):
+                break
+            depth = min(n, depth * 4)
+        rows = np.repeat(np.arange(len(q)), depth)
+        flat = i.reshape(-1)
+        ok = flat >= 0
+        vectors = self.index.reconstruct_batch(flat[ok]) if ok.any() else np.zeros((0, q.shape[1]), np.float32)
+        scores, index = exact_topk_of_candidates(q, rows[ok], flat[ok], np.asarray(vectors, np.float32), kk)
+        if kk < k:  # fewer items than asked: faiss's padding
+            pad = k - kk
+            scores = np.hstack([scores, np.full((len(q), pad), -np.finfo(np.float32).max, np.float32)])
+            index = np.hstack([index, np.full((len(q), pad), -1, np.int64)])
+        return scores, index
+
+    def _max_norm(self) -> float:
+        """Largest gallery vector norm, for the error bound; read once, chunk by chunk."""
+        if getattr(self, "_max_norm_cache", None) is None:
+            best = 0.0
+            for a in range(0, len(self), 65536):
+                x = self.index.reconstruct_n(a, min(65536, len(self) - a)).astype(np.float64)
+                best = max(best, float(np.sqrt(np.einsum("ij,ij->i", x, x)).max(initial=0.0)))
+            self._max_norm_cache = best
+        return self._max_norm_cache
 
     def query(self, query_emb: np.ndarray, k: int = 5) -> list[list[Hit]]:
         """Top-k places per query, each with its path, coordinates and score."""
         scores, idx = self.search(query_emb, k)
         return [[self._hit(rank, int(i), float(s)) for rank, (i, s) in enumerate(zip(row_i, row_s)) if i >= 0]
                 for row_i, row_s in zip(idx, scores)]
-
-    def query_images(self, model, images, view: str, k: int = 5) -> list[list[Hit]]:
-        """Embed a batch of new images (already transformed, `(B, 3, H, W)`) and query: top-k images each.
-
-        The model check and the embedding are `geolib.localize`'s (`localization.model_for` and
-        `embed_tensors`); `model=None` loads the checkpoint the index names. `geolib.localize` is
-        the one-photo form that decodes a file and answers with distinct places.
-        """
-        from .localization import embed_tensors, index_flip, model_for
-
-        return self.query(embed_tensors(model_for(self, model), images, view, index_flip(self)), k)
 
     def _hit(self, rank: int, i: int, score: float) -> Hit:
         m = self.meta
@@ -464,13 +507,6 @@ def checkpoint_from_disk(checkpoint: str, directory: Path) -> str:
 
 def _under(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
-
-
-def hits_table(hits: list[list[Hit]]):
-    """Query results as a pandas table (one row per query × rank), for notebooks."""
-    import pandas as pd
-
-    return pd.DataFrame([{"query": q, **asdict(h)} for q, row in enumerate(hits) for h in row])
 
 
 def _factory_index(embeddings: np.ndarray, factory: str):

@@ -161,8 +161,9 @@ def test_explorer_upload_localizes_or_explains(saved, tmp_path):
     assert "not an image" in app.upload_message.value
 
 
-def test_query_images_and_localize_are_one_path(saved):
-    """`GalleryIndex.query_images` embeds and checks through `localize`'s code: same scores, same answer."""
+def test_batch_query_and_localize_are_one_path(saved):
+    """A batch of transformed images goes through `localize`'s model check and embedding
+    (`model_for`, `embed_tensors`) and the index's search: same scores, same answer."""
     import torch
 
     from geolib.images import load_image
@@ -173,9 +174,10 @@ def test_query_images_and_localize_are_one_path(saved):
     model = create_model("phase1-cpu", **TINY)
     model.load_state_dict(saved["model"].state_dict())
     model.train()
-    hits = index.query_images(model, batch, view="street", k=3)
+    flip = loc.index_flip(index)
+    hits = index.query(loc.embed_tensors(loc.model_for(index, model), batch, "street", flip), 3)
     assert model.training  # left as it was
-    no_model = index.query_images(None, batch, view="street", k=3)  # the checkpoint the index names
+    no_model = index.query(loc.embed_tensors(loc.model_for(index), batch, "street", flip), 3)  # the index's checkpoint
     for it, row, row2 in zip(picked, hits, no_model):
         places = loc.localize(it.path, index, model=saved["model"], k=1)
         assert row[0].path == places[0].path == str(it.path) and row[0].place == places[0].place == it.label
@@ -183,7 +185,7 @@ def test_query_images_and_localize_are_one_path(saved):
         assert [h.gallery_index for h in row] == [h.gallery_index for h in row2]
     other = create_model("phase1-cpu", **{**TINY, "embed_dim": 8})
     with pytest.raises(ValueError, match="did not build this index"):
-        index.query_images(other, batch, view="street")
+        loc.model_for(index, other)
 
 
 def test_photo_paths_that_are_not_photos_say_what_they_are(saved, tmp_path, monkeypatch):
