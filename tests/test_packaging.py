@@ -83,3 +83,147 @@ def test_stripping_check_catches_outputs(tmp_path):
     path = tmp_path / "dirty.ipynb"
     nbformat.write(nb, path)
     assert notebook_has_outputs(path)
+
+
+# ----------------------------------------------------------------------------- import layers
+
+# Each module of geolib sits in one layer and imports only from its own layer or lower ones, at
+# module level or inside a function alike (a lazy import is still a dependency; only imports
+# under `if TYPE_CHECKING:` are left out, as they never run). Strings passed to importlib (the
+# command table of __main__.py) are not imports.
+LAYERS = ("core", "data", "models", "training", "retrieval", "world", "apps")
+MODULE_LAYER = {
+    # core: files, records, switches; no geolib imports of consequence
+    "paths": "core", "records": "core", "dryrun": "core", "checkpoint": "core", "npy": "core",
+    "cost": "core", "coords": "core",
+    # data: decoding, layouts, loaders, checks, data-level transforms
+    "images": "data", "transforms": "data", "datasets": "data", "validate": "data", "release": "data",
+    # models: layers, losses, networks, teachers (datasets is below: models use its GrayWorld)
+    "layers": "models", "losses": "models", "models": "models", "teachers": "models",
+    # training and evaluation: loops, recipes, metrics, the settings that drive them, the
+    # embedding cache evaluation reads from
+    "evaluate": "training", "loop": "training", "train": "training", "crossview": "training",
+    "distill": "training", "safa": "training", "vpr_train": "training", "cosplace": "training",
+    "divide_classify": "training", "classifier": "training", "config": "training",
+    "profiles": "training", "needs": "training", "embcache": "training",
+    # retrieval: saved gallery indexes and where-was-this-photo-taken
+    "index": "retrieval", "localization": "retrieval",
+    # the synthetic world: generation, rendering, export, its baselines and build
+    "render": "world", "world": "world", "export": "world", "baselines": "world", "world_build": "world",
+    # apps: commands, notebooks' helpers, reports (dataroots builds the world when no data is found)
+    "__init__": "apps", "__main__": "apps", "pipeline": "apps", "report": "apps", "bench": "apps",
+    "explorer": "apps", "train_cli": "apps", "ablation": "apps", "phase2": "apps", "plots": "apps",
+    "exploration": "apps", "findings": "apps", "vpr_compare": "apps", "gallery": "apps",
+    "dataroots": "apps",
+}
+# (importer, imported): why the edge is tolerated and the change that removes it. The tests below
+# ignore these edges, and fail once one disappears, so the list only shrinks.
+KNOWN_EXCEPTIONS = {
+    ("world", "world_build"): "old callers' geolib.world.build_world alias (world.__getattr__); remove once "
+                              "dataroots.py, bench.py, tests/test_release.py, tests/test_dry_run.py import "
+                              "build_world from geolib.world_build",
+    ("datasets", "world"): "datasets.py: import latlon_to_utm from geolib.coords, not geolib.world",
+    ("release", "world"): "release.py: import utm_to_latlon from geolib.coords, not geolib.world",
+    ("safa", "render"): "safa.py: from .transforms import polar_transform (not from .render)",
+    ("models", "cosplace"): "models.load_model's registry imports the recipes that define models; "
+                            "let each recipe register its loader, or move the dispatch up a layer",
+    ("models", "divide_classify"): "as models → cosplace",
+    ("models", "classifier"): "as models → cosplace",
+    ("models", "distill"): "as models → cosplace",
+    ("cosplace", "divide_classify"): "cosplace.load_or_train_group_model saves a D&C model through "
+                                     "divide_classify.save_dc; pass the saver in, or move the save into "
+                                     "divide_classify",
+}
+GEOLIB = ROOT / "geolib"
+
+
+def geolib_imports(path: Path) -> dict[str, int]:
+    """geolib modules imported by one file (relative or absolute, any depth), with a line number."""
+    import ast
+
+    found: dict[str, int] = {}
+    modules = {p.stem for p in GEOLIB.glob("*.py")}
+
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            test = node.test
+            name = test.id if isinstance(test, ast.Name) else getattr(test, "attr", None)
+            if name == "TYPE_CHECKING":
+                for child in node.orelse:
+                    self.visit(child)
+                return
+            self.generic_visit(node)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "geolib" and len(parts) > 1:
+                    found.setdefault(parts[1], node.lineno)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.level == 1 or (node.level == 0 and (node.module or "").split(".")[0] == "geolib"):
+                parts = (node.module or "").split(".")
+                parts = parts[1:] if node.level == 0 else parts
+                names = [parts[0]] if parts and parts[0] else [a.name for a in node.names]
+                for name in names:
+                    if name in modules:
+                        found.setdefault(name, node.lineno)
+
+    Visitor().visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    found.pop(path.stem, None)
+    return found
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    return {p.stem: geolib_imports(p) for p in sorted(GEOLIB.glob("*.py"))}
+
+
+def test_every_module_has_a_layer():
+    modules = set(import_graph())
+    missing, stale = sorted(modules - set(MODULE_LAYER)), sorted(set(MODULE_LAYER) - modules)
+    assert not missing, (f"geolib/{', geolib/'.join(m + '.py' for m in missing)} not in MODULE_LAYER "
+                         f"(tests/test_packaging.py): add it under the lowest layer of {LAYERS} that is at "
+                         "least the layer of every geolib module it imports (apps if only commands, "
+                         "notebooks or reports use it)")
+    assert not stale, f"{stale} in MODULE_LAYER but no such file in geolib/: remove the entries"
+    assert set(MODULE_LAYER.values()) <= set(LAYERS)
+
+
+def test_import_graph_has_no_cycle():
+    graph = {m: {d: n for d, n in deps.items() if (m, d) not in KNOWN_EXCEPTIONS}
+             for m, deps in import_graph().items()}
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                return path[path.index(d):] + [d]
+            if d not in state and (cycle := visit(d)):
+                return cycle
+        state[m] = 2
+        path.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            steps = " → ".join(f"{a} (geolib/{a}.py:{graph[a][b]})" for a, b in zip(cycle, cycle[1:]))
+            raise AssertionError(f"import cycle: {steps} → {cycle[-1]}; move the shared code into a "
+                                 "module below both, or pass it in as an argument")
+
+
+def test_imports_follow_the_layers():
+    rank = {m: LAYERS.index(layer) for m, layer in MODULE_LAYER.items()}
+    wrong = [f"geolib/{m}.py:{line} ({MODULE_LAYER[m]}) imports {d} ({MODULE_LAYER[d]})"
+             for m, deps in import_graph().items() for d, line in sorted(deps.items())
+             if m in rank and d in rank and rank[d] > rank[m] and (m, d) not in KNOWN_EXCEPTIONS]
+    assert not wrong, ("imports from a higher layer (order " + " < ".join(LAYERS) + "):\n  " + "\n  ".join(wrong)
+                       + "\nmove the imported code down, or the importer up (MODULE_LAYER in tests/test_packaging.py)")
+
+
+def test_known_exceptions_are_still_needed():
+    graph = import_graph()
+    gone = [f"{a} → {b}" for a, b in KNOWN_EXCEPTIONS if b not in graph.get(a, {})]
+    assert not gone, f"no longer imported: {gone}; delete them from KNOWN_EXCEPTIONS in tests/test_packaging.py"
