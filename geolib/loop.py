@@ -187,13 +187,14 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def wrap_ddp(module: nn.Module, device: str = "cpu") -> nn.Module:
+def wrap_ddp(module: nn.Module, device: str = "cpu", **ddp_options: Any) -> nn.Module:
     """`module` in DistributedDataParallel when torch.distributed is initialised, else itself.
-    A step calls its forward through the wrapper so gradients are all-reduced."""
+    A step calls its forward through the wrapper so gradients are all-reduced. `ddp_options` go to
+    DDP (`find_unused_parameters=True` where a step trains only some heads)."""
     if distributed()[1] == 1:
         return module
     ids = [torch.cuda.current_device()] if str(device).startswith("cuda") else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, **ddp_options)
 
 
 def gather(emb: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from . import dryrun
 from .checkpoint import read_model_state, save_checkpoint
-from .loop import LoopConfig, LoopResult, distributed, run, seed_everything  # noqa: F401  (seed_everything: notebooks import it here)
+from .loop import LoopConfig, LoopResult, distributed, run, seed_everything, wrap_ddp  # noqa: F401  (seed_everything: notebooks import it here)
 from .losses import ArcFaceLoss, cosface_loss
 
 log = logging.getLogger(__name__)
@@ -269,8 +269,7 @@ def distributed_step(model: nn.Module, step: Callable[[Any, int], Tensor], devic
     Each rank then computes its share of a batch (`rank_rows`) and DDP averages the gradients."""
     if distributed()[1] == 1:
         return step
-    ids = [torch.cuda.current_device()] if str(device).startswith("cuda") else None
-    ddp = nn.parallel.DistributedDataParallel(_Call(model), device_ids=ids, find_unused_parameters=True)
+    ddp = wrap_ddp(_Call(model), device, find_unused_parameters=True)
     return lambda batch, epoch: ddp(step, batch, epoch)
 
 
