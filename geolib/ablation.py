@@ -334,7 +334,7 @@ def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[st
     from . import dryrun
     from .distill import loaded_weights, weights_status
     from .evaluate import PROTOCOL_VIGOR
-    from .records import write_record
+    from .results import record
     from .safa import PROTOCOL_CVUSA, SAFAModel, cvusa_splits, evaluate_pairs, train_safa
     from .train import TrainConfig
 
@@ -355,12 +355,13 @@ def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[st
                          device=cfg["device"], seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]))
         res = train_safa(model, ds, tc, out / name.replace("/", "_"), max_minutes=cfg["minutes_per_row"],
                          progress=False, jitter=row_cfg["jitter"])
-        metrics = evaluate_pairs(model, ds, model.input_sizes(), eval_split, device=cfg["device"])
+        result = evaluate_pairs(model, ds, model.input_sizes(), eval_split, device=cfg["device"])
+        metrics = dict(result.metrics)
         cost = _cost(model, tuple(opts["pano_hw"]), "panorama", cfg["cost_runs"])
         protocol = PROTOCOL_VIGOR if ds.format == "vigor" else PROTOCOL_CVUSA
-        write_record(SOURCE, task="crossview", protocol=protocol, dataset=dataset, split=eval_split,
-                     query_view="panorama", gallery_view="satellite", model=f"safa-{name.split('/')[1]}",
-                     metrics={**metrics, **cost}, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg)
+        record(result, source=SOURCE, task="crossview", protocol=protocol, dataset=dataset, split=eval_split,
+               views=("panorama", "satellite"), model=f"safa-{name.split('/')[1]}",
+               metrics={**metrics, **cost}, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg)
         n = len(dryrun.items(ds.select(view="panorama", split=eval_split)))  # the queries evaluated
         return {"directions": {"panorama→satellite": {**metrics, "queries": n}}, "cost": cost, "history": res.history,
                 "checkpoint": str(res.last_path), "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models import register_model
+from .results import Result, per_query_field
 from .vpr_train import (ClassHead, TrainResult, loaded_result, rank_rows, read_model_files, run_training, save_model_files,
                         saved_model_state, settings_hash, topk_hits, training_settings)
 
@@ -364,12 +365,18 @@ def _encoder_dim(encoder: nn.Module, sample: Tensor) -> int:
     return int(dim)
 
 
-@dataclass
-class ClassificationResult:
-    metrics: dict[str, float]
-    region_pred: np.ndarray
-    place_pred: np.ndarray
-    confusion: np.ndarray
+class ClassificationResult(Result):
+    """Region/place top-k under `closed-set` or `open-set` (a `geolib.results.Result`): per query the
+    predicted region and place; the region `confusion` matrix beside them."""
+
+    region_pred = per_query_field("region_pred", "(Q,) predicted region id")
+    place_pred = per_query_field("place_pred", "(Q,) predicted place id")
+
+    def __init__(self, metrics: dict[str, float], region_pred: np.ndarray, place_pred: np.ndarray,
+                 confusion: np.ndarray, protocol: str | None = None, **fields: Any) -> None:
+        fields.setdefault("task", "classification")
+        super().__init__(metrics, protocol, {"region_pred": region_pred, "place_pred": place_pred}, **fields)
+        self.confusion = confusion
 
 
 def evaluate_closed_set(model: HierarchicalClassifier, features: np.ndarray | Tensor, region: np.ndarray,
@@ -382,7 +389,9 @@ def evaluate_closed_set(model: HierarchicalClassifier, features: np.ndarray | Te
         [(torch.zeros(0, model.num_regions), torch.zeros(0, len(model.place_region)))]
     r = torch.cat([p[0] for p in parts]).cpu().numpy()
     p = torch.cat([p[1] for p in parts]).cpu().numpy()
-    return _result(r, p, np.asarray(region), np.asarray(place), model.num_regions)
+    res = _result(r, p, np.asarray(region), np.asarray(place), model.num_regions)
+    res.protocol = PROTOCOL_CLOSED
+    return res
 
 
 def _result(region_scores: np.ndarray, place_scores: np.ndarray, region: np.ndarray, place: np.ndarray,
@@ -418,6 +427,7 @@ def evaluate_open_set(ref_emb: np.ndarray, ref_region: np.ndarray, ref_place: np
     r_lab = _local(region_ids, query_region, len(region_ids))
     p_lab = _local(place_ids, query_place, len(place_ids))
     res = _result(r_scores, p_scores, r_lab, p_lab, len(region_ids) + 1)
+    res.protocol = PROTOCOL_OPEN
     res.metrics["region_chance"] = 100.0 / max(1, len(region_ids))
     res.region_pred = region_ids[res.region_pred.clip(max=len(region_ids) - 1)]
     res.place_pred = place_ids[res.place_pred.clip(max=len(place_ids) - 1)]
@@ -438,12 +448,14 @@ def _local(ids: np.ndarray, labels: np.ndarray, missing: int) -> np.ndarray:
 def write_classification_record(source: str, metrics: dict[str, float], *, protocol: str, dataset: str,
                                 profile: str, seed: int | None, model: str = "hierarchical",
                                 split: str = "test", query_view: str | None = None,
-                                config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """A `classification` record under `closed-set` or `open-set`."""
-    from .records import write_record
+                                config: dict[str, Any] | None = None, result: Result | None = None,
+                                **extra: Any) -> dict[str, Any]:
+    """A `classification` record under `closed-set` or `open-set` (`geolib.results.record`)."""
+    from .results import record
 
     if protocol not in (PROTOCOL_CLOSED, PROTOCOL_OPEN):
         raise ValueError(f"protocol must be {PROTOCOL_CLOSED!r} or {PROTOCOL_OPEN!r}, got {protocol!r}")
-    return write_record(source, task="classification", protocol=protocol, dataset=dataset, split=split,
-                        query_view=query_view, gallery_view=None, model=model, metrics=metrics,
-                        profile=profile, seed=seed, config=config, **extra)
+    return record(result or Result(metrics, protocol), source=source, task="classification", protocol=protocol,
+                  dataset=dataset, split=split, views=(query_view, None), model=model, metrics=metrics,
+                  profile=profile, seed=seed, config=config, **extra)
+

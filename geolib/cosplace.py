@@ -33,8 +33,9 @@ from . import dryrun
 from .datasets import ImageItem, load_dataset, utm_of
 from .evaluate import PROTOCOL_VPR, vpr_positives, vpr_recalls
 from .models import register_model
+from .results import Result, per_query_field
 from .vpr_train import (PREPROCESSING, Augment, Batches, ClassHead, ImageTensors, TrainResult, class_batches,
-                        data_fingerprint, embed_paths, loaded_result, part, rank_rows, read_model_files, run_training,
+                        data_fingerprint, embed_paths, preprocess_spec, loaded_result, part, rank_rows, read_model_files, run_training,
                         save_model_files, saved_model_state, settings_hash, training_settings)
 
 log = logging.getLogger(__name__)
@@ -599,15 +600,20 @@ def load_cosplace(out_dir: str | Path, device: str = "cpu") -> PlaceNet:
 
 # --------------------------------------------------------------------------- retrieval
 
-@dataclass
-class Retrieval:
-    """Recalls under `vpr-25m`, and each query's top-k database indices with their correctness."""
+class Retrieval(Result):
+    """Recalls under `vpr-25m` (a `geolib.results.Result`), and per query its top-k database indices
+    (`predictions`) with their correctness (`correct`); `positives` (ragged) and the database's
+    descriptor memory (`database_bytes`, for the cost columns) beside them."""
 
-    metrics: dict[str, float]
-    predictions: np.ndarray
-    correct: np.ndarray
-    positives: list[np.ndarray]
-    database_bytes: int = 0  # memory of the database descriptors, for the cost columns
+    predictions = per_query_field("predictions", "(Q, k) database indices, best first")
+    correct = per_query_field("correct", "(Q, k) whether each prediction is within the radius")
+
+    def __init__(self, metrics: dict[str, float], predictions: np.ndarray, correct: np.ndarray,
+                 positives: list[np.ndarray], database_bytes: int = 0, **fields: Any) -> None:
+        fields.setdefault("task", "vpr")
+        super().__init__(metrics, PROTOCOL_VPR, {"predictions": predictions, "correct": correct},
+                         gallery_view="database", **fields)
+        self.positives, self.database_bytes = positives, int(database_bytes)
 
 
 def faiss_topk(query_emb: np.ndarray, db_emb: np.ndarray, k: int) -> np.ndarray:
@@ -621,15 +627,21 @@ def faiss_topk(query_emb: np.ndarray, db_emb: np.ndarray, k: int) -> np.ndarray:
 
 
 def retrieve(query_emb: np.ndarray, query_utm: np.ndarray, db_emb: np.ndarray, db_utm: np.ndarray,
-             ks: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0) -> Retrieval:
+             ks: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0, k: int | None = None) -> Retrieval:
     """R@k from `geolib.evaluate.vpr_recalls` (exact ranks; queries with no positive within
-    `radius` stay in the denominator as misses) and FAISS top-k lists for figures."""
+    `radius` stay in the denominator as misses) and each query's top-`k` (default `max(ks)`) from
+    `evaluate.topk_search` (exact, ties by database index) with their `scores`: the one retrieval
+    path of notebooks 04 and 05 (the explorer's `add_vpr` too)."""
+    from .evaluate import topk_search
+
     metrics = vpr_recalls(query_utm, db_utm, query_emb, db_emb, ks=ks, radius=radius)
-    predictions = faiss_topk(query_emb, db_emb, max(ks))
+    scores, predictions = topk_search(query_emb, db_emb, min(k or max(ks), len(db_emb)))
     positives = vpr_positives(query_utm, db_utm, radius)
     correct = np.array([np.isin(p, pos) for p, pos in zip(predictions, positives)], dtype=bool)
-    return Retrieval(metrics, predictions, correct.reshape(predictions.shape), positives,
-                     int(np.asarray(db_emb).nbytes))
+    out = Retrieval(metrics, predictions, correct.reshape(predictions.shape), positives,
+                    int(np.asarray(db_emb).nbytes))
+    out.per_query["scores"] = scores
+    return out
 
 
 def evaluate_retrieval(model: nn.Module, db_items: Sequence[ImageItem], query_items: Sequence[ImageItem],
@@ -642,7 +654,9 @@ def evaluate_retrieval(model: nn.Module, db_items: Sequence[ImageItem], query_it
                      progress, "embed database")
     q = embed_paths(model, [it.path for it in query_items], image_size, batch_size, device, num_workers,
                     progress, "embed queries")
-    return retrieve(q, utm_of(query_items), db, utm_of(db_items), ks, radius)
+    out = retrieve(q, utm_of(query_items), db, utm_of(db_items), ks, radius)
+    out.preprocess = preprocess_spec(image_size).to_dict()
+    return out
 
 
 def query_condition(item: ImageItem) -> str:
@@ -696,10 +710,12 @@ def _tile(img, size: int):
 
 def write_vpr_record(source: str, metrics: dict[str, float], *, dataset: str, profile: str, seed: int | None,
                      model: str = "cosplace", split: str = "test", query_view: str = "query",
-                     config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """A `vpr` / `vpr-25m` metrics record (database retrieval)."""
-    from .records import write_record
+                     config: dict[str, Any] | None = None, result: Result | None = None,
+                     **extra: Any) -> dict[str, Any]:
+    """A `vpr` / `vpr-25m` metrics record (database retrieval), through `geolib.results.record`;
+    `result` (a `Retrieval`) brings its preprocessing into the record's config."""
+    from .results import record
 
-    return write_record(source, task="vpr", protocol=PROTOCOL_VPR, dataset=dataset, split=split,
-                        query_view=query_view, gallery_view="database", model=model, metrics=metrics,
-                        profile=profile, seed=seed, config=config, **extra)
+    return record(result or Result(metrics, PROTOCOL_VPR), source=source, task="vpr", protocol=PROTOCOL_VPR,
+                  dataset=dataset, split=split, views=(query_view, "database"), model=model, metrics=metrics,
+                  profile=profile, seed=seed, config=config, **extra)

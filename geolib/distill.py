@@ -211,11 +211,14 @@ class TeacherEmbeddings:
 def cache_teacher(teacher: nn.Module, items: Mapping[str, Sequence[ImageItem]], image_size: int,
                   perturb: bool = False, copies: int = 2, seed: int = 0, batch_size: int = 64,
                   device: str = "cpu") -> TeacherEmbeddings:
-    """Embed every training image once (or `copies` perturbed times) with the frozen teacher.
+    """Embed every training image once (or `copies` perturbed times) with the frozen teacher,
+    through `geolib.embedding.embed` (antialiased resize to `image_size`, L2-normalised).
 
+    The copies are drawn afresh for each run (seeded), so they are kept in memory rather than in
+    the on-disk `EmbeddingCache`, which holds deterministic embeddings only.
     A dry run embeds only `dryrun.items` of each view (the student then trains on those)."""
     from . import dryrun
-    from .train import embed_items
+    from .embedding import Preprocess, embed
 
     teacher.eval()
     n_copies = copies if perturb else 1
@@ -225,8 +228,13 @@ def cache_teacher(teacher: nn.Module, items: Mapping[str, Sequence[ImageItem]], 
         stack = []
         for c in range(n_copies):
             torch.manual_seed(seed * 1000 + c)
-            tf = perturbation_transform(image_size) if perturb else default_transform(image_size)
-            stack.append(embed_items(teacher, its, v, tf, batch_size, device))
+            if perturb:
+                emb = embed(teacher, its, view=v, transform=perturbation_transform(image_size),
+                            transform_name=f"perturbation-{image_size}", batch_size=batch_size, device=device)
+            else:
+                emb = embed(teacher, its, view=v, preprocess=Preprocess(int(image_size)), batch_size=batch_size,
+                            device=device)
+            stack.append(emb if len(emb) else np.zeros((0, 0), np.float32))
         out[v] = np.stack(stack)
     return TeacherEmbeddings({v: list(its) for v, its in items.items()}, out, perturb)
 

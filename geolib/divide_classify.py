@@ -16,7 +16,6 @@ corners, groups), so `load_dc` localizes queries with no train data and no datab
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +27,8 @@ from . import dryrun
 from .cosplace import (CosPlaceConfig, Division, GroupTraining, _heads_from, _placenet_from, _save_group_model,
                        _train_group_model, group_settings, load_or_train_group_model)
 from .datasets import ImageItem, utm_of
-from .vpr_train import embed_paths, head_kind, loaded_result, part, read_model_files, saved_model_state
+from .results import Result, per_query_field
+from .vpr_train import embed_paths, head_kind, loaded_result, part, preprocess_spec, read_model_files, saved_model_state
 
 PROTOCOL_DC = "dc-lr-25m"
 
@@ -141,14 +141,20 @@ def lr_at_n(query_utm: np.ndarray, centres: np.ndarray, ns: Sequence[int] = (1, 
     return {f"LR@{n}": float(100.0 * np.mean(first < n)) if len(first) else 0.0 for n in ns}
 
 
-@dataclass
-class Localization:
-    metrics: dict[str, float]
-    classes: np.ndarray
-    centres: np.ndarray
-    correct: np.ndarray
-    classifier_bytes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+class Localization(Result):
+    """LR@N under `dc-lr-25m` (a `geolib.results.Result`), and per query its top predicted `classes`,
+    their cell `centres` and whether each is within the radius (`correct`)."""
+
+    classes = per_query_field("classes", "(Q, top) predicted class indices, best first")
+    centres = per_query_field("centres", "(Q, top, 2) UTM centres of those cells")
+    correct = per_query_field("correct", "(Q, top) whether each centre is within the radius")
+
+    def __init__(self, metrics: dict[str, float], classes: np.ndarray, centres: np.ndarray, correct: np.ndarray,
+                 classifier_bytes: int = 0, extra: dict[str, Any] | None = None, **fields: Any) -> None:
+        fields.setdefault("task", "vpr")
+        super().__init__(metrics, PROTOCOL_DC, {"classes": classes, "centres": centres, "correct": correct},
+                         **fields)
+        self.classifier_bytes, self.extra = int(classifier_bytes), dict(extra or {})
 
 
 def evaluate_dc(training: GroupTraining, query_items: Sequence[ImageItem], image_size: int | None = None,
@@ -164,15 +170,17 @@ def evaluate_dc(training: GroupTraining, query_items: Sequence[ImageItem], image
     utm = utm_of(query_items)
     correct = np.linalg.norm(centres - utm[:, None, :], axis=-1) <= radius
     return Localization(lr_at_n(utm, centres, ns, radius), classes, centres, correct,
-                        sum(h.weight_bytes() for h in training.heads))
+                        sum(h.weight_bytes() for h in training.heads), preprocess=preprocess_spec(size).to_dict())
 
 
 def write_dc_record(source: str, metrics: dict[str, float], *, dataset: str, profile: str, seed: int | None,
                     model: str = "dc-aamc", split: str = "test", query_view: str = "query",
-                    config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """A `vpr` / `dc-lr-25m` record: classification localisation, no gallery."""
-    from .records import write_record
+                    config: dict[str, Any] | None = None, result: Result | None = None,
+                    **extra: Any) -> dict[str, Any]:
+    """A `vpr` / `dc-lr-25m` record: classification localisation, no gallery (`geolib.results.record`;
+    `result`, a `Localization`, brings its preprocessing into the config)."""
+    from .results import record
 
-    return write_record(source, task="vpr", protocol=PROTOCOL_DC, dataset=dataset, split=split,
-                        query_view=query_view, gallery_view=None, model=model, metrics=metrics,
-                        profile=profile, seed=seed, config=config, **extra)
+    return record(result or Result(metrics, PROTOCOL_DC), source=source, task="vpr", protocol=PROTOCOL_DC,
+                  dataset=dataset, split=split, views=(query_view, None), model=model, metrics=metrics,
+                  profile=profile, seed=seed, config=config, **extra)

@@ -1,10 +1,11 @@
 """Embeddings on disk: a cache keyed by model and data, and a reader that streams `.npy` rows.
 
 Embedding a gallery is the slow part of every retrieval notebook, and notebooks 02-05 embed the
-same gallery with the same model again and again. `EmbeddingCache.get_or_compute` embeds once and
-reuses the result anywhere the same model (config hash *and* weights hash: a retrained model with
-an unchanged config must not hit a stale entry), the same items (paths, labels, file sizes and
-modification times) and the same view, image size, flip and dtype ask again.
+same gallery with the same model again and again. `geolib.embedding.embed(..., cache=EmbeddingCache())`
+embeds once and reuses the result anywhere the same model (config hash *and* weights hash: a
+retrained model with an unchanged config must not hit a stale entry), the same items (paths,
+labels, file sizes and modification times) and the same view, preprocessing (the model's
+`geolib.embedding.Preprocess`), flip, normalisation and dtype ask again.
 
 Layout: `<root>/<model config hash>/<key>/embeddings.npy` (float32 or float16, numpy's own format,
 no pickle) and `meta.json`. The array is written batch by batch into a memory-mapped temporary file
@@ -21,16 +22,19 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .npy import NpyRows, open_rows, save_npy  # noqa: F401  (moved to geolib.npy; importable from here)
 from .paths import atomic_path, atomic_write_json, outputs_root
 
+if TYPE_CHECKING:
+    from .embedding import EmbedSettings
+
 ARRAY_FILE = "embeddings.npy"
 META_FILE = "meta.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: keyed by the model's Preprocess spec (geolib.embedding), not an image size
 DTYPES = ("float32", "float16")
 
 
@@ -83,14 +87,19 @@ class EmbeddingCache:
         self.dtype, self.mmap_mb = dtype, mmap_mb
         self.hits = self.misses = 0
 
-    def describe(self, model: Any, items: Sequence[Any], view: str, image_size: int | None = None,
-                 flip: bool = False, transform_name: str | None = None) -> dict[str, Any]:
-        """Everything the embeddings depend on; its hash is the entry's key."""
-        size = image_size if image_size is not None else getattr(model, "img_size", None)
+    def describe(self, model: Any, items: Sequence[Any], view: str | None = None,
+                 image_size: int | None = None, flip: bool = False, transform_name: str | None = None,
+                 settings: "EmbedSettings | None" = None) -> dict[str, Any]:
+        """Everything the embeddings depend on; its hash is the entry's key.
+
+        `settings` (from `geolib.embedding.embed`) carries the model's `Preprocess`, so a model
+        whose preprocessing changes never reads embeddings made with the old one.
+        """
+        if settings is None:
+            settings = legacy_settings(model, view, image_size, flip, transform_name)
         return {"format": CACHE_FORMAT, "model_config": model_config_hash(model),
                 "weights": weights_hash(model), "items": items_hash(items), "count": len(items),
-                "view": view, "image_size": size, "flip": bool(flip), "dtype": self.dtype,
-                "transform": transform_name or "default_transform"}
+                "dtype": self.dtype, **settings.describe()}
 
     def entry_dir(self, desc: Mapping[str, Any]) -> Path:
         key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
@@ -115,27 +124,37 @@ class EmbeddingCache:
                        flip: bool = False, batch_size: int = 64, device: str = "cpu", num_workers: int = 0,
                        transform: Callable | None = None, transform_name: str | None = None,
                        progress: bool = False) -> np.ndarray:
-        """Embeddings of `items` seen as `view`: read from the cache, or computed, stored and returned.
+        """Embeddings of `items` seen as `view`, as `geolib.embedding.embed(..., cache=self)` with
+        the antialiased resize to `image_size` (the model's size when None): the older entry point.
 
-        Computed exactly as `geolib.train.embed_items` (L2-normalised, optional flip average). A
-        custom `transform` needs a `transform_name` that changes whenever the transform does.
+        A custom `transform` needs a `transform_name` that changes whenever the transform does.
         """
         if transform is not None and not transform_name:
             raise ValueError("a custom transform needs a transform_name, or the cache could not tell two apart")
-        desc = self.describe(model, items, view, image_size, flip, transform_name)
+        settings = legacy_settings(model, view, image_size, flip, transform_name if transform is not None else None)
+        return self.get_settings(model, items, settings, transform=transform, batch_size=batch_size,
+                                 device=device, num_workers=num_workers, progress=progress)
+
+    def get_settings(self, model: Any, items: Sequence[Any], settings: "EmbedSettings", *,
+                     transform: Callable | None = None, batch_size: int = 64, device: str = "cpu",
+                     num_workers: int = 0, progress: bool = False) -> np.ndarray:
+        """Embeddings of `items` under resolved `embed` settings: read from the cache, or computed
+        through `geolib.embedding.iter_embeddings`, stored and returned."""
+        from .embedding import as_items
+
+        if transform is not None and not settings.transform_name:
+            raise ValueError("a custom transform needs a transform_name, or the cache could not tell two apart")
+        items = as_items(items)
+        desc = self.describe(model, items, settings=settings)
         found = self.lookup(desc)
         if found is not None:
             self.hits += 1
             return found
         self.misses += 1
-        if transform is None:
-            from .datasets import default_transform
-
-            transform = default_transform(desc["image_size"])
         d = self.entry_dir(desc)
-        shape = _embed_to_npy(model, items, view, transform, d / ARRAY_FILE, np.dtype(self.dtype),
-                              batch_size, device, flip, num_workers, progress)
-        atomic_write_json(d / META_FILE, {"describe": desc, "shape": list(shape), "view": view})
+        shape = _embed_to_npy(model, items, settings, transform, d / ARRAY_FILE, np.dtype(self.dtype),
+                              batch_size, device, num_workers, progress)
+        atomic_write_json(d / META_FILE, {"describe": desc, "shape": list(shape), "view": settings.view})
         return self.lookup(desc)
 
     def clear(self) -> None:
@@ -146,24 +165,30 @@ class EmbeddingCache:
             shutil.rmtree(self.root)
 
 
-def _embed_to_npy(model: Any, items: Sequence[Any], view: str, transform: Callable, path: Path,
-                  dtype: np.dtype, batch_size: int, device: str, flip: bool, num_workers: int,
+def legacy_settings(model: Any, view: str | None, image_size: int | None, flip: bool,
+                    transform_name: str | None) -> "EmbedSettings":
+    """The settings the older `image_size=` calls stand for: antialiased resize (the Phase 1 path)."""
+    from .embedding import EmbedSettings, Preprocess, preprocess_of
+
+    if transform_name:
+        return EmbedSettings(None, view, flip, True, transform_name)
+    if image_size is None:
+        spec = preprocess_of(model)
+    else:
+        spec = Preprocess(int(image_size))
+    return EmbedSettings(spec, view, flip, True)
+
+
+def _embed_to_npy(model: Any, items: Sequence[Any], settings: "EmbedSettings", transform: Callable | None,
+                  path: Path, dtype: np.dtype, batch_size: int, device: str, num_workers: int,
                   progress: bool) -> tuple[int, int]:
     """Embed batch by batch straight into a memory-mapped temporary `.npy`, then rename it."""
-    import torch
-    from tqdm.auto import tqdm
+    from .embedding import iter_embeddings
 
-    from .datasets import ImageDataset
-    from .train import embed_tensor
-
-    loader = torch.utils.data.DataLoader(ImageDataset(items, transform), batch_size=batch_size,
-                                         num_workers=num_workers)
-    was_training = model.training
-    model.eval()
     out, row = None, 0
-    with atomic_path(path) as tmp, torch.no_grad():
-        for x, _ in tqdm(loader, desc=f"embed {view}", disable=not progress, leave=False):
-            e = embed_tensor(model, x.to(device), view, flip).numpy()
+    with atomic_path(path) as tmp:
+        for e in iter_embeddings(model, items, settings, transform=transform, batch_size=batch_size,
+                                 device=device, num_workers=num_workers, progress=progress):
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(items), e.shape[1]))
             out[row:row + len(e)] = e
@@ -174,5 +199,4 @@ def _embed_to_npy(model: Any, items: Sequence[Any], view: str, transform: Callab
         shape = out.shape
         out.flush()
         del out
-    model.train(was_training)
     return shape

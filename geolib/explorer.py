@@ -162,17 +162,15 @@ class ExplorerResults:
                 query_regions: Sequence[Any] | None = None, db_regions: Sequence[Any] | None = None,
                 direction: str = "query→database") -> "ExplorerResults":
         """A place-recognition run: correct means within `radius` metres (inclusive) in UTM."""
+        from .cosplace import retrieve
         from .datasets import utm_of
-        from .evaluate import PROTOCOL_VPR, topk_search, vpr_positives, vpr_recalls
+        from .evaluate import PROTOCOL_VPR
 
-        scores, idx = topk_search(query_emb, db_emb, k)
-        positives = vpr_positives(utm_of(query_items), utm_of(db_items), radius)
-        correct = np.array([np.isin(row, pos) for row, pos in zip(idx, positives)], dtype=bool).reshape(idx.shape)
         ks = [x for x in (1, 5, 10, 20) if x <= len(db_items)]
-        metrics = vpr_recalls(utm_of(query_items), utm_of(db_items), query_emb, db_emb, ks=ks, radius=radius)
+        res = retrieve(query_emb, utm_of(query_items), db_emb, utm_of(db_items), ks=ks, radius=radius, k=k)
         r = Retrievals(name, direction, PROTOCOL_VPR, ImageSet.from_items(query_items, query_regions),
-                       ImageSet.from_items(db_items, db_regions), idx, scores.astype(np.float64), correct,
-                       None, metrics)
+                       ImageSet.from_items(db_items, db_regions), res.predictions,
+                       res.per_query["scores"].astype(np.float64), res.correct, None, res.metrics)
         r.curve = _curve_within_k(r)
         return self.add(r)
 
@@ -736,8 +734,8 @@ def add_vpr_runs(results: ExplorerResults, runs: dict[str, Any], vpr_data: Any, 
     from . import dryrun
     from .dataroots import query_folders, vpr_splits
     from .datasets import load_dataset
-    from .evaluate import PROTOCOL_VPR
-    from .records import write_record
+    from .embedding import Preprocess, embed
+    from .results import Result, record
 
     if vpr_data is None or "test" not in vpr_splits(vpr_data.root):
         return False
@@ -745,16 +743,18 @@ def add_vpr_runs(results: ExplorerResults, runs: dict[str, Any], vpr_data: Any, 
     vpr = load_dataset("vpr", vpr_data.root, split="test", query_folder=folder)
     db_items, q_items = dryrun.items(vpr.select(role="gallery")), dryrun.items(vpr.select(role="query"))
     for run, net in runs.items():
-        db_emb = cache.get_or_compute(net, db_items, "street", image_size=image_size, device=device)
-        q_emb = cache.get_or_compute(net, q_items, "street", image_size=image_size, device=device)
+        spec = Preprocess(int(image_size))  # the street branch as Phase 1 evaluates it
+        db_emb = embed(net, db_items, view="street", preprocess=spec, device=device, cache=cache)
+        q_emb = embed(net, q_items, view="street", preprocess=spec, device=device, cache=cache)
         results.add_vpr(run, q_items, db_items, q_emb, db_emb, k=k,
                         query_regions=[regions.get(str(it.path.resolve())) for it in q_items],
                         db_regions=[regions.get(str(it.path.resolve())) for it in db_items])
-        write_record(source, task="vpr", protocol=PROTOCOL_VPR, dataset=vpr_data.dataset, split="test",
-                     query_view="query", gallery_view="database", model=f"{run}-street-branch",
-                     metrics=results.get(run, "query→database").metrics, profile=profile, seed=seed,
-                     config={"checkpoint": str(checkpoint), "image_size": image_size, "queries": len(q_items),
-                             "database": len(db_items)})
+        found = results.get(run, "query→database")
+        record(Result(found.metrics, found.protocol, preprocess=spec.to_dict()), source=source, task="vpr",
+               dataset=vpr_data.dataset, split="test", views=("query", "database"), model=f"{run}-street-branch",
+               profile=profile, seed=seed,
+               config={"checkpoint": str(checkpoint), "image_size": image_size, "queries": len(q_items),
+                       "database": len(db_items)})
     return True
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from . import dryrun
+from .results import Result, record
 
 if TYPE_CHECKING:
     from .datasets import GeoDataset, ImageItem
@@ -33,6 +34,7 @@ def gallery_index(index_dir: str | Path, view: str, model: Any, ds: "GeoDataset"
                   model_name: str = "phase1") -> "GalleryIndex":
     """The saved index of `ds`'s test `view` gallery in `index_dir` when `model` built it, else one
     built from `model`'s embeddings (through `cache`) and saved there. A dry run indexes a few images."""
+    from .embedding import Preprocess, embed
     from .index import GalleryIndex
     from .localization import model_for
     from .models import config_hash
@@ -50,7 +52,7 @@ def gallery_index(index_dir: str | Path, view: str, model: Any, ds: "GeoDataset"
     if not items:
         raise ValueError(f"{ds.root}: no {view} gallery image in the test split to index; choose a view the "
                          f"dataset has (localize_view: street, drone or satellite)")
-    emb = cache.get_or_compute(model, items, view, image_size=image_size, device=device, flip=flip)
+    emb = embed(model, items, view=view, preprocess=Preprocess(int(image_size)), device=device, flip=flip, cache=cache)
     index = GalleryIndex.from_items(emb, items, model=model_name, config_hash=config_hash(model.config),
                                     extra={"view": view, "checkpoint": str(checkpoint), "flip": flip})
     index.save(index_dir)
@@ -79,6 +81,7 @@ class PhotoBenchmark:
     rate: Any      # pandas, indexed by gallery: "first" and "top5" in percent
     photos: list[Any]
     new: bool
+    preprocess: dict[str, Any] | None = None  # how the photos were embedded (`Preprocess.to_dict()`)
 
     def display_table(self) -> Any:
         return self.rate.rename(columns={"first": "true place first (%)", "top5": "in the top 5 (%)"})
@@ -110,14 +113,20 @@ def photo_benchmark(photos: Sequence["ImageItem"], photo_emb: np.ndarray, indexe
 def write_benchmark_records(bench: PhotoBenchmark, source: str, *, dataset: str, profile: str, seed: int | None,
                             config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One `crossview` record per gallery: R@1 and R@5 of the true place among distinct places."""
-    from .records import write_record
+    return [record(r, source=source, dataset=dataset, model="phase1", profile=profile, seed=seed,
+                   config={**config, "photos": len(bench.photos), "counted_over": "distinct gallery places"})
+            for r in benchmark_results(bench)]
 
-    return [write_record(source, task="crossview", protocol=PROTOCOL_NEW_PHOTO, dataset=dataset, split="test",
-                         query_view="street-new" if bench.new else "street", gallery_view=view, model="phase1",
-                         metrics={"R@1": float(row["first"]), "R@5": float(row["top5"])}, profile=profile,
-                         seed=seed, config={**config, "photos": len(bench.photos),
-                                            "counted_over": "distinct gallery places"})
-            for view, row in bench.rate.iterrows()]
+
+def benchmark_results(bench: PhotoBenchmark) -> list[Result]:
+    """The benchmark as one `Result` per gallery (per photo: the true place's rank, NaN past k)."""
+    out = []
+    for view, row in bench.rate.iterrows():
+        ranks = bench.located.loc[bench.located["gallery"] == view, "rank"].astype(float).to_numpy()
+        out.append(Result({"R@1": float(row["first"]), "R@5": float(row["top5"])}, PROTOCOL_NEW_PHOTO,
+                          {"rank": ranks}, split="test", query_view="street-new" if bench.new else "street",
+                          gallery_view=str(view), task="crossview", preprocess=bench.preprocess))
+    return out
 
 
 def run_photo_benchmark(ds: "GeoDataset", indexes: Mapping[str, "GalleryIndex"], model: Any, *,
@@ -128,8 +137,12 @@ def run_photo_benchmark(ds: "GeoDataset", indexes: Mapping[str, "GalleryIndex"],
     `localize` embeds them, answered by every gallery that does not hold them, and recorded."""
     photos, new = benchmark_photos(ds, export, preset, seed, photos_dir)
     galleries = {v: ix for v, ix in indexes.items() if new or v != "street"}
-    emb = np.asarray(cache.get_or_compute(model, photos, "street", image_size=image_size, device=device, flip=flip))
+    from .embedding import Preprocess, embed
+
+    spec = Preprocess(int(image_size))  # as `localize` embeds a photo (the Phase 1 model's own)
+    emb = np.asarray(embed(model, photos, view="street", preprocess=spec, device=device, flip=flip, cache=cache))
     bench = photo_benchmark(photos, emb, galleries, k, new)
+    bench.preprocess = spec.to_dict()
     write_benchmark_records(bench, source, dataset=dataset, profile=profile, seed=seed,
                             config={"checkpoint": str(checkpoint), "k": k, "flip": flip})
     return bench

@@ -149,11 +149,12 @@ def model_for(index: "GalleryIndex", model: "nn.Module | str | os.PathLike | Non
 
 def embed_image(model: "nn.Module", img: "Image.Image", view: str = "street", image_size: int | None = None,
                 device: str = "cpu", flip: bool = False) -> np.ndarray:
-    """(1, D) L2-normalised embedding, through the same transform the gallery used."""
-    from .datasets import default_transform
+    """(1, D) L2-normalised embedding through the model's own preprocessing (`geolib.embedding`),
+    the gallery's; `image_size` resizes the same way to another size."""
+    from .embedding import embed_images, preprocess_of
 
-    size = image_size or int(getattr(model, "img_size", None) or model.config["img_size"])
-    return embed_tensors(model, default_transform(size)(img).unsqueeze(0).to(device), view, flip)
+    return embed_images(model, [img], view=view, preprocess=preprocess_of(model).resized(image_size),
+                        device=device, flip=flip)
 
 
 def index_flip(index: "GalleryIndex") -> bool:
@@ -162,22 +163,11 @@ def index_flip(index: "GalleryIndex") -> bool:
 
 
 def embed_tensors(model: "nn.Module", images: Any, view: str, flip: bool = False) -> np.ndarray:
-    """(B, D) L2-normalised float32 embeddings of a transformed batch `(B, 3, H, W)`, as the gallery's.
+    """(B, D) L2-normalised float32 embeddings of a transformed batch `(B, 3, H, W)`, as the gallery's
+    (`geolib.embedding.embed_tensors`); the model is left in the mode it was in."""
+    from .embedding import embed_tensors as _embed_tensors
 
-    `flip` averages a mirrored pass (`train.embed_tensor`, as the gallery's embeddings). The model
-    runs in eval mode without gradients and is left in the mode it was in.
-    """
-    import torch
-
-    from .train import embed_tensor
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return embed_tensor(model, images, view, flip).numpy()
-    finally:
-        model.train(was_training)
+    return _embed_tensors(model, images, view, flip)
 
 
 def localize(image_or_path: Any, index: "GalleryIndex | str | os.PathLike",

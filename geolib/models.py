@@ -308,7 +308,8 @@ class CrossViewModel(nn.Module):
     """Views → branches → embeddings. Views sharing a branch share every weight."""
 
     def __init__(self, views: str | Mapping[str, str] = "university", name: str = "phase1",
-                 gray_world: bool = False, **branch_options: Any) -> None:
+                 gray_world: bool = False, preprocess: Mapping[str, Any] | None = None,
+                 **branch_options: Any) -> None:
         super().__init__()
         self.gray_world = GrayWorldInput() if gray_world else None
         layout = VIEW_LAYOUTS[views] if isinstance(views, str) and views in VIEW_LAYOUTS else views
@@ -318,7 +319,13 @@ class CrossViewModel(nn.Module):
         self.branches = nn.ModuleDict({b: Branch(**branch_options) for b in sorted(set(self.views.values()))})
         self.embed_dim = int(branch_options.get("embed_dim", 512))
         self.img_size = int(branch_options["img_size"])
-        self.config = {"name": name, "views": self.views, "gray_world": gray_world, **_jsonable(branch_options)}
+        # evaluation input: `datasets.default_transform(img_size)` (antialiased resize, ImageNet
+        # mean/std), as `geolib.embedding.Preprocess`; in the config so a checkpoint or index rebuilds it
+        from .embedding import Preprocess
+
+        spec = Preprocess.from_dict(preprocess) if preprocess is not None else Preprocess(self.img_size)
+        self.config = {"name": name, "views": self.views, "gray_world": gray_world, **_jsonable(branch_options),
+                       "preprocess": spec.to_dict()}
 
     def branch(self, view: str) -> Branch:
         if view not in self.views:

@@ -196,7 +196,7 @@ def retrieve_conditions(model: Any, database: Sequence[ImageItem], queries: Mapp
     embedded once; queries/s counts embedding the query and searching the database. A dry run
     embeds `dryrun.ITEMS` database images and queries per condition."""
     from .cosplace import retrieve
-    from .vpr_train import embed_paths
+    from .vpr_train import embed_paths, preprocess_spec
 
     database = dryrun.items(database)
     queries = {cond: dryrun.items(items) for cond, items in queries.items()}
@@ -205,7 +205,10 @@ def retrieve_conditions(model: Any, database: Sequence[ImageItem], queries: Mapp
     for condition, items in queries.items():
         def run():
             q = embed_paths(model, [it.path for it in items], image_size, batch_size, device)
-            return retrieve(q, utm_of(items), db, utm_of(database))
+            out = retrieve(q, utm_of(items), db, utm_of(database))
+            if hasattr(out, "preprocess"):  # a Retrieval (tests may stand in other objects)
+                out.preprocess = preprocess_spec(image_size).to_dict()
+            return out
         result, seconds = timed(run)
         out[condition] = (result, len(items) / max(seconds, 1e-9))
     return out
@@ -306,6 +309,7 @@ def run_hierarchical(items: Sequence[ImageItem], encoder: Encoder, *, head: str,
     """
     from . import classifier as H
     from .crossview import embed_set
+    from .embedding import Preprocess
 
     street = [it for it in items if it.view == "street"]
     train = dryrun.places([it for it in street if it.split == "train"])
@@ -316,6 +320,7 @@ def run_hierarchical(items: Sequence[ImageItem], encoder: Encoder, *, head: str,
                          "regions and places from train street images (street/ of the University-1652 train folder)")
     emb = {k: embed_set(encoder.model, v, "street", encoder.image_size, device).emb
            for k, v in (("train", train), ("ref", ref), ("query", query))}
+    spec = Preprocess(int(encoder.image_size)).to_dict()  # embed_set's resize
     r_ids, r_local = np.unique(H.region_labels(train), return_inverse=True)
     p_ids, p_local = np.unique(_labels(train), return_inverse=True)
     tr_idx, te_idx = H.closed_set_split(p_local, test_share, seed)
@@ -332,9 +337,11 @@ def run_hierarchical(items: Sequence[ImageItem], encoder: Encoder, *, head: str,
     results, records = {}, []
     for protocol, res, split, n_regions in ((H.PROTOCOL_CLOSED, closed, "train", len(r_ids)),
                                             (H.PROTOCOL_OPEN, opened, "test", len(np.unique(ref_regions)))):
+        res.preprocess = spec
         records.append(H.write_classification_record(source, res.metrics, protocol=protocol, dataset=dataset,
                                                       profile=profile, seed=seed, split=split, query_view="street",
-                                                      config={**config, "regions_scored": n_regions}))
+                                                      config={**config, "regions_scored": n_regions},
+                                                      result=res))
         results[protocol] = res
     return HierarchicalRun(results, config, records)
 

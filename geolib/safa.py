@@ -28,6 +28,7 @@ from .models import register_model
 from .render import polar_transform
 
 if TYPE_CHECKING:
+    from .results import Result
     from .loop import LoopResult
     from .train import TrainConfig
 
@@ -210,29 +211,35 @@ def _capped_pairs(items: Sequence[ImageItem]) -> list[ImageItem]:
     return list(items) if keep is None else [it for it in items if it.label in keep]
 
 
-@torch.no_grad()
 def evaluate_pairs(model: nn.Module, ds: GeoDataset, sizes: Mapping[str, tuple[int, int]],
                    split: str | None = None, query_view: str = "panorama", gallery_view: str = "satellite",
-                   batch_size: int = 64, device: str = "cpu") -> dict[str, float]:
+                   batch_size: int = 64, device: str = "cpu") -> "Result":
     """R@1/5/10/1% of panorama→satellite under the `cvusa` protocol (one true tile per query); on a
-    VIGOR dataset, `hit_rate` too (`vigor-hit`: top-1 is the positive or a semi-positive)."""
+    VIGOR dataset, `hit_rate` too (`vigor-hit`: top-1 is the positive or a semi-positive).
+
+    A `geolib.results.Result` (`result["R@1"]` reads a metric, as the older dict did); each view is
+    embedded by `geolib.embedding.embed` at its own size in `sizes` (`pair_transform`'s eval path)."""
     from . import dryrun
-    from .evaluate import label_ranks, metrics_from_ranks, vigor_metrics
-    from .train import embed_items
+    from .embedding import Preprocess, embed
+    from .evaluate import PROTOCOL_VIGOR, label_ranks, metrics_from_ranks, vigor_metrics
+    from .results import Result
 
     split = split or cvusa_splits(ds)[1]
-    tf = view_transforms(sizes, train=False)
+    spec = Preprocess({v: tuple(hw) for v, hw in sizes.items()})
     q = dryrun.items(ds.select(view=query_view, split=split))
     g = dryrun.items(ds.select(view=gallery_view, split=split))
     if not q or not g:
         raise ValueError(f"split {split!r} has {len(q)} {query_view} and {len(g)} {gallery_view} images")
-    qe = embed_items(model, q, query_view, tf[query_view], batch_size, device)
-    ge = embed_items(model, g, gallery_view, tf[gallery_view], batch_size, device)
+    qe = embed(model, q, view=query_view, preprocess=spec, batch_size=batch_size, device=device)
+    ge = embed(model, g, view=gallery_view, preprocess=spec, batch_size=batch_size, device=device)
+    common = dict(split=split, query_view=query_view, gallery_view=gallery_view, task="crossview",
+                  preprocess=spec.to_dict(), info={"n_queries": len(q), "gallery_size": len(g)})
     if ds.format == "vigor":
-        return vigor_metrics(qe, ge, *vigor_truth(q, g))
+        return Result(vigor_metrics(qe, ge, *vigor_truth(q, g)), PROTOCOL_VIGOR, **common)
     ranks = label_ranks(qe, labels_of(q), ge, labels_of(g))
     out = metrics_from_ranks(ranks, ks=(1, 5, 10))
-    return {k: out[k] for k in ("R@1", "R@5", "R@10", "R@1%") if k in out}
+    return Result({k: out[k] for k in ("R@1", "R@5", "R@10", "R@1%") if k in out}, PROTOCOL_CVUSA,
+                  {"first_rank": np.asarray(ranks.first_rank)}, **common)
 
 
 def vigor_truth(queries: Sequence[ImageItem], gallery: Sequence[ImageItem]) -> tuple[list[list[int]], list[list[int]]]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,11 +59,20 @@ class Teacher(nn.Module):
         self.name, self.dim, self.image_size = name, int(dim), int(image_size)
         self.net = net.eval().requires_grad_(False)
         self._embed = embed
+        self._input_mean, self._input_std = tuple(input_mean), tuple(input_std)
         # x_teacher = (x·σ_in + μ_in − μ) / σ = x·a + b: one affine per channel
         scale = torch.tensor(input_std) / torch.tensor(std)
         shift = (torch.tensor(input_mean) - torch.tensor(mean)) / torch.tensor(std)
         self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def preprocess(self) -> Any:
+        """Its evaluation input (`geolib.embedding.Preprocess`): antialiased resize to its own size,
+        normalised with the student's mean/std; `forward` maps that onto the teacher's own."""
+        from .embedding import Preprocess
+
+        return Preprocess(self.image_size, "antialias", tuple(self._input_mean), tuple(self._input_std))
 
     def train(self, mode: bool = True) -> "Teacher":
         return super().train(False)  # frozen: BatchNorm/dropout stay in inference mode
@@ -328,30 +338,42 @@ def cache_key(teacher: str) -> str:
 def build_teacher_cache(teacher: Teacher, paths: Sequence[str | Path], directory: str | Path,
                         load: Callable[[str], Tensor] | None = None, batch_size: int = 32,
                         progress: bool = True) -> TeacherCache:
-    """Embed every path not cached yet (reusing what is), save, and return the full cache."""
-    from tqdm.auto import tqdm
+    """Embed every path not cached yet (reusing what is), save, and return the full cache.
+
+    Embeddings come from `geolib.embedding.embed` with the teacher's own `preprocess` and are kept
+    raw (not L2-normalised: the distillation loss decides). `load` (path → tensor) replaces the
+    decoding and preprocessing (tests, synthetic inputs).
+    """
+    from .embedding import embed
 
     cache = TeacherCache.load(directory, teacher.name)
     known = cache.paths if cache else []
     todo = [str(p) for p in dict.fromkeys(str(p) for p in paths) if not (cache and p in cache)]
     if not todo and cache is not None:
         return cache
-    load = load or _default_loader(teacher.image_size)
-    device = next(iter(teacher.buffers())).device
+    device = str(next(iter(teacher.buffers())).device)
     parts = [cache.embeddings] if cache else []
-    for i in tqdm(range(0, len(todo), batch_size), desc=f"teacher {teacher.name}", disable=not progress):
-        batch = torch.stack([load(p) for p in todo[i:i + batch_size]]).to(device)
-        parts.append(teacher(batch).cpu())
+    if todo:
+        if load is None:
+            new = embed(teacher, todo, preprocess=teacher.preprocess, batch_size=batch_size, device=device,
+                        l2=False, progress=progress)
+        else:
+            from .embedding import embed_tensors
+
+            new = np.concatenate([embed_tensors(teacher, torch.stack([load(p) for p in todo[i:i + batch_size]]).to(device),
+                                                l2=False) for i in range(0, len(todo), batch_size)])
+        parts.append(torch.from_numpy(new))
     merged = TeacherCache(teacher.name, known + todo, torch.cat(parts) if parts else torch.zeros(0, teacher.dim))
     merged.save(directory)
     return merged
 
 
 def _default_loader(size: int) -> Callable[[str], Tensor]:
-    from .datasets import default_transform
+    """The teacher's input as one tensor (`Teacher.preprocess`'s transform at `size`)."""
+    from .embedding import Preprocess
     from .images import load_image
 
-    transform = default_transform(size, train=False)
+    transform = Preprocess(size).transform()
     return lambda path: transform(load_image(path))
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .datasets import ImageItem, by_label
+from .embedding import input_format  # noqa: F401  (lives in geolib.embedding; importable from here)
 from .images import load_image
 from .loop import (RESUME_FREE, LoopConfig, LoopResult, adamw, autocast, cosine_with_warmup,  # noqa: F401
                    distributed, freeze_parts, gather, param_groups, run, seed_everything, wrap_ddp)
@@ -173,15 +174,6 @@ class PlaceBatchSampler(torch.utils.data.Sampler[list[int]]):
 # freeze_parts) live in geolib.loop, the one training loop; they stay importable from here.
 
 
-def input_format(model: nn.Module) -> torch.memory_format:
-    """The memory format a model's convolutions were put in, so its inputs can match it."""
-    for p in model.parameters():
-        if p.dim() == 4 and p.shape[2] * p.shape[3] > 1:  # a 1x1 kernel is contiguous both ways
-            return torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) \
-                and not p.is_contiguous() else torch.contiguous_format
-    return torch.contiguous_format
-
-
 def embed_batch(train_model: nn.Module, model: nn.Module, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One call for all views when the model takes a dict (views sharing a branch then run as one
     batch), else one call per view. Either way through `train_model`, so DDP sees the forward."""
@@ -203,31 +195,48 @@ def multiview_loss(embeddings: dict[str, torch.Tensor], pair_loss: Callable[[tor
 # --------------------------------------------------------------------------- embedding
 
 def embed_tensor(model: nn.Module, x: torch.Tensor, view: str, flip: bool = False) -> torch.Tensor:
-    """(B, D) L2-normalised float32 CPU embeddings of one transformed batch, in the model's memory
-    format; `flip` averages a mirrored pass. Every evaluation, cache, index and `localize` embeds
-    through here, so a gallery and its queries are always embedded alike. The caller sets eval mode
-    and no_grad."""
-    x = x.contiguous(memory_format=input_format(model))
-    e = model(x, view=view)
-    if flip:
-        e = e + model(torch.flip(x, dims=[3]), view=view)
-    return nn.functional.normalize(e.float(), dim=-1).cpu()
+    """(B, D) L2-normalised float32 CPU embeddings of one transformed batch: `geolib.embedding.embed_batch`,
+    kept under its older name. The caller sets eval mode and no_grad."""
+    from .embedding import embed_batch as _embed_batch
+
+    return _embed_batch(model, x, view, flip, l2=True)
 
 
-@torch.no_grad()
-def embed_items(model: nn.Module, items: Sequence[ImageItem], view: str, transform: Callable,
+def embed_items(model: nn.Module, items: Sequence[ImageItem], view: str, transform: Callable | None = None,
                 batch_size: int = 64, device: str = "cpu", flip: bool = False,
-                num_workers: int = 0, progress: bool = False) -> np.ndarray:
-    """L2-normalised float32 embeddings of `items` seen as `view`; `flip` averages a mirrored pass."""
-    from .datasets import ImageDataset
+                num_workers: int = 0, progress: bool = False, image_size: int | None = None) -> np.ndarray:
+    """L2-normalised float32 embeddings of `items` seen as `view`, through `geolib.embedding.embed`.
 
-    model.eval()
-    loader = torch.utils.data.DataLoader(ImageDataset(items, transform), batch_size=batch_size,
-                                         num_workers=num_workers)
-    out = [embed_tensor(model, x.to(device), view, flip)
-           for x, _ in tqdm(loader, desc=f"embed {view}", disable=not progress, leave=False)]
-    dim = out[0].shape[1] if out else 0
-    return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)
+    `transform` (older callers pass `default_transform(size)`) is read back into a `Preprocess` when
+    it is that eval transform, so such calls and `embed` agree; any other transform is used as is.
+    """
+    from .embedding import Preprocess, embed
+
+    spec = _eval_spec(transform) if transform is not None else (Preprocess(image_size) if image_size else None)
+    if spec is not None or transform is None:
+        out = embed(model, items, view=view, preprocess=spec, batch_size=batch_size, device=device, flip=flip,
+                    num_workers=num_workers, progress=progress)
+    else:
+        out = embed(model, items, view=view, transform=transform, transform_name="custom", batch_size=batch_size,
+                    device=device, flip=flip, num_workers=num_workers, progress=progress)
+    return out if len(out) else np.zeros((0, 0), np.float32)
+
+
+def _eval_spec(transform: Callable) -> Any:
+    """The `Preprocess` a `datasets.default_transform(size)` eval pipeline is, or None."""
+    from torchvision.transforms import v2
+
+    from .embedding import Preprocess
+
+    ops = getattr(transform, "transforms", None)
+    kinds = [type(t) for t in ops or []]
+    if kinds != [v2.ToImage, v2.Resize, v2.ToDtype, v2.Normalize]:
+        return None
+    resize, norm = ops[1], ops[3]
+    if (not resize.antialias or resize.max_size is not None or len(resize.size) != 2
+            or resize.interpolation != v2.InterpolationMode.BILINEAR):
+        return None
+    return Preprocess(tuple(resize.size), "antialias", tuple(norm.mean), tuple(norm.std))
 
 
 # --------------------------------------------------------------------------- the loop

@@ -43,7 +43,8 @@ class Recorder:
 
         return [write_vpr_record(self.source, {**res.metrics, **extra_metrics, "queries_per_s": qps},
                                  dataset=dataset or self.dataset, split=split, profile=self.profile, seed=self.seed,
-                                 model=model, query_view=phase2.query_view(cond), config={**config, **self.notes})
+                                 model=model, query_view=phase2.query_view(cond), config={**config, **self.notes},
+                                 preprocess=getattr(res, "preprocess", None))
                 for cond, (res, qps) in results.items()]
 
     def localization(self, model: str, results: Mapping[str, tuple[Any, float]], extra_metrics: Mapping[str, Any],
@@ -53,7 +54,8 @@ class Recorder:
 
         return [write_dc_record(self.source, {**res.metrics, **extra_metrics, "queries_per_s": qps},
                                 dataset=dataset or self.dataset, split=split, profile=self.profile, seed=self.seed,
-                                model=model, query_view=phase2.query_view(cond), config=dict(config))
+                                model=model, query_view=phase2.query_view(cond), config=dict(config),
+                                preprocess=getattr(res, "preprocess", None))
                 for cond, (res, qps) in results.items()]
 
     def chance_retrieval(self, database: Sequence[ImageItem],

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from . import dryrun
 from .checkpoint import read_model_state, save_checkpoint
@@ -300,17 +299,24 @@ def run_training(model: nn.Module, param_groups: list[dict[str, Any]], step: Cal
 
 # --------------------------------------------------------------------------- inference
 
-@torch.no_grad()
 def embed_paths(model: nn.Module, paths: Sequence[str | Path], image_size: int, batch_size: int = 64,
                 device: str = "cpu", num_workers: int = 0, progress: bool = False,
                 desc: str = "embed") -> np.ndarray:
-    """float32 descriptors of images resized to `image_size` (train and test see the same scale)."""
-    model.eval()
-    loader = torch.utils.data.DataLoader(ImageTensors(paths, image_size), batch_size=batch_size,
-                                         num_workers=num_workers)
-    out = [model(normalize(x.to(device))).float().cpu()
-           for x in tqdm(loader, desc=desc, disable=not progress, leave=False)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    """float32 descriptors of images resized to `image_size` (train and test see the same scale):
+    `geolib.embedding.embed` with the descriptor networks' preprocessing (`preprocess_spec`). The
+    networks L2-normalise their own output, so no further normalisation is applied."""
+    from .embedding import embed
+
+    out = embed(model, paths, preprocess=preprocess_spec(image_size), batch_size=batch_size, device=device,
+                num_workers=num_workers, progress=progress, l2=False)
+    return out if len(out) else np.zeros((0, 0), np.float32)
+
+
+def preprocess_spec(image_size: int) -> Any:
+    """`PREPROCESSING` as a `geolib.embedding.Preprocess`: PIL bilinear square resize, uint8 / 255, ImageNet mean/std."""
+    from .embedding import Preprocess
+
+    return Preprocess(int(image_size), "bilinear-pil", IMAGENET_MEAN, IMAGENET_STD)
 
 
 def topk_hits(scores: np.ndarray, labels: np.ndarray, ks: Iterable[int]) -> dict[int, float]:

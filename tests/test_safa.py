@@ -87,8 +87,10 @@ def test_train_safa_runs_and_evaluates_cvusa(cvusa, tmp_path):
     m = SAFAModel(polar=True, **TINY)
     res = train_safa(m, cvusa, TrainConfig(epochs=1, batch_size=4, lr=1e-3), tmp_path / "ck", progress=False)
     assert res.history and "panorama→satellite R@1" in res.history[0]
-    metrics = evaluate_pairs(m, cvusa, m.input_sizes())
-    assert set(metrics) == {"R@1", "R@5", "R@10", "R@1%"} and 0 <= metrics["R@1"] <= 100
+    result = evaluate_pairs(m, cvusa, m.input_sizes())
+    assert set(result.metrics) == {"R@1", "R@5", "R@10", "R@1%"} and 0 <= result["R@1"] <= 100
+    assert result.protocol == "cvusa" and result.preprocess["size"] == {k: list(v) for k, v in m.input_sizes().items()}
+    assert len(result.per_query["first_rank"]) == result.n_queries
 
 
 def _no_timm_weights(monkeypatch, tmp_path):
