@@ -416,28 +416,20 @@ class GalleryIndex:
 
     def _exact_rerank(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """faiss's float32 top-k, widened until it holds every item within the product's error
-        bound of the k-th score, then ordered by `evaluate.pair_scores` and gallery index.
+        bound of the k-th score (`evaluate.shortlist`), then ordered by `evaluate.pair_scores`
+        and gallery index.
 
         faiss rounds a pair differently in a batch than alone, so two identical gallery images
         could swap; the widening makes the shortlist provably contain the exact top k.
         """
-        from .evaluate import exact_topk_of_candidates, score_band
+        from .evaluate import exact_topk_of_candidates, score_band, shortlist
 
-        n = len(self)
-        kk = min(k, n)
+        kk = min(k, len(self))
         band = score_band(np.sqrt(np.einsum("ij,ij->i", q.astype(np.float64), q.astype(np.float64))),
                           self._max_norm(), q.shape[1])
-        depth = min(n, max(2 * kk, kk + 16))
-        while True:
-            s, i = self.index.search(q, depth)
-            if depth >= n or bool((s[:, -1] < s[:, kk - 1] - 2 * band).all()):
-                break
-            depth = min(n, depth * 4)
-        rows = np.repeat(np.arange(len(q)), depth)
-        flat = i.reshape(-1)
-        ok = flat >= 0
-        vectors = self.index.reconstruct_batch(flat[ok]) if ok.any() else np.zeros((0, q.shape[1]), np.float32)
-        scores, index = exact_topk_of_candidates(q, rows[ok], flat[ok], np.asarray(vectors, np.float32), kk)
+        rows, items = shortlist(lambda depth: self.index.search(q, depth), len(self), kk, band)
+        vectors = np.asarray(self.index.reconstruct_batch(np.unique(items)), np.float32)
+        scores, index = exact_topk_of_candidates(q, rows, items, vectors, kk)
         if kk < k:  # fewer items than asked: faiss's padding
             pad = k - kk
             scores = np.hstack([scores, np.full((len(q), pad), -np.finfo(np.float32).max, np.float32)])

@@ -99,13 +99,14 @@ MODULE_LAYER = {
     # data: decoding, layouts, loaders, checks, data-level transforms
     "images": "data", "transforms": "data", "datasets": "data", "validate": "data", "release": "data",
     # models: layers, losses, networks, teachers (datasets is below: models use its GrayWorld)
-    "layers": "models", "losses": "models", "models": "models", "teachers": "models",
+    "layers": "models", "losses": "models", "models": "models", "teachers": "models", "embedding": "models",
     # training and evaluation: loops, recipes, metrics, the settings that drive them, the
     # embedding cache evaluation reads from
     "evaluate": "training", "loop": "training", "train": "training", "crossview": "training",
     "distill": "training", "safa": "training", "vpr_train": "training", "cosplace": "training",
     "divide_classify": "training", "classifier": "training", "config": "training",
     "profiles": "training", "needs": "training", "embcache": "training",
+    "results": "training",
     # retrieval: saved gallery indexes and where-was-this-photo-taken
     "index": "retrieval", "localization": "retrieval",
     # the synthetic world: generation, rendering, export, its baselines and build
