@@ -18,8 +18,9 @@ readers all work. `streaming_label_ranks` / `streaming_retrieval_metrics` / `str
 `.npy` paths (e.g. `EmbeddingCache` entries) and read both queries and gallery in chunks with plain
 file reads, so neither is ever resident whole; float16 files are converted chunk by chunk. Their
 ranks equal the in-memory path's bit for bit, at any `chunk_size`. Peak extra memory is set by
-`chunk_size` (a score block and its rank counters, a few tens of bytes per chunk_size² entry: measured 0.69 GB at 4096 and 0.10 GB at 1024 for 20k × 100k × 512-d
-by `python -m geolib bench`), not by Q×G.
+`chunk_size` (a score block and its rank counters, a few tens of bytes per chunk_size² entry:
+measured 0.69 GB at 4096 and 0.10 GB at 1024 for 20k × 100k × 512-d by `python -m geolib bench`),
+not by Q×G.
 
 Scores are inner products of the embeddings (cosine for L2-normalised ones), defined pair by pair
 (`pair_scores`: exact float64 products of the float32 values, summed left to right, rounded to
