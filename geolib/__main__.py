@@ -6,12 +6,12 @@ import sys
 
 # command -> (module, function taking argv, one-line help)
 COMMANDS = {
-    "check-data": ("geolib.validate", "main", "validate a dataset folder (exit 1 on errors)"),
-    "run": ("geolib.pipeline", "main", "run the notebooks with papermill (what run_all.sh calls)"),
-    "world": ("geolib.world_build", "cli", "generate and export the synthetic world"),
-    "train": ("geolib.train_cli", "main", "train Phase 1 (torchrun -m geolib train … for DDP)"),
-    "report": ("geolib.report", "main", "write outputs/<profile>/report/index.html"),
-    "bench": ("geolib.bench", "main", "benchmarks; rows go to outputs/bench/metrics/bench.jsonl"),
+    "check-data": ("geolib.data.validate", "main", "validate a dataset folder (exit 1 on errors)"),
+    "run": ("geolib.apps.pipeline", "main", "run the notebooks with papermill (what run_all.sh calls)"),
+    "world": ("geolib.world.build", "cli", "generate and export the synthetic world"),
+    "train": ("geolib.apps.train_cli", "main", "train Phase 1 (torchrun -m geolib train … for DDP)"),
+    "report": ("geolib.apps.report", "main", "write outputs/<profile>/report/index.html"),
+    "bench": ("geolib.apps.bench", "main", "benchmarks; rows go to outputs/bench/metrics/bench.jsonl"),
 }
 
 

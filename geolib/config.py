@@ -26,12 +26,7 @@ import types
 import typing
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from .train import TrainConfig
+from typing import Any, ClassVar, Literal
 
 # Fields the run fills in (which profile, dry run, a nested section), not settings a user passes.
 DERIVED = {"derived": True}
@@ -360,48 +355,3 @@ class Explorer(Common):
 
 
 SECTIONS: dict[str, type[Settings]] = {c.SECTION: c for c in (Common, World, Phase1, Phase2, Distill, Explorer)}
-
-
-# --------------------------------------------------------------------------- phase1 -> run objects
-
-def _phase1_value(cfg: Mapping[str, Any], name: str) -> Any:
-    """`cfg[name]`, or the Phase1 default for a plain dict written before the field existed."""
-    if name in cfg:
-        return cfg[name]
-    default = Phase1.default(name)
-    if default is MISSING:
-        raise KeyError(f"phase1 settings lack {name!r}, which has no default: build them with "
-                       "geolib.profiles.resolve(profile, 'phase1') instead of by hand")
-    return default
-
-
-def phase1_model(cfg: Mapping[str, Any]) -> "nn.Module":
-    """The model a resolved `phase1` profile section describes (notebook 02 and `geolib train`)."""
-    from .models import create_model
-
-    return create_model(cfg["model"], img_size=cfg["image_size"], l2l=cfg["l2l"], fusion=cfg["fusion"],
-                        pooling=cfg["pooling"], **(cfg.get("model_options") or {}))
-
-
-def phase1_fit_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """`train_crossview` keywords a resolved `phase1` section sets (besides the TrainConfig); the
-    teachers' `distill_loss`/`distill_weight` reach `crossview.phase1_distillation` through `cfg`."""
-    return {"image_size": cfg["image_size"], "loss": cfg["loss"], "max_minutes": _phase1_value(cfg, "minutes"),
-            "augment": cfg.get("augment", "jitter"), "preload": cfg.get("preload", False),
-            "flip": cfg.get("flip_tta", False)}
-
-
-def phase1_train_config(cfg: Mapping[str, Any]) -> "TrainConfig":
-    """The loop's config: every `phase1` field the loop reads, under the loop's name for it."""
-    from .train import TrainConfig
-
-    v = functools.partial(_phase1_value, cfg)
-    # optimizer and scheduler where this TrainConfig has them (the loop gained them later)
-    later = {k: v(k) for k in ("optimizer", "scheduler") if k in {f.name for f in fields(TrainConfig)}}
-    return TrainConfig(views=("street", "drone", "satellite"), epochs=cfg["epochs"],
-                       batch_size=cfg["batch_size"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                       warmup=cfg["warmup"], grad_clip=v("grad_clip"), amp=cfg["amp"], device=cfg["device"],
-                       seed=cfg["seed"], num_workers=cfg["num_workers"], sampling=cfg["sampling"],
-                       gps_near=v("gps_near"), gps_random=v("gps_random"), gps_pool=v("gps_pool"),
-                       eval_every=cfg["eval_every"], freeze=tuple(v("freeze") or ()),
-                       backbone_lr_scale=v("backbone_lr_scale"), channels_last=v("channels_last") or False, **later)

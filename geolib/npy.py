@@ -1,7 +1,7 @@
 """Row access to 2-D `.npy` files without loading them: a reader, a chunked writer, a coercion.
 
 `NpyRows` reads row ranges of a `.npy` file with plain file reads (no memory map, so the resident
-memory is only the chunk being read): the streaming evaluation (`geolib.evaluate.streaming_*`)
+memory is only the chunk being read): the streaming evaluation (`geolib.evaluation.metrics.streaming_*`)
 uses it to keep queries and gallery on disk, and the embedding cache writes its arrays with
 `save_npy`. Its own module because both sit on it and the evaluation must not depend on the cache.
 """

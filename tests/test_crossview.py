@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 
 from conftest import build_crossview_tree
-from geolib.crossview import evaluate_crossview, record_evaluation, top_matches, train_crossview
-from geolib.datasets import load_dataset
+from geolib.evaluation.crossview import evaluate_crossview, record_evaluation, top_matches
+from geolib.training.crossview import train_crossview
+from geolib.data.datasets import load_dataset
 from geolib.models import create_model
 from geolib.records import read_records
-from geolib.train import TrainConfig
+from geolib.training.multiview import TrainConfig
 
 TINY = dict(img_size=32, embed_dim=16, fusion_dim=16,
             backbone_options={"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]})
@@ -45,9 +46,9 @@ def test_training_runs_and_keeps_best(world, tmp_path):
 
 def test_smoke_profile_run_killed_after_an_epoch_resumes_to_the_same_metrics(world, tmp_path):
     import torch
-    from geolib.config import phase1_fit_options, phase1_model, phase1_train_config
+    from geolib.training.crossview import phase1_fit_options, phase1_model, phase1_train_config
     from geolib.profiles import resolve
-    from geolib.train import seed_everything
+    from geolib.training.multiview import seed_everything
 
     cfg = resolve("smoke", "phase1", epochs=3, device="cpu")
     opts = {**phase1_fit_options(cfg), "progress": False}
@@ -73,8 +74,8 @@ def test_smoke_profile_run_killed_after_an_epoch_resumes_to_the_same_metrics(wor
 def test_last_evaluation_in_training_is_reused_by_the_final_one(world, tmp_path):
     """With the final evaluation's flip and cache, the curve's last point and the table are one
     measurement: evaluating the saved model again computes nothing new for those sets."""
-    from geolib.crossview import load_trained_model
-    from geolib.embcache import EmbeddingCache
+    from geolib.training.crossview import load_trained_model
+    from geolib.evaluation.cache import EmbeddingCache
 
     cache = EmbeddingCache(tmp_path / "cache")
     model = create_model("phase1-cpu", **TINY)
@@ -91,7 +92,7 @@ def test_last_evaluation_in_training_is_reused_by_the_final_one(world, tmp_path)
 
 def test_trained_model_reloads_from_its_checkpoint(world, tmp_path):
     import torch
-    from geolib.crossview import load_trained_model
+    from geolib.training.crossview import load_trained_model
 
     model = create_model("phase1-cpu", **TINY)
     res = train_crossview(model, world, TrainConfig(epochs=1, batch_size=4), tmp_path / "ck", image_size=32,
@@ -104,7 +105,7 @@ def test_trained_model_reloads_from_its_checkpoint(world, tmp_path):
 
 
 def test_phase1_distillation_from_a_checkpoint_teacher_and_offline_foundation_teachers(world, tmp_path, monkeypatch):
-    from geolib.crossview import phase1_distillation
+    from geolib.training.crossview import phase1_distillation
 
     teacher = create_model("phase1-cpu", **TINY)
     first = train_crossview(teacher, world, TrainConfig(epochs=1, batch_size=4), tmp_path / "t", image_size=32,
@@ -133,7 +134,7 @@ def test_phase1_distillation_from_a_checkpoint_teacher_and_offline_foundation_te
 def test_history_plot_draws_recall_evaluated_after_the_first_epoch():
     import matplotlib
     matplotlib.use("Agg")
-    from geolib.plots import plot_history
+    from geolib.apps.plots import plot_history
 
     history = [{"epoch": 1, "loss": 3.0, "minutes_total": 0.5},
                {"epoch": 2, "loss": 2.0, "minutes_total": 1.0, "street→drone R@1": 5.0},
@@ -148,7 +149,7 @@ def test_history_plot_draws_recall_evaluated_after_the_first_epoch():
 def test_train_cli_has_a_flag_for_every_phase1_key_and_validates_first(capsys):
     import argparse
 
-    from geolib.train_cli import build_parser, main
+    from geolib.apps.train_cli import build_parser, main
     from geolib.profiles import section_keys
 
     parser = build_parser()
@@ -171,7 +172,7 @@ def test_train_cli_has_a_flag_for_every_phase1_key_and_validates_first(capsys):
 
 def test_train_cli_reports_dataset_errors_in_one_message(tmp_path, capsys):
     from conftest import build_university
-    from geolib.train_cli import main
+    from geolib.apps.train_cli import main
 
     root = build_university(tmp_path / "u", broken=True)
     assert main(["--profile", "smoke", "--u1652-root", str(root), "--out", str(tmp_path / "o")]) == 1
@@ -185,8 +186,8 @@ def test_train_cli_dry_run_distils_tiny_clip_and_dinov2_teachers_per_image(world
     each training image distilled toward the teachers' embedding of that image."""
     import json
 
-    from geolib import teachers as T
-    from geolib.train_cli import main
+    from geolib.training import teachers as T
+    from geolib.apps.train_cli import main
     from geolib.paths import outputs_root
     from tiny_teachers import tiny_teacher_dirs
 

@@ -3,7 +3,7 @@ import pytest
 import scipy.io
 
 from conftest import make_image, vpr_name
-from geolib.datasets import (DatasetError, ImageDataset, default_transform, labels_of, load_dataset,
+from geolib.data.datasets import (DatasetError, ImageDataset, default_transform, labels_of, load_dataset,
                              parse_vpr_name, quick_image_check)
 
 
@@ -168,7 +168,7 @@ def test_vpr_train_split_read_whole(vpr_root):
 
 def test_gray_world_cancels_a_white_balance():
     import torch
-    from geolib.datasets import GrayWorld
+    from geolib.data.datasets import GrayWorld
 
     x = torch.rand(3, 8, 8) * 0.5
     gains = torch.tensor([1.3, 1.0, 0.7]).view(3, 1, 1)
@@ -178,7 +178,7 @@ def test_gray_world_cancels_a_white_balance():
 def test_camera_gain_scales_each_channel_by_one_bounded_factor():
     import torch
 
-    from geolib.datasets import CameraGain
+    from geolib.data.datasets import CameraGain
 
     torch.manual_seed(0)
     x = torch.rand(3, 8, 8) * 0.5 + 0.1  # low enough that no gain clips (max gain 1.25 * 1.15)
@@ -209,7 +209,7 @@ def test_university_side_files_are_read_only_when_given(university_root, tmp_pat
     q3 = ds.select(role="query", view="drone")[0]
     assert (q3.label, q3.utm_east, q3.utm_zone, q3.meta["region"]) == (3, 500100.5, "33T", "uni-a")
     q4 = [it for it in ds.items if it.label == 4][0]
-    from geolib.world import utm_to_latlon
+    from geolib.coords import utm_to_latlon
     assert q4.utm_zone == "33T" and 250_000 < q4.utm_east < 350_000  # from lat/lon (12.5 E: zone 33, west part)
     assert utm_to_latlon(q4.utm_east, q4.utm_north, 33) == pytest.approx((41.9, 12.5), abs=1e-7)
     assert q4.meta["region"] == "uni-b"

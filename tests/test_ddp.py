@@ -24,9 +24,9 @@ class TinyNet(nn.Module):
 
 
 def _run(root: str, out: str, rank: int = 0, world: int = 1, port: int = 0) -> None:
-    from geolib.datasets import default_transform, load_dataset
-    from geolib.losses import InfoNCE
-    from geolib.train import MultiViewPlaces, TrainConfig, fit
+    from geolib.data.datasets import default_transform, load_dataset
+    from geolib.training.losses import InfoNCE
+    from geolib.training.multiview import MultiViewPlaces, TrainConfig, fit
 
     if world > 1:
         torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import build_crossview_tree
-from geolib.crossview import evaluate_crossview
-from geolib.datasets import load_dataset
-from geolib.distill import (DistillConfig, RowRunner, StudentModel, cache_teacher, dual_cosine_loss,
+from geolib.evaluation.crossview import evaluate_crossview
+from geolib.data.datasets import load_dataset
+from geolib.training.distill4geo import (DistillConfig, RowRunner, StudentModel, cache_teacher, dual_cosine_loss,
                             load_student, save_student, train_items, train_student)
 from geolib.models import create_model
 
@@ -102,7 +102,7 @@ def test_row_runner_skips_finished_rows_and_reruns_changed_ones(tmp_path):
 def test_ablation_rows_selection_and_findings():
     import pandas as pd
 
-    from geolib import ablation as ab
+    from geolib.apps import ablation as ab
 
     a = ab.part_a_rows({"l2l": True, "fusion": True, "pooling": "gem", "loss": "infonce"})
     assert "A/gem-pool" not in a and "A/attention-pool" in a and "A/full" in a  # no duplicate of the base
@@ -119,11 +119,11 @@ def test_ablation_rows_selection_and_findings():
 
 
 def test_part_a_rows_warm_start_from_a_frozen_trained_backbone(world, tmp_path):
-    from geolib import ablation as ab
+    from geolib.apps import ablation as ab
     from geolib.checkpoint import read_model_state
-    from geolib.crossview import train_crossview
+    from geolib.training.crossview import train_crossview
     from geolib.profiles import resolve
-    from geolib.train import TrainConfig
+    from geolib.training.multiview import TrainConfig
 
     phase1 = resolve("smoke", "phase1", device="cpu")
     source = create_model(phase1["model"], img_size=phase1["image_size"], **phase1["model_options"])
@@ -168,7 +168,7 @@ def test_students_are_pretrained_when_the_weights_are_found(monkeypatch, tmp_pat
 
 
 def test_student_row_passes_the_profile_choice_and_records_the_weights(world, teacher, tmp_path):
-    from geolib import ablation as ab
+    from geolib.apps import ablation as ab
 
     cfg = {"views": ["street", "drone", "satellite"], "student_image_size": 32, "student_epochs": 1, "student_batch_size": 4,
            "student_lr": 1e-3, "copies": 1, "seed": 0, "device": "cpu", "minutes_per_row": None, "cost_runs": 1,
@@ -185,7 +185,7 @@ def test_student_row_passes_the_profile_choice_and_records_the_weights(world, te
 
 
 def test_student_training_resumes_exactly_refuses_other_settings_and_records_a_cap(world, teacher, tmp_path):
-    from geolib.distill import fit_student
+    from geolib.training.distill4geo import fit_student
     from geolib.models import load_model
 
     cache = cache_teacher(teacher, train_items(world, VIEWS), 32, perturb=True, copies=2)

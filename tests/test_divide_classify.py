@@ -3,11 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from geolib import cosplace
-from geolib import divide_classify as dc
-from geolib.cosplace import class_and_group, divide
+from geolib.training import cosplace
+from geolib.training import dc as dc
+from geolib.training.cosplace import class_and_group, divide
 from geolib.records import read_records
-from geolib.vpr_train import ClassHead
+from geolib.training.groups import ClassHead
 from phase2_toy import build_toy_vpr
 
 torch.set_num_threads(1)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from geolib.__main__ import COMMANDS
-from geolib.pipeline import build_parser, discover, notebook_parameters
+from geolib.apps.pipeline import build_parser, discover, notebook_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

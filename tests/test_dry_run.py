@@ -34,8 +34,8 @@ def records(outputs: Path, profile: str, source: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    from geolib.release import write_release
-    from geolib.world import build_world
+    from geolib.data.release import write_release
+    from geolib.world.build import build_world
 
     world = build_world("smoke", seed=0, out=tmp_path_factory.mktemp("world") / "w", progress=False, record=False)
     return write_release(world)

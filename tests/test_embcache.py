@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import make_image
-from geolib.datasets import ImageItem, default_transform
-from geolib.embcache import EmbeddingCache, weights_hash
+from geolib.data.datasets import ImageItem, default_transform
+from geolib.evaluation.cache import EmbeddingCache, weights_hash
 from geolib.models import create_model
-from geolib.train import embed_items
+from geolib.training.multiview import embed_items
 from test_models import TINY
 
 SIZE = 32
@@ -111,8 +111,8 @@ def _count_forwards(model):
 
 def test_evaluate_crossview_reuses_cached_embeddings(tmp_path):
     from conftest import build_crossview_tree
-    from geolib.crossview import evaluate_crossview
-    from geolib.datasets import load_dataset
+    from geolib.evaluation.crossview import evaluate_crossview
+    from geolib.data.datasets import load_dataset
 
     ds = load_dataset("university1652", build_crossview_tree(tmp_path / "u", distractors=2))
     model = tiny()

@@ -1,4 +1,4 @@
-"""geolib.embedding.embed equals each family's former embedding path, and its cache keys on the
+"""geolib.evaluation.embedding.embed equals each family's former embedding path, and its cache keys on the
 model's weights and preprocessing."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from conftest import make_image
-from geolib.datasets import ImageItem, default_transform
-from geolib.embcache import EmbeddingCache
-from geolib.embedding import Preprocess, embed, preprocess_of
-from geolib.images import load_image
+from geolib.data.datasets import ImageItem, default_transform
+from geolib.evaluation.cache import EmbeddingCache
+from geolib.evaluation.embedding import Preprocess, embed, preprocess_of
+from geolib.data.images import load_image
 from geolib.models import create_model, rebuild_model
 from test_models import TINY
 
@@ -73,7 +73,7 @@ def test_phase1_preprocess_survives_a_rebuild():
 
 
 def test_descriptor_path_equals_pil_bilinear_tensors(items):
-    from geolib.vpr_train import ImageTensors, embed_paths, normalize
+    from geolib.training.groups import ImageTensors, embed_paths, normalize
 
     model, paths = ViewNet().eval(), [it.path for it in items]
     with torch.no_grad():
@@ -85,7 +85,7 @@ def test_descriptor_path_equals_pil_bilinear_tensors(items):
 
 
 def test_safa_per_view_sizes_equal_pair_transform(items):
-    from geolib.safa import pair_transform
+    from geolib.training.safa import pair_transform
 
     model, paths = ViewNet(), [it.path for it in items]
     sizes = {"panorama": (16, 40), "satellite": (24, 24)}
@@ -99,7 +99,7 @@ def test_safa_per_view_sizes_equal_pair_transform(items):
 
 
 def test_teacher_cache_equals_its_former_loop(items, tmp_path):
-    from geolib.teachers import Teacher, build_teacher_cache
+    from geolib.training.teachers import Teacher, build_teacher_cache
 
     torch.manual_seed(2)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())

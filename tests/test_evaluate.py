@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geolib.evaluate import (label_ranks, one_percent_k, positive_ranks, recall_curve,
+from geolib.evaluation.metrics import (label_ranks, one_percent_k, positive_ranks, recall_curve,
                              retrieval_metrics, topk_search, vpr_positives, vpr_recalls)
 
 
@@ -204,7 +204,7 @@ def test_memory_mapped_embeddings_stream_from_disk(tmp_path):
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_streaming_from_npy_equals_in_memory_bit_for_bit(tmp_path, dtype):
     from geolib.npy import NpyRows
-    from geolib.evaluate import streaming_label_ranks, streaming_retrieval_metrics, streaming_topk
+    from geolib.evaluation.metrics import streaming_label_ranks, streaming_retrieval_metrics, streaming_topk
 
     rng = np.random.default_rng(11)
     q, g = normed(rng, 70, 16).astype(dtype), normed(rng, 300, 16).astype(dtype)
@@ -242,7 +242,7 @@ def test_npy_rows_reads_only_what_is_asked(tmp_path):
 
 
 def test_vigor_hit_rate_counts_semi_positives_on_a_hand_case():
-    from geolib.evaluate import hit_rate, vigor_metrics
+    from geolib.evaluation.metrics import hit_rate, vigor_metrics
 
     # top-1 of query 0 is its positive, of query 1 a semi-positive, of query 2 neither
     assert hit_rate([4, 7, 1], [4, 0, 2], [[5, 6, 8], [7, 3, 9], [3, 5, 6]]) == pytest.approx(200 / 3)
@@ -294,7 +294,7 @@ def test_ties_do_not_depend_on_blocking(one_torch_thread):
 
 
 def test_chance_recall_by_hand_and_against_random_rankings():
-    from geolib.evaluate import chance_recall, label_chance_recall
+    from geolib.evaluation.metrics import chance_recall, label_chance_recall
 
     # query 0 has 2 of 4 kept items true, query 1 none (junk is not ranked): (2/4 + 0) / 2
     assert label_chance_recall([1, 7], [1, 1, 2, -1, 3]) == pytest.approx(100 * (2 / 4) / 2)

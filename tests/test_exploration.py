@@ -7,7 +7,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from geolib import exploration  # noqa: E402
+from geolib.apps import exploration  # noqa: E402
 
 
 def test_given_roots_are_named_by_kind(tmp_path):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import make_image
-from geolib import explorer as ex
-from geolib.crossview import Embedded, Evaluation, score_direction
-from geolib.datasets import ImageItem
+from geolib.apps import explorer as ex
+from geolib.evaluation.crossview import Embedded, Evaluation, score_direction
+from geolib.data.datasets import ImageItem
 
 # Six places in two regions 1 km apart; place p sits at (500000 + 1000*(p>=3) + 20*p, 4600000 + 10*p).
 PLACES = list(range(6))
@@ -223,7 +223,7 @@ def test_checkpoint_or_fallback_prefers_notebook_02s_and_refuses_without_epochs(
 def test_untrained_like_is_the_same_architecture_seeded():
     import torch
 
-    from geolib.config import phase1_model
+    from geolib.training.crossview import phase1_model
     from geolib.profiles import resolve
 
     model = phase1_model(resolve("smoke", "phase1"))

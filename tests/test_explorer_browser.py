@@ -6,10 +6,8 @@ The screenshot goes to `<outputs>/screenshots/explorer_jupyterlab.png`.
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,9 +28,9 @@ DEMO = r'''
 import numpy as np
 from pathlib import Path
 from PIL import Image
-from geolib import explorer as ex
-from geolib.crossview import Embedded, Evaluation, score_direction
-from geolib.datasets import ImageItem
+from geolib.apps import explorer as ex
+from geolib.evaluation.crossview import Embedded, Evaluation, score_direction
+from geolib.data.datasets import ImageItem
 
 def items(view, role):
     out = []

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from geolib import findings
+from geolib.apps import findings
 
 
 def rec(model, q, g, metrics, task="crossview", dataset="synthetic-smoke", **extra):

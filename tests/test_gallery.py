@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import make_image
-from geolib import gallery
-from geolib.datasets import GeoDataset, ImageItem
-from geolib.index import GalleryIndex
+from geolib.apps import gallery
+from geolib.data.datasets import GeoDataset, ImageItem
+from geolib.retrieval.index import GalleryIndex
 from geolib.records import read_records
 
 
@@ -52,7 +52,7 @@ def test_benchmark_records_and_findings():
     assert (rec["protocol"], rec["query_view"], rec["gallery_view"]) == ("localize-new-street-photo", "street", "drone")
     assert rec["metrics"] == {"R@1": 50.0, "R@5": 100.0}  # k=3 of 3 places: both within the top 5 and rec["config"]["photos"] == 2
     assert rec["config"]["counted_over"] == "distinct gallery places"
-    from geolib.localization import top_places
+    from geolib.retrieval.localize import top_places
 
     ex = gallery.Localized(photos[1], top_places(_index([0, 1, 2]), _unit([[1, 0, 0, 0]]), 2), None)
     assert ex.sentence("drone", 2) == "photo 1.jpg of place 1, against the drone gallery: the true place is not in the top-2"
@@ -68,8 +68,8 @@ def test_benchmark_photos_on_real_data_are_the_street_queries(tmp_path):
 
 
 def test_gallery_index_is_reused_only_for_the_model_that_built_it(tmp_path, one_torch_thread, capsys):
-    from geolib.config import phase1_model
-    from geolib.embcache import EmbeddingCache
+    from geolib.training.crossview import phase1_model
+    from geolib.evaluation.cache import EmbeddingCache
     from geolib.profiles import resolve
 
     p1 = resolve("smoke", "phase1")

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from conftest import bmp_header, make_image, png_header, truncate
-from geolib.images import ImageError, inspect_image, load_image
+from geolib.data.images import ImageError, inspect_image, load_image
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16"])
@@ -44,7 +44,7 @@ def test_truncated_and_non_images_name_the_file(tmp_path):
 
 def test_an_oversized_png_is_refused_from_its_header(tmp_path):
     """13,500² is past Pillow's DecompressionBombError (179 MP): the library's own error comes first."""
-    import geolib.images as images
+    import geolib.data.images as images
 
     big = tmp_path / "pano.png"
     big.write_bytes(png_header(13500, 13500))
@@ -70,8 +70,8 @@ def test_pillows_bomb_error_and_warning_become_image_errors(tmp_path):
 
 
 def test_the_size_limit_is_one_constant(tmp_path, monkeypatch):
-    import geolib.images as images
-    from geolib import localization
+    import geolib.data.images as images
+    from geolib.retrieval import localize as localization
 
     assert not hasattr(localization, "MAX_UPLOAD_PIXELS")
     monkeypatch.setattr(images, "MAX_PIXELS", 24 * 20 - 1)
@@ -83,7 +83,7 @@ def test_the_size_limit_is_one_constant(tmp_path, monkeypatch):
 
 
 def test_header_size_agrees_with_pillow(tmp_path):
-    from geolib.images import header_size
+    from geolib.data.images import header_size
 
     img = Image.new("RGB", (321, 123), "blue")
     exif = img.getexif()
@@ -107,6 +107,6 @@ def test_imagenet_statistics_are_timms():
     """The one mean/std pair must be the one timm's pretrained backbones expect."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from geolib.images import IMAGENET_MEAN, IMAGENET_STD
+    from geolib.data.images import IMAGENET_MEAN, IMAGENET_STD
 
     assert IMAGENET_MEAN == pytest.approx(IMAGENET_DEFAULT_MEAN) and IMAGENET_STD == pytest.approx(IMAGENET_DEFAULT_STD)

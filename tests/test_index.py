@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geolib.index import GalleryIndex
+from geolib.retrieval.index import GalleryIndex
 
 
 def gallery(n=12, d=8, seed=0):
@@ -35,7 +35,7 @@ def test_build_save_load_query(tmp_path):
 
 
 def test_from_items_takes_paths_places_and_coordinates_of_dataset_items():
-    from geolib.datasets import ImageItem
+    from geolib.data.datasets import ImageItem
 
     emb, paths, places, coords = gallery(n=4)
     items = [ImageItem(Path(p), "street", "test", "gallery", int(pl), float(c[0]), float(c[1]))
@@ -102,7 +102,7 @@ def test_approximate_factory_roundtrip(tmp_path):
 def test_flat_search_is_the_exact_topk_with_ties_by_index(tmp_path):
     """faiss rounds a pair differently alone and in a batch; a flat index must still answer as
     `evaluate.topk_search` does, duplicates ordered by gallery index, saved or not."""
-    from geolib.evaluate import topk_search
+    from geolib.evaluation.metrics import topk_search
 
     rng = np.random.default_rng(4)
     emb = rng.normal(size=(400, 24)).astype(np.float32)
@@ -122,7 +122,7 @@ def test_flat_search_is_the_exact_topk_with_ties_by_index(tmp_path):
 
 # ----------------------------------------------------------------------------- index choice
 
-from geolib.index import (AUTO_FLAT_MAX, AUTO_IVF_FLAT_MAX, IndexSpec, default_nlist, make_index,  # noqa: E402
+from geolib.retrieval.index import (AUTO_FLAT_MAX, AUTO_IVF_FLAT_MAX, IndexSpec, default_nlist, make_index,  # noqa: E402
                           resolve_spec, wants_gpu)
 
 EASY_PARAMS = {"flat": {}, "ivf-flat": {"nlist": 16, "nprobe": 4},

@@ -10,13 +10,13 @@ from PIL import Image
 
 import geolib
 from conftest import make_image, png_header
-from geolib import localization as loc
+from geolib.retrieval import localize as loc
 from geolib.checkpoint import save_checkpoint
-from geolib.datasets import ImageItem, default_transform
-from geolib.images import ImageError
-from geolib.index import GalleryIndex
+from geolib.data.datasets import ImageItem, default_transform
+from geolib.data.images import ImageError
+from geolib.retrieval.index import GalleryIndex
 from geolib.models import config_hash, create_model
-from geolib.train import embed_items
+from geolib.training.multiview import embed_items
 
 TINY = dict(img_size=32, embed_dim=16, fusion_dim=16,
             backbone_options={"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]})
@@ -92,7 +92,7 @@ def test_bytes_and_pil_images_give_the_same_answer_as_the_path(saved):
 
 
 def test_geolib_localize_stays_the_function_after_the_module_is_imported():
-    import geolib.localization  # noqa: F401
+    import geolib.retrieval.localize  # noqa: F401
 
     assert geolib.localize is loc.localize and callable(geolib.localize)
 
@@ -133,8 +133,8 @@ def test_bad_uploads_name_the_problem(monkeypatch):
 
 
 def test_explorer_upload_localizes_or_explains(saved, tmp_path):
-    from geolib import explorer as ex
-    from geolib.crossview import Embedded, Evaluation, score_direction
+    from geolib.apps import explorer as ex
+    from geolib.evaluation.crossview import Embedded, Evaluation, score_direction
 
     items = saved["items"]
     emb = embed_items(saved["model"], items, "street", default_transform(32))
@@ -166,7 +166,7 @@ def test_batch_query_and_localize_are_one_path(saved):
     (`model_for`, `embed_tensors`) and the index's search: same scores, same answer."""
     import torch
 
-    from geolib.images import load_image
+    from geolib.data.images import load_image
 
     index = GalleryIndex.load(saved["index_dir"])
     picked = saved["items"][1::3]

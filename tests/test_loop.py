@@ -1,4 +1,4 @@
-"""geolib.loop: the one training loop (resume, settings check, cap, selection, dry run)."""
+"""geolib.training.loop: the one training loop (resume, settings check, cap, selection, dry run)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from geolib.checkpoint import read_model_state
-from geolib.loop import LoopConfig, LoopResult, cosine_with_warmup, run
+from geolib.training.loop import LoopConfig, LoopResult, cosine_with_warmup, run
 
 X = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
 Y = (X[:, 0] > 0).long()

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from geolib.losses import (ArcFaceLoss, DistillationLoss, InfoNCE, InstanceLoss, SoftMarginTriplet,
+from geolib.training.losses import (ArcFaceLoss, DistillationLoss, InfoNCE, InstanceLoss, SoftMarginTriplet,
                            cosface_loss, make_pair_loss)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from geolib.paths import outputs_root
-from geolib.pipeline import discover, run_notebook
+from geolib.apps.pipeline import discover, run_notebook
 
 NOTEBOOKS = discover()
 

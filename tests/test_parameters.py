@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from geolib.config import SECTIONS
-from geolib.pipeline import check_parameters, discover, notebook_parameters
+from geolib.apps.pipeline import check_parameters, discover, notebook_parameters
 from geolib.profiles import NOTEBOOK_EXTRAS, NOTEBOOK_SECTIONS, from_parameters, section_keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def test_sampling_and_flip_tta_reach_notebook_02s_configuration():
     assert ns["cfg"]["sampling"] == "gps" and ns["cfg"]["flip_tta"] is True and ns["cfg"]["weight_decay"] == 0.5
     ns = _setup_namespace("02", {"sampling": "random", "flip_tta": False})
     assert ns["cfg"]["sampling"] == "random" and ns["cfg"]["flip_tta"] is False
-    from geolib.config import phase1_fit_options, phase1_train_config
+    from geolib.training.crossview import phase1_fit_options, phase1_train_config
 
     ns = _setup_namespace("02", {"sampling": "gps", "flip_tta": True})
     assert phase1_train_config(ns["cfg"]).sampling == "gps" and phase1_fit_options(ns["cfg"])["flip"] is True
@@ -90,7 +90,7 @@ def test_sampling_and_flip_tta_reach_notebook_02s_configuration():
 
 def test_loop_settings_reach_notebook_02s_train_config():
     """`-p grad_clip 0.5` etc. reach the loop: before these keys existed no profile key could."""
-    from geolib.config import phase1_train_config
+    from geolib.training.crossview import phase1_train_config
 
     ns = _setup_namespace("02", {"grad_clip": 0.5, "freeze": [".backbone."], "backbone_lr_scale": 0.25,
                                  "gps_near": 4, "gps_random": 2, "gps_pool": 9, "distill_loss": "mse",

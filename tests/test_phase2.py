@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import make_image, vpr_name
-from geolib import phase2
+from geolib.apps import geoclass as phase2
 
 
 def test_chance_recall_hand_made_and_brute_force():
@@ -77,7 +77,7 @@ def test_resolve_query_folders_single_several_and_missing(tmp_path, capsys):
 
 def _saved_models(tmp_path):
     """A toy root with its train split, a CosPlace and a D&C model saved from it (a step each)."""
-    from geolib import cosplace as C, divide_classify as D
+    from geolib.training import cosplace as C, dc as D
     from phase2_toy import build_toy_vpr
 
     root = build_toy_vpr(tmp_path / "world", n_cells=4, train_per_cell=4)
@@ -94,7 +94,7 @@ def test_evaluate_saved_models_on_a_test_only_root_and_on_val(tmp_path):
 
     import torch
 
-    from geolib import cosplace as C, divide_classify as D
+    from geolib.training import cosplace as C, dc as D
 
     torch.set_num_threads(1)
     root = _saved_models(tmp_path)
@@ -123,12 +123,13 @@ def test_evaluate_saved_models_on_a_test_only_root_and_on_val(tmp_path):
 
 
 def test_evaluations_cap_items_in_a_dry_run(tmp_path, monkeypatch):
-    from geolib import cosplace as C, dryrun
+    from geolib import dryrun
+    from geolib.training import cosplace as C
 
     db = [C.ImageItem(tmp_path / f"d{i}.png", "database", "test", "gallery") for i in range(40)]
     q = [C.ImageItem(tmp_path / f"q{i}.png", "query", "test", "query") for i in range(30)]
     embedded = []
-    monkeypatch.setattr("geolib.vpr_train.embed_paths",
+    monkeypatch.setattr("geolib.training.groups.embed_paths",
                         lambda model, paths, *a, **k: embedded.append(len(paths)) or np.eye(len(paths), 4, dtype=np.float32))
     monkeypatch.setattr(C, "retrieve", lambda *a, **k: None)
     monkeypatch.setenv(dryrun.ENV, "1")
@@ -141,7 +142,7 @@ def test_evaluations_cap_items_in_a_dry_run(tmp_path, monkeypatch):
 def _street_items(tmp_path):
     """Street images: train places 0-5 in regions 0/1 (4 images each), test places 10-13 in regions
     2/3 (a gallery and a query image each)."""
-    from geolib.datasets import ImageItem
+    from geolib.data.datasets import ImageItem
 
     items = []
     for p in range(6):

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from geolib.pipeline import NotebookFailed, discover, parse_value, run_notebook, select
+from geolib.apps.pipeline import NotebookFailed, discover, parse_value, run_notebook, select
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +54,7 @@ def test_cli_rejects_bad_selection_before_running():
 
 
 def test_a_misspelt_parameter_names_the_closest_accepted_one():
-    from geolib.pipeline import check_parameters
+    from geolib.apps.pipeline import check_parameters
 
     nbs = [p for p in discover() if p.name.startswith("02")]
     with pytest.raises(ValueError, match=r"'flip_ttta': did you mean 'flip_tta'\?.*accepted: "):

@@ -107,7 +107,7 @@ def test_every_field_is_documented_by_its_comment():
 
 
 def test_default_profile_values_reach_the_loop_config():
-    from geolib.config import phase1_fit_options, phase1_train_config
+    from geolib.training.crossview import phase1_fit_options, phase1_train_config
 
     cfg = resolve("default", "phase1", device="cpu", grad_clip=0.5, freeze=[".backbone."], backbone_lr_scale=0.25,
                   gps_near=8, gps_random=4, gps_pool=16)
@@ -117,7 +117,7 @@ def test_default_profile_values_reach_the_loop_config():
     assert (tc.epochs, tc.lr, tc.batch_size, tc.channels_last) == (30, 2e-3, 32, True)
     assert phase1_fit_options(cfg)["flip"] is True and phase1_fit_options(cfg)["max_minutes"] is None
     # a plain dict written before the new keys existed gets the loop's own defaults
-    from geolib.train import TrainConfig
+    from geolib.training.multiview import TrainConfig
 
     old = {k: v for k, v in cfg.items() if k not in ("grad_clip", "freeze", "gps_pool")}
     assert phase1_train_config(old).gps_pool == TrainConfig().gps_pool
@@ -153,7 +153,8 @@ def test_no_phase1_setting_is_silently_dropped(monkeypatch):
     import copy
 
     import geolib.models
-    from geolib.config import Phase1, phase1_fit_options, phase1_model, phase1_train_config
+    from geolib.config import Phase1
+    from geolib.training.crossview import phase1_fit_options, phase1_model, phase1_train_config
 
     read_elsewhere = {"preset": "dataroots.u1652", "teachers": "crossview.phase1_distillation",
                       "distill_loss": "crossview.phase1_distillation", "distill_weight": "crossview.phase1_distillation"}

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geolib.datasets import load_dataset, parse_vpr_name
-from geolib.release import TREES, write_release
+from geolib.data.datasets import load_dataset, parse_vpr_name
+from geolib.data.release import TREES, write_release
 from release_trees import MAKERS
 
 SIDE = "sidefiles"
@@ -23,7 +23,7 @@ SIDE = "sidefiles"
 def world_release(tmp_path_factory, one_torch_thread):
     """The smoke world and its release, shared by this module: 3 s to build with one torch
     thread, 14 s with two on busy shared cores (measured)."""
-    from geolib.world import build_world
+    from geolib.world.build import build_world
 
     base = tmp_path_factory.mktemp("release")
     root = build_world("smoke", seed=0, out=base / "world", progress=False, record=False)
@@ -100,7 +100,7 @@ def test_release_is_reused_and_refuses_a_foreign_folder(world_release, tmp_path)
 
 
 def test_build_world_release_flag_reuses_both(world_release):
-    from geolib.world import build_world
+    from geolib.world.build import build_world
 
     root, paths = world_release
     assert build_world("smoke", seed=0, out=root, progress=False, record=False, release=True) == root
@@ -124,7 +124,7 @@ def test_side_files_give_the_world_coordinates_and_regions(world_release):
 
 
 def test_every_release_tree_loads_without_errors(world_release):
-    from geolib.validate import check_data
+    from geolib.data.validate import check_data
 
     _, paths = world_release
     cases = [("university1652", "university1652", {}), ("vpr", "sf-xs", {"split": "train"}),
@@ -140,8 +140,8 @@ def test_every_release_tree_loads_without_errors(world_release):
 
 
 def test_sf_xs_train_is_one_group_with_one_heading_per_class(world_release):
-    from geolib import cosplace
-    from geolib.release import _class_and_group
+    from geolib.training import cosplace
+    from geolib.data.release import _class_and_group
 
     root, paths = world_release
     names = [p.name for p in (paths["sf-xs"] / "train").iterdir()]
@@ -162,7 +162,7 @@ def test_sf_xs_train_is_one_group_with_one_heading_per_class(world_release):
 
 
 def test_cosplace_train_items_from_plain_and_divided_train(world_release):
-    from geolib.cosplace import load_train_items
+    from geolib.training.cosplace import load_train_items
 
     root, paths = world_release
     plain = load_train_items(paths["sf-xs"])
@@ -229,7 +229,7 @@ def test_independent_tiny_trees_load(name, tmp_path):
         if fmt == "vigor":
             assert all(len(it.meta["semi_positives"]) == 3 for it in ds.select(role="query"))
     if name == "sf-xs":
-        from geolib.cosplace import divide_items, load_train_items
+        from geolib.training.cosplace import divide_items, load_train_items
 
         division = divide_items(load_train_items(root), min_images_per_class=5)
         assert division.num_groups == 1 and len(division.class_ids) == 4

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from geolib.paths import outputs_root
-from geolib.pipeline import discover, run_notebook
+from geolib.apps.pipeline import discover, run_notebook
 
 # Fields that measure the machine, not the method: seconds, minutes, throughput.
 MACHINE = re.compile(r"(^|_)(s|seconds|minutes|per_s)$|^(ms_per_image|minutes_total|created)$")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from geolib import records
 from geolib.paths import outputs_root
-from geolib.report import write_report
+from geolib.apps.report import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def test_report_columns_and_offline_plotly_and_widgets():
     import nbformat
     import plotly.graph_objects as go
 
-    from geolib.report import metrics_table_html
+    from geolib.apps.report import metrics_table_html
 
     rec = {"_source": "s", "task": "vpr", "protocol": "vpr-25m", "dataset": "d", "split": "test",
            "query_view": "query", "gallery_view": "database", "model": "m", "seed": 0,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from geolib import records
-from geolib.embedding import Preprocess
+from geolib.evaluation.embedding import Preprocess
 from geolib.results import Result, record
 
 
@@ -38,9 +38,9 @@ def test_record_arguments_win_and_missing_fields_are_refused():
 
 
 def test_family_results_are_results_with_their_old_fields():
-    from geolib.classifier import ClassificationResult
-    from geolib.cosplace import Retrieval, retrieve
-    from geolib.divide_classify import Localization
+    from geolib.training.hierarchical import ClassificationResult
+    from geolib.training.cosplace import Retrieval, retrieve
+    from geolib.training.dc import Localization
 
     rng = np.random.default_rng(0)
     db = rng.normal(size=(6, 4)).astype(np.float32)

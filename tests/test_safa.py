@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from conftest import make_image
-from geolib.datasets import load_dataset
-from geolib.render import polar_transform
-from geolib.safa import SAFAModel, SpatialAwareAggregation, evaluate_pairs, train_safa
-from geolib.train import TrainConfig
+from geolib.data.datasets import load_dataset
+from geolib.data.transforms import polar_transform
+from geolib.training.safa import SAFAModel, SpatialAwareAggregation, evaluate_pairs, train_safa
+from geolib.training.multiview import TrainConfig
 
 TINY = dict(backbone="resnet10t", pano_hw=(32, 64), sat_size=32, heads=2)
 
@@ -104,7 +104,7 @@ def test_train_transform_keeps_every_panorama_column_in_order():
     """SAFA's columns are bearings: training may not crop, flip or stretch part of the panorama."""
     from PIL import Image
 
-    from geolib.safa import view_transforms
+    from geolib.training.safa import view_transforms
 
     ramp = np.tile(np.linspace(0, 255, 160, dtype=np.float32), (40, 1)).astype(np.uint8)
     pano = Image.fromarray(np.stack([ramp] * 3, axis=-1))
@@ -139,7 +139,7 @@ def test_safa_pretrained_weights_load_or_fail_in_one_line_or_fall_back(monkeypat
 
 
 def test_train_safa_keeps_the_last_epoch_not_the_best_scoring_one(cvusa, tmp_path, monkeypatch):
-    from geolib import safa
+    from geolib.training import safa
     from geolib.checkpoint import read_checkpoint
 
     scores = iter([90.0, 10.0])  # the evaluation split would prefer epoch 1
@@ -166,8 +166,8 @@ def cvact(tmp_path):
 
 @pytest.mark.parametrize("layout", ["cvusa", "cvact"])
 def test_safa_row_runs_on_the_cvusa_and_cvact_release_layouts(layout, request, tmp_path):
-    from geolib import ablation as ab
-    from geolib.distill import RowRunner
+    from geolib.apps import ablation as ab
+    from geolib.training.distill4geo import RowRunner
 
     ds = request.getfixturevalue(layout)
     cfg = {"safa_backbone": "resnet10t", "pano_hw": [32, 64], "sat_size": 32, "safa_heads": 2, "epochs": 1,
@@ -189,7 +189,7 @@ class MeanColour(torch.nn.Module):
 def test_safa_evaluation_of_vigor_reports_the_hit_rate(tmp_path):
     from PIL import Image
 
-    from geolib.safa import evaluate_pairs
+    from geolib.training.safa import evaluate_pairs
 
     root, city = tmp_path / "vigor", "Chicago"
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]

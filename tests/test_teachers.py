@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, Dinov2Config
 
-from geolib.teachers import (TeacherCache, TeacherUnavailable, build_teacher_cache,
+from geolib.training.teachers import (TeacherCache, TeacherUnavailable, build_teacher_cache,
                              clip_teacher, create_teacher, describe, dinov2_teacher,
                              efficientnet_lite0_teacher, load_teachers, timm_teacher)
 
@@ -134,7 +134,7 @@ def test_cache_default_loader_reads_images(tmp_path):
 def test_image_distillation_targets_are_the_same_images_teacher_embeddings():
     from types import SimpleNamespace as Item
 
-    from geolib.teachers import ImageDistillation
+    from geolib.training.teachers import ImageDistillation
 
     items = [Item(path=f"p{i}", view=v, label=lab) for i, (v, lab) in
              enumerate([("drone", 5), ("drone", 5), ("drone", 9), ("street", 5), ("street", 9)])]
@@ -164,7 +164,7 @@ def tiny_dirs(tmp_path_factory):
 
 
 def test_tiny_released_layout_teachers_load_through_the_real_code(tiny_dirs):
-    from geolib.teachers import CLIP_STD, IMAGENET_STD
+    from geolib.training.teachers import CLIP_STD, IMAGENET_STD
 
     clip_spec, dino_spec = tiny_dirs
     assert clip_spec.startswith("clip:") and dino_spec.startswith("dinov2:")

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from conftest import make_image
-from geolib.datasets import default_transform, load_dataset
-from geolib.train import (MultiViewPlaces, PlaceBatchSampler, TrainConfig, cosine_with_warmup, fit, place_loader,
+from geolib.data.datasets import default_transform, load_dataset
+from geolib.training.multiview import (MultiViewPlaces, PlaceBatchSampler, TrainConfig, cosine_with_warmup, fit, place_loader,
                           gps_neighbours)
 
 
@@ -152,7 +152,7 @@ def test_a_run_stopped_by_its_budget_evaluates_its_last_epoch(places, tmp_path):
 
 
 def test_an_evaluation_that_uses_up_the_budget_ends_the_run(places, tmp_path, monkeypatch):
-    import geolib.loop as L
+    import geolib.training.loop as L
 
     now = [0.0]
     monkeypatch.setattr(L.time, "perf_counter", lambda: now[0])
@@ -196,7 +196,7 @@ def test_a_finished_run_is_reused_and_a_longer_one_continues_it(places, tmp_path
 
 
 def test_channels_last_training_matches_the_default_layout(places, tmp_path):
-    from geolib.train import input_format
+    from geolib.training.multiview import input_format
 
     runs = {}
     for cl in (False, True):
@@ -233,7 +233,7 @@ def test_frozen_parts_keep_weights_and_batchnorm_statistics(places, tmp_path):
 
 
 def test_backbone_parameters_get_their_own_learning_rate():
-    from geolib.train import param_groups
+    from geolib.training.multiview import param_groups
 
     groups = param_groups(BNNet(), 1e-2, backbone_scale=0.1)
     assert [g["lr"] for g in groups] == [1e-3, 1e-2]
@@ -254,7 +254,7 @@ def test_keeping_the_last_epoch_writes_best_once_when_the_run_ends(places, tmp_p
 
 def test_loader_workers_draw_each_epochs_images(tmp_path):
     """A worker process must see `set_epoch`: the same draws as in-process loading, and new ones each epoch."""
-    from geolib.datasets import ImageItem
+    from geolib.data.datasets import ImageItem
 
     items = [ImageItem(make_image(tmp_path / v / f"{p}" / f"{j}.png", seed=100 * p + 10 * j + len(v), size=(16, 16)),
                        v, "train", "train", p) for p in range(4) for v in ("street", "drone") for j in range(4)]

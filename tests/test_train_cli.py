@@ -4,7 +4,7 @@ import argparse
 import pytest
 
 from geolib.config import Phase1
-from geolib.train_cli import build_parser, main
+from geolib.apps.train_cli import build_parser, main
 
 
 def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -34,7 +34,7 @@ def test_flags_parse_by_the_fields_type():
 
 
 def test_flags_reach_the_train_config():
-    from geolib.config import phase1_train_config
+    from geolib.training.crossview import phase1_train_config
     from geolib.profiles import resolve
 
     args = build_parser().parse_args(["--profile", "smoke", "--grad-clip", "0.5", "--freeze", '[".backbone."]',

@@ -4,8 +4,8 @@ import sys
 import pytest
 
 from conftest import make_image, png_header, vpr_name
-from geolib.datasets import load_dataset
-from geolib.validate import check_data, main
+from geolib.data.datasets import load_dataset
+from geolib.data.validate import check_data, main
 
 
 def test_check_data_broken_tree_names_both_files_and_exits_1(broken_university_root, capsys):

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geolib import phase2, vpr_compare as V
-from geolib.datasets import ImageItem
-from geolib.needs import Needs
+from geolib.apps import geoclass as phase2, vpr_compare as V
+from geolib.data.datasets import ImageItem
+from geolib.training.needs import Needs
 from geolib.records import read_records
 
 

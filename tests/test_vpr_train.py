@@ -1,9 +1,9 @@
 """vpr_train: batched per-image augmentation (identities, ranges, per-image draws), Phase 2 training through
-geolib.loop (dry-run caps, resume checks), and the rules for a folder that already holds a saved model."""
+geolib.training.loop (dry-run caps, resume checks), and the rules for a folder that already holds a saved model."""
 import pytest
 import torch
 
-from geolib.vpr_train import Augment, color_jitter, normalize, random_resized_crop
+from geolib.training.groups import Augment, color_jitter, normalize, random_resized_crop
 
 
 def _batch(n=6, size=16, seed=0):
@@ -56,7 +56,7 @@ def _tiny_run(out_dir=None, epochs=3, batches=5, lr=0.1):
 
     from torch import nn
 
-    from geolib.vpr_train import run_training, training_settings
+    from geolib.training.groups import run_training, training_settings
 
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
@@ -99,7 +99,7 @@ def test_an_unfinished_run_of_other_settings_is_refused(tmp_path):
     """The loop keeps the settings flat in `last`; both the folder check and the loop name the change."""
     import json
 
-    from geolib.vpr_train import run_settings, saved_model_state, training_settings
+    from geolib.training.groups import run_settings, saved_model_state, training_settings
 
     _tiny_run(tmp_path / "run", epochs=2)
     config = json.loads((tmp_path / "run" / "last.json").read_text())["meta"]["config"]
@@ -113,7 +113,7 @@ def test_an_unfinished_run_of_other_settings_is_refused(tmp_path):
 
 
 def test_default_optimisation_fields_stay_out_of_the_settings():
-    from geolib.vpr_train import LOOP_DEFAULTS, training_settings
+    from geolib.training.groups import LOOP_DEFAULTS, training_settings
 
     assert training_settings({"lr": 1.0, **LOOP_DEFAULTS}) == {"lr": 1.0}  # saved models keep their hash
     assert training_settings({"lr": 1.0, **LOOP_DEFAULTS, "grad_clip": 1.0}) == {"lr": 1.0, "grad_clip": 1.0}
@@ -123,7 +123,7 @@ def test_saved_model_state_rules(tmp_path, monkeypatch):
     from torch import nn
 
     from geolib import dryrun
-    from geolib.vpr_train import save_model_files, saved_model_state, settings_hash
+    from geolib.training.groups import save_model_files, saved_model_state, settings_hash
 
     a = {"lr": 0.1, "epochs": 2}
     assert saved_model_state(None, "x", a) == "none" and saved_model_state(tmp_path, "x", a) == "train"

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from geolib import export as E
-from geolib import render as R
-from geolib import world as W
-from geolib import world_build as B
+from geolib.world import export as E
+from geolib.world import render as R
+from geolib.world import generate as W
+from geolib.world import build as B
 from geolib.coords import latlon_to_utm, utm_to_latlon
-from geolib.transforms import polar_transform
+from geolib.data.transforms import polar_transform
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_vpr_layout_names_and_positives(smoke_roots):
 
 
 def test_exports_pass_check_data(smoke_roots):
-    validate = pytest.importorskip("geolib.validate")
+    validate = pytest.importorskip("geolib.data.validate")
     for fmt in ("university1652", "cvusa", "vpr"):
         ds = validate.check_data(fmt, smoke_roots["a"] / fmt, progress=False)
         assert not ds.errors, (fmt, ds.errors[:3])
@@ -133,16 +133,6 @@ def test_utm_inverse_known_point_and_round_trip():
     assert utm_to_latlon(e, n, 34, northern=False) == pytest.approx((-33.9, 18.4), abs=1e-8)
     with pytest.raises(ValueError, match="zone"):
         latlon_to_utm(45.0, 15.0, 61)
-
-
-def test_old_world_names_still_reach_the_build_module():
-    """Callers outside the world modules import these from geolib.world; they moved to world_build."""
-    from geolib.world import build_world, latlon_to_utm as old_utm
-
-    assert build_world is B.build_world and W.cli is B.cli and old_utm is latlon_to_utm
-    assert R.polar_transform is polar_transform  # safa.py and exploration.py still import it from render
-    with pytest.raises(AttributeError):
-        W.no_such_name  # noqa: B018
 
 
 def test_polar_transform_bottom_row_is_tile_centre_and_south_is_column_zero():
@@ -229,7 +219,7 @@ def test_views_look_at_their_place(smoke_world):
 
 
 def test_facade_colour_is_hue_rotated_roof_colour():
-    from geolib.baselines import rgb_to_hsv
+    from geolib.world.baselines import rgb_to_hsv
 
     roof = (40.0, 0.5, 0.7)
     h, s, _ = rgb_to_hsv(W.facade_colour(roof)[None])[0]

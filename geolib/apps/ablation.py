@@ -1,0 +1,421 @@
+"""Notebook 03's rows: Phase 1 ablation (A), Distill4Geo students (B), SAFA (C).
+
+Every row is one training run through geolib's loops, then the same evaluation and `model_cost`;
+its numbers go to a row JSON (`RowRunner`, so a rerun skips finished rows) and to the metrics
+records (`task` crossview / distillation, with protocol and cost). The notebook only picks rows.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..training.distill4geo import RowRunner
+
+SOURCE = "03_distillation_ablation"
+PART_A_DIRECTIONS = (("street", "drone"), ("drone", "satellite"))
+
+# Row name → the Phase 1 options it changes (on top of the profile's phase1 section).
+PART_A_ROWS: dict[str, dict[str, Any]] = {
+    "A/full": {},
+    "A/no-l2l": {"l2l": False},
+    "A/no-fusion": {"fusion": False},
+    "A/attention-pool": {"pooling": "attention"},
+    "A/gem-pool": {"pooling": "gem"},
+    "A/triplet": {"loss": "triplet"},
+}
+
+
+def part_a_rows(phase1: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows that change something in this profile's Phase 1 (GeM vs attention: whichever is not
+    already the base), so no row is a silent duplicate of `A/full`."""
+    return {name: ch for name, ch in PART_A_ROWS.items()
+            if name == "A/full" or any(phase1.get(k) != v for k, v in ch.items())}
+
+
+def part_c_rows(heads: Sequence[int]) -> dict[str, dict[str, Any]]:
+    rows = {"C/safa-polar": {"polar": True}, "C/safa-raw": {"polar": False},
+            "C/gem-polar": {"polar": True, "aggregation": "gem"}}
+    rows.update({f"C/safa-polar-k{k}": {"polar": True, "heads": int(k)} for k in heads})
+    return rows
+
+
+def part_b_rows(students: Sequence[str], perturb: Sequence[bool], part: str = "B") -> dict[str, dict[str, Any]]:
+    """`<part>/student-<backbone>-plain|mp`; `part="B2"` names the rows on the pairs dataset."""
+    return {f"{part}/student-{s}-{'mp' if p else 'plain'}": {"backbone": s, "perturb": bool(p)}
+            for s in students for p in perturb}
+
+
+def selected(rows: Mapping[str, Any], wanted: Sequence[str] | None) -> list[str]:
+    """Rows named in `wanted`, or starting with a `wanted` entry that names no row (`["A",
+    "C/safa-polar"]` takes all of part A and that one row, not `C/safa-polar-k1`); all when None."""
+    from .. import dryrun
+
+    if wanted is None:
+        picked = list(rows)
+    else:
+        exact = [w for w in wanted if w in rows]
+        prefixes = [w for w in wanted if w not in rows]
+        picked = [r for r in rows if r in exact or any(r.startswith(p) for p in prefixes)]
+    return picked[:1] if dryrun.active() else picked  # a dry run checks each part's path once
+
+
+def checkpoint_id(path: str | Path) -> str:
+    """`<path>@<sha1 of its JSON and weights>`: rows keyed on it rerun when the checkpoint changes."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha1()
+    for f in sorted(path.parent.glob(path.name + ".*")):
+        h.update(f.read_bytes())
+    return f"{path}@{h.hexdigest()[:12]}"
+
+
+def _directions(ev: Any) -> dict[str, dict[str, float]]:
+    """Metrics per direction, with the query count: one query's worth of recall is the resolution."""
+    return {k: {**r.metrics, "queries": r.n_queries} for k, r in ev.results.items()}
+
+
+def _cost(model: torch.nn.Module, size: int | tuple[int, int], view: str, runs: int) -> dict[str, float]:
+    from ..evaluation.cost import model_cost
+
+    return model_cost(model, size, runs=runs, view=view)
+
+
+# --------------------------------------------------------------------------- part A
+
+def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[str, Any], out: Path,
+                   runner: RowRunner, dataset: str, backbone_from: str | Path | None = None) -> dict[str, Any]:
+    """Train one Phase 1 variant; R@1/R@5/AP on street→drone and drone→satellite, and its cost.
+
+    `backbone_from` (a trained Phase 1 checkpoint, notebook 02's): every row starts from its
+    backbone, frozen, and trains only its own neck, pooling and loss. A minute on a CPU cannot
+    train a backbone, so without this every row lands near chance and the table shows cost only;
+    with it, rows differ in exactly the part they change, on the same trained features.
+    """
+    from ..training.crossview import phase1_fit_options, phase1_model
+    from ..evaluation.crossview import evaluate_crossview, record_evaluation
+    from ..training.crossview import train_crossview
+    from ..training.multiview import TrainConfig
+
+    p = {**cfg["phase1"], **changes}
+    row_cfg = {"row": name, **{k: p[k] for k in ("model", "image_size", "model_options", "l2l", "fusion",
+                                                 "pooling", "loss")}, "epochs": cfg["epochs"],
+               "batch_size": cfg["batch_size"], "lr": p["lr"], "minutes": cfg["minutes_per_row"],
+               "dataset": dataset, "seed": cfg["seed"],
+               "backbone_from": checkpoint_id(backbone_from) if backbone_from else None}
+
+    def train() -> dict[str, Any]:
+        torch.manual_seed(cfg["seed"])
+        model = phase1_model(p)
+        if backbone_from:
+            load_backbone(model, backbone_from)
+        tc = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=p["lr"], device=cfg["device"],
+                         seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]),
+                         channels_last=p.get("channels_last", False),
+                         freeze=(".backbone.",) if backbone_from else ())
+        ck = out / name.replace("/", "_")
+        res = train_crossview(model, ds, tc, ck, **{**phase1_fit_options(p), "max_minutes": cfg["minutes_per_row"]},
+                              eval_directions=(), progress=False)
+        ev = evaluate_crossview(model, ds, p["image_size"], PART_A_DIRECTIONS, cfg["device"])
+        cost = _cost(model, p["image_size"], "street", cfg["cost_runs"])
+        record_evaluation(ev, source=SOURCE, model=f"phase1-{name.split('/')[1]}", dataset=dataset,
+                          profile=cfg["profile"], seed=cfg["seed"], config=row_cfg, extra_metrics=cost)
+        return {"directions": _directions(ev), "cost": cost, "history": res.history,
+                "checkpoint": str(res.last_path), "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}
+
+    return runner.run(name, row_cfg, train)
+
+
+def load_backbone(model: torch.nn.Module, checkpoint: str | Path) -> int:
+    """Copy a Phase 1 checkpoint's backbone weights into `model` (same backbone and view layout);
+    returns how many tensors were copied."""
+    from ..checkpoint import read_model_state
+
+    _, state = read_model_state(checkpoint)
+    picked = {k: v for k, v in state.items() if ".backbone." in k}
+    own = {k for k in model.state_dict() if ".backbone." in k}
+    if not picked or set(picked) != own:
+        missing, extra = sorted(own - set(picked))[:3], sorted(set(picked) - own)[:3]
+        raise ValueError(f"{checkpoint}: its backbone does not fit this row's model (missing {missing}, "
+                         f"unexpected {extra}); rows warm-start from a checkpoint of the same backbone and views")
+    model.load_state_dict(picked, strict=False)
+    return len(picked)
+
+
+# --------------------------------------------------------------------------- part B
+
+def run_teacher_row(teacher: torch.nn.Module, ds: Any, cfg: Mapping[str, Any], runner: RowRunner,
+                    dataset: str, teacher_id: str) -> dict[str, Any]:
+    """The teacher's own R@1 and cost, the reference every student is compared to."""
+    from ..evaluation.crossview import record_evaluation
+
+    size = int(teacher.img_size)
+    row_cfg = {"row": "B/teacher", "teacher": teacher_id, "dataset": dataset}
+
+    def run() -> dict[str, Any]:
+        ev = _evaluate(teacher, ds, size, PART_A_DIRECTIONS, cfg["device"])
+        cost = _cost(teacher, size, "street", cfg["cost_runs"])
+        record_evaluation(ev, source=SOURCE, model="teacher", dataset=dataset, profile=cfg["profile"],
+                          seed=cfg["seed"], config=row_cfg, task="distillation", extra_metrics=cost)
+        return {"directions": _directions(ev), "cost": cost}
+
+    return runner.run("B/teacher", row_cfg, run)
+
+
+def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module, ds: Any,
+                    cfg: Mapping[str, Any], out: Path, runner: RowRunner, dataset: str, teacher_id: str,
+                    caches: dict[bool, Any], views: Sequence[str] | None = None,
+                    directions: Sequence[tuple[str, str]] = PART_A_DIRECTIONS,
+                    split: str = "test") -> dict[str, Any]:
+    """Distil one student; teacher embeddings come from `caches` (filled once per perturb setting).
+
+    `views` (default `cfg["views"]`), `directions` and the evaluation `split` make the same row run
+    on a pairs dataset: `("panorama", "satellite")`, panorama→satellite on `cvusa_splits(ds)[1]`,
+    recorded under protocol `cvusa` (`vigor-hit` with the hit rate on VIGOR).
+    """
+    from ..evaluation.crossview import record_evaluation
+    from ..training.distill4geo import (DistillConfig, StudentModel, cache_teacher, fit_student, loaded_weights, save_student,
+                          train_items, weights_status)
+    from ..models import config_hash
+
+    views = tuple(views or cfg["views"])
+    size = int(cfg["student_image_size"])
+    pretrained = cfg.get("student_pretrained", "available")
+    weights = weights_status(spec["backbone"], pretrained)
+    row_cfg = {"row": name, "teacher": teacher_id, "backbone": spec["backbone"], "perturb": spec["perturb"],
+               "image_size": size, "epochs": cfg["student_epochs"], "batch_size": cfg["student_batch_size"],
+               "lr": cfg["student_lr"], "copies": cfg["copies"], "dataset": dataset, "seed": cfg["seed"],
+               "weights": weights}
+
+    def run() -> dict[str, Any]:
+        perturb = bool(spec["perturb"])
+        if perturb not in caches:
+            caches[perturb] = cache_teacher(teacher, train_items(ds, views), int(teacher.img_size), perturb,
+                                            cfg["copies"], cfg["seed"], device=cfg["device"])
+        torch.manual_seed(cfg["seed"])
+        student = StudentModel(spec["backbone"], views, caches[perturb].dim, size,
+                               pretrained=loaded_weights(pretrained, weights),
+                               gray_world=bool(getattr(teacher, "config", {}).get("gray_world", False)))
+        dc = DistillConfig(backbone=spec["backbone"], views=views, image_size=size, epochs=cfg["student_epochs"],
+                           batch_size=cfg["student_batch_size"], lr=cfg["student_lr"], perturb=perturb,
+                           copies=cfg["copies"], seed=cfg["seed"], device=cfg["device"],
+                           minutes=cfg["minutes_per_row"])
+        ckpt = out / "runs" / f"{name.replace('/', '_')}-{config_hash(row_cfg)}"  # one folder per row settings
+        res = fit_student(student, caches[perturb], dc, ckpt)
+        history = res.history
+        path = save_student(student, out / name.replace("/", "_"))
+        ev = _evaluate(student, ds, size, directions, cfg["device"], split)
+        cost = _cost(student, size, directions[0][0], cfg["cost_runs"])
+        record_evaluation(ev, source=SOURCE, model=f"student-{spec['backbone']}" + ("-mp" if perturb else ""),
+                          dataset=dataset, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg,
+                          task="distillation", extra_metrics=cost, protocol=_protocol(ds), split=split)
+        return {"directions": _directions(ev), "cost": cost, "history": history, "checkpoint": str(path),
+                "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}
+
+    return runner.run(name, row_cfg, run)
+
+
+PAIRS_VIEWS = ("panorama", "satellite")
+PAIRS_DIRECTIONS = (("panorama", "satellite"),)
+
+
+def _protocol(ds: Any) -> str:
+    """University-1652's protocol on its layout; `cvusa` on CVUSA/CVACT pairs, `vigor-hit` on VIGOR."""
+    from ..evaluation.crossview import PROTOCOL_UNIVERSITY
+    from ..evaluation.metrics import PROTOCOL_VIGOR
+    from ..training.safa import PROTOCOL_CVUSA
+
+    fmt = getattr(ds, "format", None)
+    return PROTOCOL_VIGOR if fmt == "vigor" else PROTOCOL_CVUSA if fmt in ("cvusa", "cvact") else PROTOCOL_UNIVERSITY
+
+
+def _evaluate(model: torch.nn.Module, ds: Any, size: int, directions: Sequence[tuple[str, str]], device: str,
+              split: str = "test") -> Any:
+    """`evaluate_crossview`, reported as each layout's protocol: on pairs R@1/5/10/1% without AP
+    (one true tile per query, AP would only restate its rank), and on VIGOR the hit rate as well
+    (top-1 is the positive or one of its semi-positives), read from the same embeddings."""
+    from ..evaluation.crossview import evaluate_crossview
+
+    ev = evaluate_crossview(model, ds, size, directions, device, split=split)
+    if getattr(ds, "format", None) not in ("cvusa", "cvact", "vigor"):
+        return ev
+    from ..evaluation.metrics import vigor_metrics
+    from ..training.safa import vigor_truth
+
+    for r in ev.results.values():
+        r.metrics.pop("AP", None)
+        if ds.format == "vigor":
+            qs, gs = ev.sets[("query", r.query)], ev.sets[("gallery", r.gallery)]
+            r.metrics["hit_rate"] = vigor_metrics(qs.emb, gs.emb, *vigor_truth(qs.items, gs.items))["hit_rate"]
+    return ev
+
+
+def paired_train(ds: Any, views: Sequence[str] = PAIRS_VIEWS) -> Any:
+    """`ds` with only the train items whose label every view has (the evaluation splits untouched).
+
+    VIGOR's train split holds many tiles that are no panorama's positive; they pair with nothing, so
+    a contrastive teacher cannot use them, and a dry run that caps the train split by label could
+    keep only such tiles.
+    """
+    from dataclasses import replace
+
+    train = [it for it in ds.items if it.split == "train"]
+    shared = set.intersection(*({it.label for it in train if it.view == v} for v in views))
+    if not shared:
+        raise ValueError(f"{ds.root}: no train pair has every view {list(views)}; the teacher needs a "
+                         "train split of panorama/satellite pairs (a CVUSA, CVACT or VIGOR root with its train split)")
+    return replace(ds, items=[it for it in ds.items if it.split != "train" or it.label in shared])
+
+
+def run_pairs_teacher_row(ds: Any, cfg: Mapping[str, Any], out: Path, runner: RowRunner,
+                          dataset: str) -> Path:
+    """Train Distill4Geo's teacher on a CVUSA/CVACT/VIGOR train split; returns its checkpoint.
+
+    The teacher is Sample4Geo-style: the profile's Phase 1 model with one encoder shared by
+    panorama and satellite, trained with InfoNCE through `train_crossview`. Its row ("B2/teacher",
+    task distillation, model teacher) holds panorama→satellite R@1/5/10/1% on the evaluation split
+    (`cvusa_splits`: val for CVUSA/CVACT, test for VIGOR; the hit rate too on VIGOR) and its cost.
+
+    Simplification (geolocal's, not the paper's): the panorama is resized to the model's square
+    input (the CPU default's EfficientNet-Lite0, like Swin, takes one square size), not kept at its
+    aspect ratio; training uses that plain resize, no crop, so both views keep all their pixels.
+    """
+    from ..training.crossview import phase1_model
+    from ..evaluation.crossview import record_evaluation
+    from ..training.crossview import train_crossview
+    from ..data.datasets import default_transform
+    from ..training.safa import cvusa_splits
+    from ..training.multiview import TrainConfig
+
+    p = dict(cfg["phase1"])
+    layout = {v: "shared" for v in PAIRS_VIEWS}
+    p["model_options"] = {**(p.get("model_options") or {}), "views": layout}
+    size = int(p["image_size"])
+    eval_split = cvusa_splits(ds)[1]
+    name = "B2/teacher"
+    row_cfg = {"row": name, **{k: p[k] for k in ("model", "image_size", "model_options", "l2l", "fusion", "pooling")},
+               "loss": "infonce", "epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "lr": p["lr"],
+               "minutes": cfg["minutes_per_row"], "dataset": dataset, "split": eval_split, "seed": cfg["seed"]}
+
+    def train() -> dict[str, Any]:
+        torch.manual_seed(cfg["seed"])
+        model = phase1_model(p)
+        pairs = paired_train(ds)
+        n_train = len({it.label for it in pairs.items if it.split == "train"})
+        # a batch is at most every train pair (a tiny tree, a capped dry run): InfoNCE needs no more
+        tc = TrainConfig(views=PAIRS_VIEWS, epochs=cfg["epochs"], batch_size=min(int(cfg["batch_size"]), n_train),
+                         lr=p["lr"], weight_decay=p.get("weight_decay", 0.05), warmup=p.get("warmup", 0.1),
+                         device=cfg["device"], seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]),
+                         channels_last=p.get("channels_last", False))
+        res = train_crossview(model, pairs, tc, out / name.replace("/", "_"), image_size=size, loss="infonce",
+                              eval_directions=(), max_minutes=cfg["minutes_per_row"], progress=False,
+                              preload=p.get("preload", False), transform=default_transform(size))
+        ev = _evaluate(model, ds, size, PAIRS_DIRECTIONS, cfg["device"], eval_split)
+        cost = _cost(model, size, "panorama", cfg["cost_runs"])
+        record_evaluation(ev, source=SOURCE, model="teacher", dataset=dataset, profile=cfg["profile"],
+                          seed=cfg["seed"], config=row_cfg, protocol=_protocol(ds), split=eval_split,
+                          task="distillation", extra_metrics=cost)
+        return {"directions": _directions(ev), "cost": cost, "history": res.history,
+                "checkpoint": str(res.last_path), "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}
+
+    return Path(runner.run(name, row_cfg, train)["results"]["checkpoint"])
+
+
+# --------------------------------------------------------------------------- part C
+
+def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[str, Any], out: Path,
+                 runner: RowRunner, dataset: str) -> dict[str, Any]:
+    """Train one SAFA variant on a CVUSA- or CVACT-layout dataset (the same path for both); R@1/5/10/1%
+    (protocol `cvusa`, or `vigor-hit` with the hit rate on VIGOR) and cost.
+
+    `cfg["safa_pretrained"]` (default "available"): ImageNet-initialised backbones where the weights
+    are found; where they came from is part of the row's config.
+    """
+    from .. import dryrun
+    from ..training.distill4geo import loaded_weights, weights_status
+    from ..evaluation.metrics import PROTOCOL_VIGOR
+    from ..results import record
+    from ..training.safa import PROTOCOL_CVUSA, SAFAModel, cvusa_splits, evaluate_pairs, train_safa
+    from ..training.multiview import TrainConfig
+
+    pretrained = cfg.get("safa_pretrained", "available")
+    opts = {"backbone": cfg["safa_backbone"], "pano_hw": tuple(cfg["pano_hw"]), "sat_size": cfg["sat_size"],
+            "heads": cfg["safa_heads"], "aggregation": "sa", **changes}
+    weights = weights_status(opts["backbone"], pretrained)
+    eval_split = cvusa_splits(ds)[1]
+    row_cfg = {"row": name, **opts, "pano_hw": list(opts["pano_hw"]), "epochs": cfg["epochs"],
+               "batch_size": cfg["batch_size"], "lr": cfg["safa_lr"], "minutes": cfg["minutes_per_row"],
+               "dataset": dataset, "seed": cfg["seed"], "weights": weights, "select": "last",
+               "jitter": cfg.get("safa_jitter", 0.0)}
+
+    def run() -> dict[str, Any]:
+        torch.manual_seed(cfg["seed"])
+        model = SAFAModel(**opts, pretrained=loaded_weights(pretrained, weights))
+        tc = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["safa_lr"],
+                         device=cfg["device"], seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]))
+        res = train_safa(model, ds, tc, out / name.replace("/", "_"), max_minutes=cfg["minutes_per_row"],
+                         progress=False, jitter=row_cfg["jitter"])
+        result = evaluate_pairs(model, ds, model.input_sizes(), eval_split, device=cfg["device"])
+        metrics = dict(result.metrics)
+        cost = _cost(model, tuple(opts["pano_hw"]), "panorama", cfg["cost_runs"])
+        protocol = PROTOCOL_VIGOR if ds.format == "vigor" else PROTOCOL_CVUSA
+        record(result, source=SOURCE, task="crossview", protocol=protocol, dataset=dataset, split=eval_split,
+               views=("panorama", "satellite"), model=f"safa-{name.split('/')[1]}",
+               metrics={**metrics, **cost}, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg)
+        n = len(dryrun.items(ds.select(view="panorama", split=eval_split)))  # the queries evaluated
+        return {"directions": {"panorama→satellite": {**metrics, "queries": n}}, "cost": cost, "history": res.history,
+                "checkpoint": str(res.last_path), "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}
+
+    return runner.run(name, row_cfg, run)
+
+
+# --------------------------------------------------------------------------- tables
+
+def results_table(rows: Sequence[Mapping[str, Any]], direction: str | None = None,
+                  reference: Mapping[str, Any] | None = None):
+    """One line per (row, direction): R@1/5/10/1%, AP, params, GFLOPs, ms; ratios to `reference`."""
+    import pandas as pd
+
+    out = []
+    for row in rows:
+        res = row["results"]
+        for d, m in res["directions"].items():
+            if direction is not None and d != direction:
+                continue
+            line = {"row": row["name"], "direction": d, **{k: m.get(k) for k in ("R@1", "R@5", "R@10", "R@1%", "AP", "hit_rate",
+                                                                                 "queries") if k in m},
+                    "params_M": res["cost"]["params"] / 1e6, "gflops": res["cost"]["gflops"],
+                    "ms_per_image": res["cost"]["ms_per_image"]}
+            if reference is not None:
+                rc = reference["results"]["cost"]
+                line["params_ratio"] = rc["params"] / max(1, res["cost"]["params"])
+                line["gflops_ratio"] = rc["gflops"] / max(1e-9, res["cost"]["gflops"])
+            out.append(line)
+    return pd.DataFrame(out)
+
+
+def resolution(queries: Any) -> float:
+    """The smallest recall change worth a word: one point, or one query's worth when queries are few."""
+    try:
+        return max(1.0, 100.0 / float(queries))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return 1.0
+
+
+def effect_sentences(table: Any, baseline: str, metric: str = "R@1") -> list[str]:
+    """"<row>: R@1 x vs y for the baseline (±d points)"; "no measurable effect" when the change is
+    within one query's worth of recall (or under 1 point)."""
+    lines = []
+    for direction, group in table.groupby("direction"):
+        base = group[group["row"] == baseline]
+        if base.empty:
+            continue
+        b = float(base[metric].iloc[0])
+        res = resolution(base["queries"].iloc[0]) if "queries" in base else 1.0
+        for _, r in group[group["row"] != baseline].iterrows():
+            d = float(r[metric]) - b
+            verdict = "no measurable effect" if abs(d) <= res + 1e-9 else f"{d:+.1f} points"
+            lines.append(f"- {direction}, **{r['row']}**: {metric} {r[metric]:.1f} vs {b:.1f} for {baseline} ({verdict}).")
+    return lines

