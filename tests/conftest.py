@@ -42,6 +42,18 @@ def _isolated_outputs(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("GEOLIB_OUTPUTS", str(root))
 
 
+@pytest.fixture
+def pipeline_outputs(tmp_path_factory, monkeypatch) -> Path:
+    """The root the notebooks' smoke run shares (test_notebooks writes it, test_repeatability compares
+    a second run against it), apart from the session's: unit tests also write smoke records, and
+    theirs must not land among the pipeline's."""
+    if "GEOLIB_OUTPUTS_KEEP" in os.environ:
+        return Path(os.environ.get("GEOLIB_OUTPUTS") or "outputs")
+    root = tmp_path_factory.getbasetemp() / "pipeline"
+    monkeypatch.setenv("GEOLIB_OUTPUTS", str(root))
+    return root
+
+
 def make_image(path: Path, seed: int = 0, size: tuple[int, int] = (24, 20), mode: str = "RGB") -> Path:
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)

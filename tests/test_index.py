@@ -101,7 +101,7 @@ def test_approximate_factory_roundtrip(tmp_path):
 
 def test_flat_search_is_the_exact_topk_with_ties_by_index(tmp_path):
     """faiss rounds a pair differently alone and in a batch; a flat index must still answer as
-    `evaluate.topk_search` does, duplicates ordered by gallery index, saved or not."""
+    `metrics.topk_search` does, duplicates ordered by gallery index, saved or not."""
     from geolib.evaluation.metrics import topk_search
 
     rng = np.random.default_rng(4)

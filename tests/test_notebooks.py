@@ -12,9 +12,9 @@ NOTEBOOKS = discover()
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_smoke(notebook: Path):
+def test_notebook_smoke(notebook: Path, pipeline_outputs: Path):
     out = run_notebook(notebook, "smoke", progress=False)
     executed = json.loads(out.read_text())
     code = [c for c in executed["cells"] if c["cell_type"] == "code"]
     assert code and all(c.get("execution_count") for c in code), "every code cell ran"
-    assert out.parent == outputs_root() / "smoke" / "notebooks"
+    assert out.parent == outputs_root() / "smoke" / "notebooks" == pipeline_outputs / "smoke" / "notebooks"

@@ -62,13 +62,17 @@ def selected(rows: Mapping[str, Any], wanted: Sequence[str] | None) -> list[str]
 
 
 def checkpoint_id(path: str | Path) -> str:
-    """`<path>@<sha1 of its JSON and weights>`: rows keyed on it rerun when the checkpoint changes."""
+    """`<path>@<sha1 of its weights>`: rows keyed on it rerun when the trained network changes.
+
+    The weights only: the JSON beside them also holds the run's timings, which differ between two
+    runs of the same seed, and a rerun must not be keyed on the machine's speed."""
     import hashlib
 
     path = Path(path)
     h = hashlib.sha1()
     for f in sorted(path.parent.glob(path.name + ".*")):
-        h.update(f.read_bytes())
+        if f.suffix != ".json":
+            h.update(f.read_bytes())
     return f"{path}@{h.hexdigest()[:12]}"
 
 

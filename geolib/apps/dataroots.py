@@ -145,7 +145,7 @@ def vpr_splits(root: Path) -> list[str]:
 
 
 def query_folders(root: Path, split: str, query_folder: str | None = None) -> dict[str, str]:
-    """Condition -> query folder of `<root>/<split>/` (see `phase2.resolve_query_folders`)."""
+    """Condition -> query folder of `<root>/<split>/` (see `geoclass.resolve_query_folders`)."""
     from .geoclass import resolve_query_folders
 
     return resolve_query_folders(root, split, query_folder)

@@ -1,7 +1,7 @@
 """Notebook 05's gallery indexes and its new-photo localization benchmark.
 
 `gallery_index` reuses the index notebook 02 saved for a gallery only when that index was built by
-the model in hand (`localization.model_for` checks the config hash): an index of another model
+the model in hand (`localize.model_for` checks the config hash): an index of another model
 would answer with the wrong embedding space and nothing would look wrong. Otherwise it indexes the
 test gallery with the model and saves it, so the next run loads it.
 
@@ -91,7 +91,7 @@ class PhotoBenchmark:
 def photo_benchmark(photos: Sequence["ImageItem"], photo_emb: np.ndarray, indexes: Mapping[str, "GalleryIndex"],
                     k: int, new: bool = True) -> PhotoBenchmark:
     """Each photo's embedding answered by every index with the top-k distinct places
-    (`localization.top_places`); a photo's rank is where its true place comes, None past k."""
+    (`localize.top_places`); a photo's rank is where its true place comes, None past k."""
     import pandas as pd
 
     from ..retrieval.localize import top_places

@@ -117,7 +117,7 @@ def evaluate_localization(training: Any, root: str | Path, split: str = "test",
                           query_folders: str | Mapping[str, str] | None = None, image_size: int | None = None,
                           device: str = "cpu", batch_size: int = 64) -> dict[str, tuple[Any, float]]:
     """A D&C model (a `GroupTraining`, or the folder `save_dc` wrote) on any split's queries: per
-    condition, (`divide_classify.Localization` with LR@1/5/10/20 under `dc-lr-25m`, queries per
+    condition, (`dc.Localization` with LR@1/5/10/20 under `dc-lr-25m`, queries per
     second). No database is read, so the split needs only its query folders."""
     from ..training.dc import load_dc
 
@@ -219,7 +219,7 @@ def retrieve_conditions(model: Any, database: Sequence[ImageItem], queries: Mapp
 
 def localize_conditions(training: Any, queries: Mapping[str, Sequence[ImageItem]], image_size: int,
                         device: str = "cpu", batch_size: int = 64) -> dict[str, tuple[Any, float]]:
-    """Per condition: (`divide_classify.Localization` under dc-lr-25m, queries per second)."""
+    """Per condition: (`dc.Localization` under dc-lr-25m, queries per second)."""
     from ..training.dc import evaluate_dc
 
     out = {}

@@ -38,7 +38,7 @@ class Recorder:
 
     def retrieval(self, model: str, results: Mapping[str, tuple[Any, float]], extra_metrics: Mapping[str, Any],
                   config: Mapping[str, Any], dataset: str | None = None, split: str = "test") -> list[dict[str, Any]]:
-        """One `vpr-25m` record per condition of `phase2.retrieve_conditions`'s results."""
+        """One `vpr-25m` record per condition of `geoclass.retrieve_conditions`'s results."""
         from ..training.cosplace import write_vpr_record
 
         return [write_vpr_record(self.source, {**res.metrics, **extra_metrics, "queries_per_s": qps},
@@ -49,7 +49,7 @@ class Recorder:
 
     def localization(self, model: str, results: Mapping[str, tuple[Any, float]], extra_metrics: Mapping[str, Any],
                      config: Mapping[str, Any], dataset: str | None = None, split: str = "test") -> list[dict[str, Any]]:
-        """One `dc-lr-25m` record per condition of `phase2.localize_conditions`'s results."""
+        """One `dc-lr-25m` record per condition of `geoclass.localize_conditions`'s results."""
         from ..training.dc import write_dc_record
 
         return [write_dc_record(self.source, {**res.metrics, **extra_metrics, "queries_per_s": qps},
@@ -291,7 +291,7 @@ def evaluate_course_sets(recorder: Recorder, trained: Mapping[str, Any], dc_trai
 
 
 def sorted_comparison(table: "Any", order: Sequence[str] = MODEL_ORDER) -> "Any":
-    """`phase2.comparison_table` by protocol, then references and CosPlace in `order`, other models
+    """`geoclass.comparison_table` by protocol, then references and CosPlace in `order`, other models
     alphabetically after them, then query condition."""
     if table.empty:
         return table

@@ -45,7 +45,7 @@ class Embedded:
 
 class DirectionResult(Result):
     """One direction's `Result` (protocol `university1652-official`): per query the 0-based rank of
-    the first true item (`first_rank`), `ap` and `n_positives` (from `evaluate.Ranks`), and in
+    the first true item (`first_rank`), `ap` and `n_positives` (from `metrics.Ranks`), and in
     `info` the R@1..R@K `curve` (percent), `n_queries` and `gallery_size`."""
 
     def __init__(self, query: str, gallery: str, metrics: dict[str, float], curve: np.ndarray, n_queries: int,

@@ -10,7 +10,7 @@ exist because two families were trained with them and their numbers must not mov
 - `"antialias"`: torchvision v2 antialiased resize (`datasets.default_transform`, eval path):
   Phase 1 models, baselines, students, SAFA (per-view sizes), teachers (at their own size);
 - `"bilinear-pil"`: PIL bilinear resize to a square, uint8 / 255, then mean/std: the CosPlace,
-  D&C and hierarchical descriptor networks (`vpr_train.PREPROCESSING`).
+  D&C and hierarchical descriptor networks (`groups.PREPROCESSING`).
 
 Train-time augmentation is not a `Preprocess`: it lives with each training loop.
 """

@@ -107,9 +107,9 @@ def load_model(path: str | Path, device: str = "cpu") -> Any:
       the network (`CrossViewModel`, SAFA, student, `PlaceNet`, `HierarchicalClassifier`...);
     - a CosPlace / D&C / hierarchical folder (`model.json` + `model.safetensors`, meta `kind`):
       CosPlace → `PlaceNet` (as `cosplace.load_cosplace`), D&C → `GroupTraining` (as
-      `divide_classify.load_dc`: network, group heads and cells), hierarchical → `SavedHierarchical`
-      (as `classifier.load_hierarchical`: the classifier with its region and place ids);
-    - a model config JSON beside a `.safetensors` file of the same stem (`distill.save_student`).
+      `dc.load_dc`: network, group heads and cells), hierarchical → `SavedHierarchical`
+      (as `hierarchical.load_hierarchical`: the classifier with its region and place ids);
+    - a model config JSON beside a `.safetensors` file of the same stem (`distill4geo.save_student`).
     """
     return load_model_and_meta(path, device)[0]
 

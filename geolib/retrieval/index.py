@@ -416,7 +416,7 @@ class GalleryIndex:
 
     def _exact_rerank(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """faiss's float32 top-k, widened until it holds every item within the product's error
-        bound of the k-th score (`evaluate.shortlist`), then ordered by `evaluate.pair_scores`
+        bound of the k-th score (`metrics.shortlist`), then ordered by `metrics.pair_scores`
         and gallery index.
 
         faiss rounds a pair differently in a batch than alone, so two identical gallery images

@@ -526,7 +526,7 @@ def load_or_train_cosplace(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_
 
 def load_or_train_group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: str | Path,
                               progress: bool, kind: str, save: GroupSaver | None = None) -> GroupTraining:
-    """What `load_or_train_cosplace` and `divide_classify.load_or_train_dc` share (`kind`: cosplace, dc)."""
+    """What `load_or_train_cosplace` and `dc.load_or_train_dc` share (`kind`: cosplace, dc)."""
     settings = group_settings(items, cfg)
     state = saved_model_state(out_dir, kind, settings)
     if state == "load":
@@ -624,7 +624,7 @@ def retrieve(query_emb: np.ndarray, query_utm: np.ndarray, db_emb: np.ndarray, d
              ks: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0, k: int | None = None) -> Retrieval:
     """R@k from `geolib.evaluation.metrics.vpr_recalls` (exact ranks; queries with no positive within
     `radius` stay in the denominator as misses) and each query's top-`k` (default `max(ks)`) from
-    `evaluate.topk_search` (exact, ties by database index) with their `scores`: the one retrieval
+    `metrics.topk_search` (exact, ties by database index) with their `scores`: the one retrieval
     path of notebooks 04 and 05 (the explorer's `add_vpr` too)."""
     from ..evaluation.metrics import topk_search
 

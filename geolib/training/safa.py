@@ -2,7 +2,7 @@
 
 The model keeps two branches that share no weight (panorama, satellite). The satellite branch
 polar-transforms its square input inside `forward`, so any aerial tile can be passed as is, and the
-polar switch is a model option that the ablation can turn off. Training goes through `train.fit`
+polar switch is a model option that the ablation can turn off. Training goes through `multiview.fit`
 (`geolib.training.loop`, the same loop as Phase 1) on a CVUSA- or CVACT-layout dataset; evaluation uses the `cvusa`
 protocol, and on VIGOR also reports the hit rate (`vigor-hit`).
 
@@ -76,7 +76,7 @@ class GeMAggregation(nn.Module):
 class SAFABranch(nn.Module):
     """Backbone feature map (last stage, or `stage`) → aggregation; input size fixed at build time
     because the SA linears are sized by the map's HW. `backbone`: a name (built with `pretrained`,
-    see `distill.pretrained_backbone`) or an already built multi-stage backbone."""
+    see `distill4geo.pretrained_backbone`) or an already built multi-stage backbone."""
 
     def __init__(self, backbone: str | nn.Module, input_hw: tuple[int, int], heads: int = 8, aggregation: str = "sa",
                  stage: int = -1, pretrained: bool | str = False) -> None:
@@ -259,7 +259,7 @@ def vigor_truth(queries: Sequence[ImageItem], gallery: Sequence[ImageItem]) -> t
 def train_safa(model: SAFAModel, ds: GeoDataset, cfg: "TrainConfig", out_dir: str | Path, *, alpha: float = 10.0,
                max_minutes: float | None = None, progress: bool = True, jitter: float = 0.0,
                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> "LoopResult":
-    """SAFA's weighted soft-margin triplet (α=10) through `train.fit` (`geolib.training.loop`), on un-augmented
+    """SAFA's weighted soft-margin triplet (α=10) through `multiview.fit` (`geolib.training.loop`), on un-augmented
     pairs (`jitter`: optional photometric jitter). The kept (`best`) checkpoint is the last epoch's:
     the CVUSA/CVACT/VIGOR releases here have no validation split, so R@1 on the evaluation split (a
     test set) each `eval_every` epochs is only a curve to watch. `max_minutes` is an opt-in cap (the

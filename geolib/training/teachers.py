@@ -377,7 +377,7 @@ def _default_loader(size: int) -> Callable[[str], Tensor]:
 
 
 class ImageDistillation(nn.Module):
-    """Distillation as `train.fit`'s `extra_loss(images, embeddings, labels, paths)`, from cached teachers.
+    """Distillation as `multiview.fit`'s `extra_loss(images, embeddings, labels, paths)`, from cached teachers.
 
     Each view's embedding of an image is pulled toward each teacher's cached embedding of that same
     image: the training set yields the path it drew for every view (`needs_paths` asks
