@@ -34,7 +34,8 @@ case "${1:-}" in
     shift
     bootstrap
     export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
-    exec "$VENV/bin/python" -m pytest "$@"
+    # Two workers, one per core; the notebooks' pipeline (and its repeat) stays together, in order.
+    exec "$VENV/bin/python" -m pytest -n "${GEOLIB_TEST_WORKERS:-2}" --dist loadgroup "$@"
     ;;
   -h|--help)
     sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'

@@ -17,6 +17,9 @@ import pytest
 
 from geolib.apps.pipeline import discover, run_notebook
 
+# one worker runs the pipeline, then its repeat (pytest -n: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("pipeline")
+
 # Fields that measure the machine, not the method: seconds, minutes, throughput.
 MACHINE = re.compile(r"(^|_)(s|seconds|minutes)$|(^|_)per_s(_|$)|^(ms_per_image|minutes_total|created)$")
 
