@@ -1,10 +1,9 @@
 """Two smoke runs of the whole pipeline with the same seed write identical metrics records.
 
-Results must depend on the seed and the settings, never on the machine's speed or load. The
-first run is the one `test_notebooks.py` made earlier in this session (or, run alone, this test
-makes it); the second runs every notebook again into a fresh outputs root. Only what measures the
-machine (timings, throughput, the record's creation time) and where the files were written may
-differ.
+Results must depend on the seed and the settings, never on the machine's speed or load. Both
+runs go into fresh outputs roots of their own, so nothing another test wrote can mix in. Only
+what measures the machine (timings, throughput, the record's creation time) and where the files
+were written may differ.
 """
 from __future__ import annotations
 
@@ -17,11 +16,9 @@ import pytest
 
 from geolib.apps.pipeline import discover, run_notebook
 
-# one worker runs the pipeline, then its repeat (pytest -n: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("pipeline")
-
-# Fields that measure the machine, not the method: seconds, minutes, throughput.
-MACHINE = re.compile(r"(^|_)(s|seconds|minutes)$|(^|_)per_s(_|$)|^(ms_per_image|minutes_total|created)$")
+# Fields that measure the machine, not the method: seconds, minutes, throughput, and the peak
+# memory sampled from the process RSS (it depends on when the sampler ticks).
+MACHINE = re.compile(r"(^|_)(s|seconds|minutes)$|(^|_)per_s(_|$)|^(ms_per_image|minutes_total|created)$|^peak_mb$")
 
 
 def comparable(value: Any, root: str, key: str = "") -> Any:
@@ -48,7 +45,7 @@ def run_all(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_machine_fields_are_the_only_ones_dropped():
-    rec = {"created": "now", "metrics": {"R@1": 50.0, "train_s": 3.2, "queries_per_s": 9.0, "ms_per_image": 1.0,
+    rec = {"created": "now", "metrics": {"R@1": 50.0, "train_s": 3.2, "queries_per_s": 9.0, "ms_per_image": 1.0, "peak_mb": 0.2,
                                          "AP": 0.4, "epochs": 3, "images_per_s_end_to_end": 250.0},
            "config": {"root": "/tmp/x/smoke/data", "train_minutes": 1.5, "lr": 0.1, "split": "test"}}
     assert comparable(rec, "/tmp/x") == {"metrics": {"R@1": 50.0, "AP": 0.4, "epochs": 3},
@@ -56,13 +53,12 @@ def test_machine_fields_are_the_only_ones_dropped():
 
 
 @pytest.mark.timeout(900)
-def test_two_smoke_runs_write_identical_records(tmp_path, monkeypatch, pipeline_outputs):
-    first = pipeline_outputs
-    if not all((first / "smoke" / "notebooks" / nb.name).exists() for nb in discover()):
-        run_all(first, monkeypatch)  # run alone: make the first run here
+def test_two_smoke_runs_write_identical_records(tmp_path, monkeypatch):
+    first = tmp_path / "first"
+    run_all(first, monkeypatch)
+    a = records_of(first)
     run_all(tmp_path / "again", monkeypatch)
     b = records_of(tmp_path / "again")
-    a = records_of(first)
     assert sorted(a) == sorted(b)
     for name in a:
         assert len(a[name]) == len(b[name]), f"{name}: {len(a[name])} records, then {len(b[name])}"
