@@ -34,7 +34,7 @@ case "${1:-}" in
     shift
     bootstrap
     export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
-    # Two workers, one per core; the notebooks' pipeline (and its repeat) stays together, in order.
+    # Two workers, one per core; the notebooks' pipeline stays on one worker, in order.
     exec "$VENV/bin/python" -m pytest -n "${GEOLIB_TEST_WORKERS:-2}" --dist loadgroup "$@"
     ;;
   -h|--help)

@@ -48,9 +48,8 @@ def _isolated_outputs(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def pipeline_outputs(tmp_path_factory, monkeypatch) -> Path:
-    """The root the notebooks' smoke run shares (test_notebooks writes it, test_repeatability compares
-    a second run against it), apart from the session's: unit tests also write smoke records, and
-    theirs must not land among the pipeline's."""
+    """The root the notebooks' smoke run shares, apart from the session's: unit tests also write
+    smoke records, and theirs must not land among the pipeline's."""
     if "GEOLIB_OUTPUTS_KEEP" in os.environ:
         return Path(os.environ.get("GEOLIB_OUTPUTS") or "outputs")
     root = tmp_path_factory.getbasetemp() / "pipeline"

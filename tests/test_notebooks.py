@@ -7,7 +7,7 @@ import pytest
 from geolib.paths import outputs_root
 from geolib.apps.pipeline import discover, run_notebook
 
-# one worker runs the pipeline, then its repeat (pytest -n: --dist loadgroup)
+# one worker runs the notebooks, in order (pytest -n: --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("pipeline")
 
 NOTEBOOKS = discover()
