@@ -9,9 +9,10 @@ A section instance is also a mapping (`cfg["epochs"]`, `cfg.get(...)`, `{**cfg}`
 notebooks and library code written against the old dict sections keep working, while a misspelt
 key fails loudly, naming the closest valid one, instead of silently adding a setting nobody reads.
 
-`phase1_model`, `phase1_train_config` and `phase1_fit_options` turn a `phase1` section into the
-model, the loop's config and `train_crossview`'s options. Notebooks, `geolib train` and the
-ablation rows all go through them, so a profile key means the same thing everywhere.
+`geolib.training.crossview`'s `phase1_model`, `phase1_train_config` and `phase1_fit_options` turn
+a `phase1` section into the model, the loop's config and `train_crossview`'s options. Notebooks,
+`geolib train` and the ablation rows all go through them, so a profile key means the same thing
+everywhere.
 """
 from __future__ import annotations
 
@@ -175,7 +176,7 @@ def matches(value: Any, hint: Any) -> bool:
     """Whether `value` fits the type hint (a bool is not an int here; an int is a float)."""
     if hint is Any:
         return True
-    if hint is None or hint is type(None):
+    if hint is type(None):  # get_type_hints turns a `None` annotation into NoneType
         return value is None
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):

@@ -18,7 +18,8 @@ from .config import SECTIONS, Settings, unknown_setting
 
 PROFILE_NAMES = ("smoke", "default", "full")
 
-# Each section belongs to one notebook or subsystem; issues add their own sections here.
+# Each section belongs to one notebook or subsystem; issues add their own sections here. A setting
+# whose dataclass field has a default (geolib/config.py) may be left out: the profile then takes it.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "common": {"seed": 0, "device": "auto", "amp": False, "num_workers": 0},
@@ -28,10 +29,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "l2l": True, "fusion": True, "pooling": "attention", "loss": "infonce", "epochs": 1,
                    "batch_size": 4, "lr": 1e-3, "weight_decay": 0.05, "warmup": 0.1, "minutes": None,
                    "sampling": "random", "eval_every": 1, "flip_tta": False, "augment": "gain", "preload": True,
-                   "channels_last": False, "teachers": None,
-                   "distill_loss": "cosine", "distill_weight": 1.0, "grad_clip": 1.0, "freeze": [],
-                   "backbone_lr_scale": 1.0, "gps_near": 32, "gps_random": 32, "gps_pool": 128,
-                   "optimizer": "adamw", "scheduler": "cosine"},
+                   "channels_last": False, "teachers": None},
         "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"],
                    "backbone": "resnet10t", "pretrained": False,
                    "aggregation": "gem", "out_dim": 16, "image_size": 32, "mixvpr": {"out_channels": 8, "out_rows": 2, "mix_depth": 1},
@@ -65,10 +63,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "l2l": True, "fusion": True, "pooling": "gem", "loss": "infonce", "epochs": 30,
                    "batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "warmup": 0.03, "minutes": None,
                    "sampling": "random", "eval_every": 16, "flip_tta": True, "augment": "gain", "preload": True,
-                   "channels_last": True, "teachers": "available",
-                   "distill_loss": "cosine", "distill_weight": 1.0, "grad_clip": 1.0, "freeze": [],
-                   "backbone_lr_scale": 1.0, "gps_near": 32, "gps_random": 32, "gps_pool": 128,
-                   "optimizer": "adamw", "scheduler": "cosine"},
+                   "channels_last": True, "teachers": "available"},
         # Sized for ≤ 5 min of notebook 04 on one CPU thread: the offline ImageNet EfficientNet-Lite0 at
         # 64 px, frozen, its stride-16 map (stage 2) aggregated; only the aggregation and the heads
         # train, on backbone maps cached for 8 augmented copies of each image (augment_copies).
@@ -122,9 +117,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "pooling": "attention", "loss": "infonce", "epochs": 100, "batch_size": 32, "lr": 1e-4,
                    "weight_decay": 0.05, "warmup": 0.05, "minutes": None, "sampling": "gps",
                    "eval_every": 5, "flip_tta": True, "augment": "jitter", "preload": False, "channels_last": False,
-                   "teachers": ["clip-vit-b16", "dinov2-vit-s14"], "distill_loss": "cosine", "distill_weight": 1.0,
-                   "grad_clip": 1.0, "freeze": [], "backbone_lr_scale": 1.0, "gps_near": 32, "gps_random": 32, "gps_pool": 128,
-                   "optimizer": "adamw", "scheduler": "cosine"},
+                   "teachers": ["clip-vit-b16", "dinov2-vit-s14"], "distill_weight": 1.0},
         # The course project's CosPlace (ResNet-18 + GeM, 512-d, SF-XS train) and D&C's setting
         # (EfficientNet-B0, M=20, N=2, AAMC); test on SF-XS queries_v1 and Tokyo-XS.
         "phase2": {"methods": ["hierarchical", "cosplace", "cosplace-mixvpr", "dc"],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -55,7 +55,9 @@ def flag_kind(hint: Any) -> tuple[str, Callable[[str], Any] | None, tuple[Any, .
 
 def build_parser():
     """One flag per field of `geolib.config.Phase1` (`common`'s included), typed by the field's type
-    and documented by its comment, so a new setting is a new flag without touching this parser."""
+    and documented by its comment, so a new setting is a new flag without touching this parser.
+    A flag not given is absent from the parsed namespace (`argparse.SUPPRESS`), so the namespace
+    holds exactly the settings the command line named."""
     import argparse
 
     from ..config import Phase1
@@ -72,39 +74,32 @@ def build_parser():
     p.add_argument("--dry-run", action="store_true",
                    help="the profile's models and sizes on capped work (geolib.dryrun): does this command get through?")
     hints, docs = Phase1.types(), Phase1.help()
-    default = {**PROFILES["default"]["common"], **PROFILES["default"]["phase1"]}
+    default = Phase1.build({**PROFILES["default"]["common"], **PROFILES["default"]["phase1"]}, "profile 'default'")
     for key in sorted(Phase1.settable()):
         kind, parse, choices = flag_kind(hints[key])
         flag = f"--{key.replace('_', '-')}"
-        helptext = docs.get(key, "") + (f" [default profile: {json.dumps(default[key])}]" if key in default else "")
+        helptext = docs.get(key, "") + f" [default profile: {json.dumps(default[key])}]"
+        unset = argparse.SUPPRESS
         if kind == "bool":
-            p.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+            p.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=unset, help=helptext)
         elif kind == "choice":
-            p.add_argument(flag, dest=key, type=parse, default=None, choices=choices, help=helptext)
+            p.add_argument(flag, dest=key, type=parse, default=unset, choices=choices, help=helptext)
         else:
             meta = {"json": "JSON", "int": "N", "float": "X"}.get(kind, key.split("_")[-1].upper())
-            p.add_argument(flag, dest=key, type=parse, default=None, metavar=meta,
+            p.add_argument(flag, dest=key, type=parse, default=unset, metavar=meta,
                            help=helptext + (" (JSON)" if kind == "json" else ""))
     return p
 
 
-def validate_phase1(cfg: dict[str, Any]) -> list[str]:
-    """One line per setting that cannot train, so a bad command fails before any data is read."""
-    errors = []
-    for key in ("epochs", "batch_size", "image_size", "eval_every"):
-        value = cfg.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            errors.append(f"--{key.replace('_', '-')} must be an integer ≥ 1, got {value!r}")
-    if not isinstance(cfg.get("lr"), (int, float)) or not cfg["lr"] > 0:
-        errors.append(f"--lr must be a number > 0, got {cfg.get('lr')!r}")
-    if cfg.get("minutes") is not None and not (isinstance(cfg["minutes"], (int, float)) and cfg["minutes"] >= 0):
+def validate_phase1(cfg: Mapping[str, Any]) -> list[str]:
+    """One line per setting that cannot train, so a bad command fails before any data is read.
+    The types (an int, a JSON object, a list of names) are `resolve`'s check; these are the ranges."""
+    errors = [f"--{key.replace('_', '-')} must be an integer ≥ 1, got {cfg[key]!r}"
+              for key in ("epochs", "batch_size", "image_size", "eval_every") if cfg[key] < 1]
+    if not cfg["lr"] > 0:
+        errors.append(f"--lr must be a number > 0, got {cfg['lr']!r}")
+    if cfg["minutes"] is not None and not cfg["minutes"] >= 0:
         errors.append(f"--minutes must be a number ≥ 0 or none, got {cfg['minutes']!r}")
-    if not isinstance(cfg.get("model_options", {}), dict):
-        errors.append(f"--model-options must be a JSON object, got {cfg.get('model_options')!r}")
-    teachers = cfg.get("teachers")
-    if not (teachers is None or isinstance(teachers, str) or
-            (isinstance(teachers, list) and all(isinstance(t, str) for t in teachers))):
-        errors.append(f'--teachers must be a JSON list of names, "available" or "none", got {teachers!r}')
     return errors
 
 
@@ -145,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     data_flags = ("profile", "out", "dry_run", "u1652_root", "u1652_coordinates")
-    overrides = {k: v for k, v in vars(args).items() if k not in data_flags}
+    overrides = {k: v for k, v in vars(args).items() if k not in data_flags}  # the settings given
     if args.dry_run:
         os.environ[dryrun.ENV] = "1"  # resolve() then caps epochs, batches and the world's size
     try:
@@ -153,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # a value of the wrong type, e.g. --model-options that is not a JSON object
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for key in argv_keys(argv) & set(overrides):
-        if overrides[key] is None:
+    for key, value in overrides.items():
+        if value is None:
             cfg[key] = None  # "--minutes none", "--teachers none": unset, not the profile's value
     errors = validate_phase1(cfg)
     if args.u1652_root and not Path(args.u1652_root).is_dir():
@@ -200,11 +195,3 @@ def main(argv: list[str] | None = None) -> int:
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return 0
-
-
-def argv_keys(argv: list[str] | None) -> set[str]:
-    """Profile keys named on the command line (`--flip-tta` → `flip_tta`)."""
-    import sys
-
-    args = sys.argv[1:] if argv is None else argv
-    return {a[2:].split("=")[0].replace("-", "_") for a in args if a.startswith("--")}
