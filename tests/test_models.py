@@ -259,7 +259,7 @@ def test_load_model_of_cosplace_dc_and_hierarchical_folders(tmp_path):
     from geolib.training.cosplace import GroupTraining, build_heads, divide, save_cosplace
     from geolib.training.dc import save_dc
     from geolib.models import load_model
-    from geolib.training.groups import TrainResult
+    from geolib.training.loop import LoopResult as TrainResult
 
     net = _placenet()
     save_cosplace(net, tmp_path / "cos")

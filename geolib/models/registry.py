@@ -94,7 +94,8 @@ def config_hash(config: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # loading any saved geolib model
 
-SAVED_KINDS = ("cosplace", "dc", "hierarchical")  # folders written by geolib.training.groups.save_model_files
+# folders written by geolib.training.groups.save_model_files: the kinds with a folder loader above
+SAVED_KINDS = tuple(kind for saved_as, kind in _LOADER_PROVIDERS if saved_as == "folder")
 
 
 def load_model(path: str | Path, device: str = "cpu") -> Any:

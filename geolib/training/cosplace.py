@@ -34,9 +34,10 @@ from ..data.datasets import ImageItem, load_dataset, utm_of
 from ..evaluation.metrics import PROTOCOL_VPR, vpr_positives, vpr_recalls
 from ..models import register_loader, register_model
 from ..results import Result, per_query_field
-from .groups import (PREPROCESSING, Augment, Batches, ClassHead, ImageTensors, TrainResult, class_batches,
-                        data_fingerprint, embed_paths, preprocess_spec, loaded_result, part, rank_rows, read_model_files, run_training,
-                        save_model_files, saved_model_state, settings_hash, training_settings)
+from .groups import (PREPROCESSING, Augment, Batches, ClassHead, ImageTensors, LoopOptions, class_batches,
+                     data_fingerprint, embed_paths, preprocess_spec, loaded_result, part, rank_rows, read_model_files,
+                     run_training, save_model_files, saved_model_state, training_settings)
+from .loop import LoopResult
 
 log = logging.getLogger(__name__)
 AGGREGATIONS = ("gem", "mixvpr", "attention")
@@ -282,8 +283,9 @@ def placenet(**options: Any) -> PlaceNet:
 # --------------------------------------------------------------------------- training
 
 @dataclass
-class CosPlaceConfig:
+class CosPlaceConfig(LoopOptions):
     """CosPlace's defaults (docs/reference.md and its parser); a notebook shrinks sizes and counts.
+    The loop's optimisation fields come from `LoopOptions` (CosPlace's: Adam, no schedule).
 
     `augment_copies` > 0 (with `freeze_backbone`) runs the frozen backbone once per image and
     copy on augmented images before training, and each batch then picks one stored copy per image:
@@ -324,13 +326,6 @@ class CosPlaceConfig:
     seed: int = 0
     device: str = "cpu"
     num_workers: int = 0
-    # the loop's optimisation (geolib.training.loop); the defaults are CosPlace's: Adam, no schedule
-    optimizer: str = "adam"
-    scheduler: str = "none"
-    warmup: float = 0.0
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0
-    amp: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -349,7 +344,7 @@ class GroupTraining:
     model: PlaceNet
     heads: nn.ModuleList
     division: Division
-    result: TrainResult
+    result: LoopResult
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -384,7 +379,7 @@ def build_heads(division: Division, groups_num: int, dim: int, kind: str, scale:
 
 def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, paths: Sequence[str | Path],
                  cfg: CosPlaceConfig, out_dir: str | Path | None = None, progress: bool = True,
-                 desc: str = "cosplace", settings: dict[str, Any] | None = None) -> TrainResult:
+                 desc: str = "cosplace", settings: dict[str, Any] | None = None) -> LoopResult:
     """Epoch k trains group k mod len(heads): class-balanced batches, per-image augmentation,
     backbone and aggregation at `backbone_lr`, classifiers at `classifier_lr`, through `geolib.training.loop`
     (Adam and no schedule unless `cfg` says otherwise). With `out_dir`, `last` and `best` are kept
@@ -475,11 +470,7 @@ def train_cosplace(items: Sequence[ImageItem], cfg: CosPlaceConfig | None = None
     With `out_dir`, training resumes from `out_dir/last` and the trained model is saved there
     (`save_cosplace`); a folder holding a model of other settings is refused, not overwritten.
     """
-    cfg = cfg or CosPlaceConfig()
-    settings = group_settings(items, cfg)
-    if saved_model_state(out_dir, "cosplace", settings) == "nosave":
-        out_dir = None
-    return _train_group_model(items, cfg, out_dir, progress, settings, "cosplace")
+    return group_model(items, cfg or CosPlaceConfig(), out_dir, progress, "cosplace", reuse=False)
 
 
 def group_settings(items: Sequence[ImageItem], cfg: CosPlaceConfig) -> dict[str, Any]:
@@ -494,6 +485,11 @@ def _division(items: Sequence[ImageItem], cfg: CosPlaceConfig, kind: str) -> Div
                         min_images_per_class=cfg.min_images_per_class)
 
 
+def _label(kind: str) -> str:
+    """How a group recipe names itself in printed lines and progress bars."""
+    return "divide&classify" if kind == "dc" else kind
+
+
 def _train_group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: str | Path | None,
                        progress: bool, settings: dict[str, Any], kind: str,
                        save: GroupSaver | None = None) -> GroupTraining:
@@ -504,11 +500,11 @@ def _train_group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir:
     division = _division(items, cfg, kind)
     torch.manual_seed(cfg.seed)
     model = PlaceNet(**cfg.model_options())
-    groups = groups_to_use(division, cfg.groups_num, "divide&classify" if kind == "dc" else "cosplace")
+    groups = groups_to_use(division, cfg.groups_num, _label(kind))
     heads = build_heads(division, groups, model.out_dim, cfg.head, cfg.scale, cfg.margin)
     start = time.perf_counter()
     result = train_groups(model, heads, division, [it.path for it in items], cfg, out_dir, progress,
-                          desc="divide&classify" if kind == "dc" else "cosplace", settings=settings)
+                          desc=_label(kind), settings=settings)
     result.extra["train_s"] = time.perf_counter() - start
     training = GroupTraining(model, heads, division, result, {**cfg.to_dict(), "groups_used": groups})
     if out_dir is not None:
@@ -521,17 +517,18 @@ def load_or_train_cosplace(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_
     """The model saved in `out_dir` when it was trained with these settings and data (no training,
     one printed line), else `train_cosplace(items, cfg, out_dir)`; a folder of other settings is
     refused with the settings that differ."""
-    return load_or_train_group_model(items, cfg, out_dir, progress, "cosplace")
+    return group_model(items, cfg, out_dir, progress, "cosplace")
 
 
-def load_or_train_group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: str | Path,
-                              progress: bool, kind: str, save: GroupSaver | None = None) -> GroupTraining:
-    """What `load_or_train_cosplace` and `dc.load_or_train_dc` share (`kind`: cosplace, dc)."""
+def group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: str | Path | None, progress: bool,
+                kind: str, save: GroupSaver | None = None, reuse: bool = True) -> GroupTraining:
+    """What the CosPlace and D&C entry points share (`kind`: cosplace, dc): `out_dir` checked against
+    these settings once (`saved_model_state`: other settings are refused); with `reuse`, a model saved
+    there with these settings is loaded (one printed line), else one is trained and saved there."""
     settings = group_settings(items, cfg)
     state = saved_model_state(out_dir, kind, settings)
-    if state == "load":
-        print(f"{'divide&classify' if kind == 'dc' else kind}: loading {out_dir} (trained with these settings); "
-              "delete it to retrain")
+    if reuse and state == "load":
+        print(f"{_label(kind)}: loading {out_dir} (trained with these settings); delete it to retrain")
         return _load_group_training(out_dir, items, cfg, kind)
     return _train_group_model(items, cfg, None if state == "nosave" else out_dir, progress, settings, kind, save)
 
@@ -576,8 +573,7 @@ def _save_group_model(training_or_model: GroupTraining | PlaceNet, out_dir: str 
     return save_model_files(out_dir, bundle, kind, network=dict(model.options), descriptor_dim=model.out_dim,
                             image_size=model.options["image_size"], preprocessing=PREPROCESSING,
                             heads=head_info, head_options=scale_margin, groups_used=len(heads),
-                            config=config, settings=settings, settings_hash=settings_hash(settings),
-                            dry_run=dryrun.active(), history=history, train_s=train_s, **extra)
+                            config=config, settings=settings, history=history, train_s=train_s, **extra)
 
 
 def _placenet_from(meta: dict[str, Any], state: dict[str, Tensor]) -> PlaceNet:

@@ -24,12 +24,11 @@ import torch
 from torch import nn
 
 from .. import dryrun
-from .cosplace import (CosPlaceConfig, Division, GroupTraining, _heads_from, _placenet_from, _save_group_model,
-                       _train_group_model, group_settings, load_or_train_group_model)
+from .cosplace import CosPlaceConfig, Division, GroupTraining, _heads_from, _placenet_from, _save_group_model, group_model
 from ..data.datasets import ImageItem, utm_of
 from ..models import register_loader
 from ..results import Result, per_query_field
-from .groups import embed_paths, head_kind, loaded_result, part, preprocess_spec, read_model_files, saved_model_state
+from .groups import embed_paths, head_kind, loaded_result, part, preprocess_spec, read_model_files
 
 PROTOCOL_DC = "dc-lr-25m"
 
@@ -54,18 +53,14 @@ def train_dc(items: Sequence[ImageItem], cfg: CosPlaceConfig | None = None,
 
     With `out_dir`, training resumes from `out_dir/last` and the model is saved there (`save_dc`);
     a folder holding a model of other settings is refused."""
-    cfg = cfg or dc_config()
-    settings = group_settings(items, cfg)
-    if saved_model_state(out_dir, "dc", settings) == "nosave":
-        out_dir = None
-    return _train_group_model(items, cfg, out_dir, progress, settings, "dc", save_dc)
+    return group_model(items, cfg or dc_config(), out_dir, progress, "dc", save_dc, reuse=False)
 
 
 def load_or_train_dc(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: str | Path,
                      progress: bool = True) -> GroupTraining:
     """The D&C model saved in `out_dir` when trained with these settings and data (one printed
     line, no training), else `train_dc(items, cfg, out_dir)`; other settings are refused."""
-    return load_or_train_group_model(items, cfg, out_dir, progress, "dc", save_dc)
+    return group_model(items, cfg, out_dir, progress, "dc", save_dc)
 
 
 # --------------------------------------------------------------------------- saving and loading
@@ -110,8 +105,7 @@ def load_dc(out_dir: str | Path, device: str = "cpu") -> GroupTraining:
                         dropped_images=int(info.get("dropped_images", 0)))
     model = _placenet_from(meta, state).to(device).eval()
     heads = _heads_from(meta, state).to(device).eval()
-    history = list(meta.get("history", []))
-    result = loaded_result(history, out_dir, meta.get("train_s"))
+    result = loaded_result(meta.get("history", []), out_dir, meta.get("train_s"))
     return GroupTraining(model, heads, division, result, {**meta.get("config", {}), "image_size": meta["image_size"],
                                                           "groups_used": meta.get("groups_used")})
 
@@ -136,8 +130,16 @@ def lr_at_n(query_utm: np.ndarray, centres: np.ndarray, ns: Sequence[int] = (1, 
             radius: float = 25.0) -> dict[str, float]:
     """LR@N in percent: a query counts when one of its first N predicted centres is within `radius`
     metres (inclusive, UTM distance). Every query stays in the denominator."""
+    return _lr_of_hits(_hits(query_utm, centres, radius), ns)
+
+
+def _hits(query_utm: np.ndarray, centres: np.ndarray, radius: float) -> np.ndarray:
+    """(Q, top) whether each predicted centre is within `radius` metres of its query (inclusive)."""
     query_utm = np.asarray(query_utm, np.float64)[:, None, :2]
-    hit = np.linalg.norm(np.asarray(centres, np.float64) - query_utm, axis=-1) <= radius
+    return np.linalg.norm(np.asarray(centres, np.float64) - query_utm, axis=-1) <= radius
+
+
+def _lr_of_hits(hit: np.ndarray, ns: Sequence[int]) -> dict[str, float]:
     first = np.where(hit.any(1), hit.argmax(1), np.iinfo(np.int64).max)
     return {f"LR@{n}": float(100.0 * np.mean(first < n)) if len(first) else 0.0 for n in ns}
 
@@ -168,9 +170,8 @@ def evaluate_dc(training: GroupTraining, query_items: Sequence[ImageItem], image
     emb = embed_paths(training.model.to(device), [it.path for it in query_items], size, batch_size, device,
                       num_workers, progress, "embed queries")
     classes, centres = predict_cells(emb, training.heads, training.division, max(ns), device)
-    utm = utm_of(query_items)
-    correct = np.linalg.norm(centres - utm[:, None, :], axis=-1) <= radius
-    return Localization(lr_at_n(utm, centres, ns, radius), classes, centres, correct,
+    correct = _hits(utm_of(query_items), centres, radius)
+    return Localization(_lr_of_hits(correct, ns), classes, centres, correct,
                         sum(h.weight_bytes() for h in training.heads), preprocess=preprocess_spec(size).to_dict())
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .. import dryrun
 from ..checkpoint import read_model_state, save_checkpoint
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD
-from .loop import LoopConfig, LoopResult, distributed, run, seed_everything, wrap_ddp  # noqa: F401  (seed_everything: notebooks import it here)
+from .loop import LoopConfig, LoopResult, distributed, run, wrap_ddp
 from .losses import ArcFaceLoss, cosface_loss
 
 log = logging.getLogger(__name__)
@@ -231,13 +231,23 @@ def normalize(batch: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- the loop
 
-TrainResult = LoopResult  # the name CosPlace, D&C and the classifier results had before the one loop
+@dataclass
+class LoopOptions:
+    """The loop's optimisation fields (geolib.training.loop) of a Phase 2 config (`CosPlaceConfig`,
+    `HierarchicalConfig` inherit them). Their defaults are how the Phase 2 trainings optimise: plain
+    Adam, each parameter group at its own lr, no schedule, no clipping, no AMP (what their numbers
+    were obtained with). A config may change any of these; only the changed ones enter its settings,
+    so models saved before they existed still match."""
 
-# How the Phase 2 trainings optimise by default: plain Adam, each parameter group at its own lr, no
-# schedule, no clipping, no AMP (what their numbers were obtained with). A config may change any of
-# these; only the changed ones enter its settings, so models saved before they existed still match.
-LOOP_DEFAULTS: dict[str, Any] = {"optimizer": "adam", "scheduler": "none", "warmup": 0.0, "weight_decay": 0.0,
-                                 "grad_clip": 0.0, "amp": False}
+    optimizer: str = "adam"
+    scheduler: str = "none"
+    warmup: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    amp: bool = False
+
+
+LOOP_DEFAULTS: dict[str, Any] = asdict(LoopOptions())
 
 
 def loop_config(cfg: Any) -> LoopConfig:
@@ -385,9 +395,13 @@ def read_saved_meta(out_dir: str | Path, kind: str | None = None) -> dict[str, A
     return meta
 
 
-def save_model_files(out_dir: str | Path, module: nn.Module, kind: str, **meta: Any) -> Path:
-    """Tensors to `model.safetensors`, then `model.json` (atomic, JSON last: see geolib.checkpoint)."""
-    return save_checkpoint(model_path(out_dir), module, kind=kind, saved_format=SAVED_FORMAT, **meta)
+def save_model_files(out_dir: str | Path, module: nn.Module, kind: str, settings: Mapping[str, Any],
+                     **meta: Any) -> Path:
+    """Tensors to `model.safetensors`, then `model.json` (atomic, JSON last: see geolib.checkpoint), its
+    meta holding `settings` with their hash and whether a dry run wrote it (what `saved_model_state` reads)."""
+    meta = {"settings_hash": settings_hash(settings), "dry_run": dryrun.active(), **meta}
+    return save_checkpoint(model_path(out_dir), module, kind=kind, saved_format=SAVED_FORMAT, settings=settings,
+                           **meta)
 
 
 def read_model_files(out_dir: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, Tensor]]:

@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from ..models import register_loader, register_model
 from ..results import Result, per_query_field
-from .groups import (ClassHead, TrainResult, loaded_result, rank_rows, read_model_files, run_training, save_model_files,
-                        saved_model_state, settings_hash, topk_hits, training_settings)
+from .groups import (ClassHead, LoopOptions, loaded_result, rank_rows, read_model_files, run_training, save_model_files,
+                     saved_model_state, topk_hits, training_settings)
+from .loop import LoopResult
 
 PROTOCOL_CLOSED = "closed-set"
 PROTOCOL_OPEN = "open-set"
@@ -38,7 +39,10 @@ PLACE_MODES = ("conditioned", "masked")
 
 
 @dataclass
-class HierarchicalConfig:
+class HierarchicalConfig(LoopOptions):
+    """The classifier's settings; the loop's optimisation fields come from `LoopOptions` (what this
+    classifier was tuned with: Adam, no schedule)."""
+
     head: str = "softmax"  # softmax | cosface | arcface
     place_mode: str = "conditioned"  # conditioned | masked
     hidden: int | None = None  # a small trainable adapter on the frozen embeddings
@@ -50,13 +54,6 @@ class HierarchicalConfig:
     encoder_lr: float = 1e-5  # when fine-tuning an encoder
     seed: int = 0
     device: str = "cpu"
-    # the loop's optimisation (geolib.training.loop); the defaults are what this classifier was tuned with
-    optimizer: str = "adam"
-    scheduler: str = "none"
-    warmup: float = 0.0
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0
-    amp: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,7 +162,7 @@ def fit_hierarchical(features: np.ndarray | Tensor, region: np.ndarray, place: n
                      cfg: HierarchicalConfig | None = None, encoder: nn.Module | None = None,
                      out_dir: str | Path | None = None, progress: bool = True,
                      region_ids: Sequence[Any] | None = None, place_ids: Sequence[Any] | None = None,
-                     settings: dict[str, Any] | None = None) -> tuple[HierarchicalClassifier, TrainResult]:
+                     settings: dict[str, Any] | None = None) -> tuple[HierarchicalClassifier, LoopResult]:
     """Train on (N, D) frozen embeddings (or, with `encoder`, its inputs, fine-tuned at
     `encoder_lr`). Region and place ids are contiguous from 0.
 
@@ -175,12 +172,9 @@ def fit_hierarchical(features: np.ndarray | Tensor, region: np.ndarray, place: n
     refused. More epochs in the same folder continue the run."""
     cfg = cfg or HierarchicalConfig()
     full = hierarchical_settings(features, region, place, cfg, **(settings or {}))
-    if saved_model_state(out_dir, "hierarchical", full) == "nosave":
-        out_dir = None
-    model, result = _fit(features, region, place, cfg, encoder, out_dir, progress, full)
-    if out_dir is not None:
-        save_hierarchical(model, out_dir, region_ids, place_ids, cfg, result.history, full)
-    return model, result
+    state = saved_model_state(out_dir, "hierarchical", full)
+    return _fit_and_save(features, region, place, cfg, encoder, None if state == "nosave" else out_dir, progress,
+                         region_ids, place_ids, full)
 
 
 def hierarchical_settings(features: np.ndarray | Tensor, region: np.ndarray, place: np.ndarray,
@@ -198,21 +192,33 @@ def hierarchical_settings(features: np.ndarray | Tensor, region: np.ndarray, pla
 def load_or_fit_hierarchical(features: np.ndarray | Tensor, region: np.ndarray, place: np.ndarray,
                              cfg: HierarchicalConfig, out_dir: str | Path, region_ids: Sequence[Any] | None = None,
                              place_ids: Sequence[Any] | None = None, settings: dict[str, Any] | None = None,
-                             progress: bool = False) -> tuple[HierarchicalClassifier, TrainResult]:
+                             progress: bool = False) -> tuple[HierarchicalClassifier, LoopResult]:
     """The classifier saved in `out_dir` when trained with these settings and labels (one printed
     line, no training), else `fit_hierarchical(..., out_dir=out_dir)`; other settings are refused."""
     full = hierarchical_settings(features, region, place, cfg, **(settings or {}))
-    if saved_model_state(out_dir, "hierarchical", full) == "load":
+    state = saved_model_state(out_dir, "hierarchical", full)  # checked once: it prints what it decides
+    if state == "load":
         print(f"hierarchical: loading {out_dir} (trained with these settings); delete it to retrain")
         saved = load_hierarchical(out_dir, cfg.device)
         return saved.model, loaded_result(saved.history, out_dir)
-    return fit_hierarchical(features, region, place, cfg, out_dir=out_dir, progress=progress,
-                            region_ids=region_ids, place_ids=place_ids, settings=settings)
+    return _fit_and_save(features, region, place, cfg, None, None if state == "nosave" else out_dir, progress,
+                         region_ids, place_ids, full)
+
+
+def _fit_and_save(features: np.ndarray | Tensor, region: np.ndarray, place: np.ndarray, cfg: HierarchicalConfig,
+                  encoder: nn.Module | None, out_dir: str | Path | None, progress: bool,
+                  region_ids: Sequence[Any] | None, place_ids: Sequence[Any] | None,
+                  settings: dict[str, Any]) -> tuple[HierarchicalClassifier, LoopResult]:
+    """Train (resuming `out_dir/last`), then save to `out_dir` when given; the caller checked the folder."""
+    model, result = _fit(features, region, place, cfg, encoder, out_dir, progress, settings)
+    if out_dir is not None:
+        save_hierarchical(model, out_dir, region_ids, place_ids, cfg, result.history, settings)
+    return model, result
 
 
 def _fit(features: np.ndarray | Tensor, region: np.ndarray, place: np.ndarray, cfg: HierarchicalConfig,
          encoder: nn.Module | None, out_dir: str | Path | None, progress: bool,
-         settings: dict[str, Any]) -> tuple[HierarchicalClassifier, TrainResult]:
+         settings: dict[str, Any]) -> tuple[HierarchicalClassifier, LoopResult]:
     from .. import dryrun
 
     batch_size = dryrun.batch(cfg.batch_size)
@@ -307,8 +313,6 @@ def save_hierarchical(model: HierarchicalClassifier, out_dir: str | Path, region
                       history: list[dict[str, Any]] | None = None, settings: dict[str, Any] | None = None) -> Path:
     """`out_dir/model.safetensors` + `model.json`: the heads and adapter, the embedding width, the
     config, and the dataset ids of local regions and places (`region_ids[r]`, `place_ids[p]`)."""
-    from .. import dryrun
-
     config = config.to_dict() if isinstance(config, HierarchicalConfig) else dict(config or {})
     n_regions, n_places = model.num_regions, len(model.place_region)
     region_ids = list(range(n_regions)) if region_ids is None else np.asarray(region_ids).tolist()
@@ -320,7 +324,6 @@ def save_hierarchical(model: HierarchicalClassifier, out_dir: str | Path, region
     return save_model_files(out_dir, _HeadParts(model), "hierarchical", dim=model.dim,
                             place_region=model.place_region.tolist(), region_ids=region_ids, place_ids=place_ids,
                             config=config, history=history or [], settings=settings,
-                            settings_hash=settings_hash(settings), dry_run=dryrun.active(),
                             encoder_saved=False, with_encoder=model.encoder is not None)
 
 
