@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..training.distill4geo import RowRunner
+from .findings import resolution
 
 SOURCE = "03_distillation_ablation"
 PART_A_DIRECTIONS = (("street", "drone"), ("drone", "satellite"))
@@ -81,6 +82,12 @@ def _directions(ev: Any) -> dict[str, dict[str, float]]:
     return {k: {**r.metrics, "queries": r.n_queries} for k, r in ev.results.items()}
 
 
+def _training(res: Any) -> dict[str, Any]:
+    """What a row's JSON keeps of its training run: the history, the checkpoint, whether the budget cut it."""
+    return {"history": res.history, "checkpoint": str(res.last_path), "cut_by_budget": res.cut_by_budget,
+            "epochs_done": res.epochs_done}
+
+
 def _cost(model: torch.nn.Module, size: int | tuple[int, int], view: str, runs: int) -> dict[str, float]:
     from ..evaluation.cost import model_cost
 
@@ -126,8 +133,7 @@ def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[
         cost = _cost(model, p["image_size"], "street", cfg["cost_runs"])
         record_evaluation(ev, source=SOURCE, model=f"phase1-{name.split('/')[1]}", dataset=dataset,
                           profile=cfg["profile"], seed=cfg["seed"], config=row_cfg, extra_metrics=cost)
-        return {"directions": _directions(ev), "cost": cost, "history": res.history,
-                "checkpoint": str(res.last_path), "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}
+        return {"directions": _directions(ev), "cost": cost, **_training(res)}
 
     return runner.run(name, row_cfg, train)
 
@@ -208,15 +214,13 @@ def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module
                            minutes=cfg["minutes_per_row"])
         ckpt = out / "runs" / f"{name.replace('/', '_')}-{config_hash(row_cfg)}"  # one folder per row settings
         res = fit_student(student, caches[perturb], dc, ckpt)
-        history = res.history
         path = save_student(student, out / name.replace("/", "_"))
         ev = _evaluate(student, ds, size, directions, cfg["device"], split)
         cost = _cost(student, size, directions[0][0], cfg["cost_runs"])
         record_evaluation(ev, source=SOURCE, model=f"student-{spec['backbone']}" + ("-mp" if perturb else ""),
                           dataset=dataset, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg,
                           task="distillation", extra_metrics=cost, protocol=_protocol(ds), split=split)
-        return {"directions": _directions(ev), "cost": cost, "history": history, "checkpoint": str(path),
-                "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}
+        return {"directions": _directions(ev), "cost": cost, **_training(res), "checkpoint": str(path)}
 
     return runner.run(name, row_cfg, run)
 
@@ -321,8 +325,7 @@ def run_pairs_teacher_row(ds: Any, cfg: Mapping[str, Any], out: Path, runner: Ro
         record_evaluation(ev, source=SOURCE, model="teacher", dataset=dataset, profile=cfg["profile"],
                           seed=cfg["seed"], config=row_cfg, protocol=_protocol(ds), split=eval_split,
                           task="distillation", extra_metrics=cost)
-        return {"directions": _directions(ev), "cost": cost, "history": res.history,
-                "checkpoint": str(res.last_path), "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}
+        return {"directions": _directions(ev), "cost": cost, **_training(res)}
 
     return Path(runner.run(name, row_cfg, train)["results"]["checkpoint"])
 
@@ -369,8 +372,7 @@ def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[st
                views=("panorama", "satellite"), model=f"safa-{name.split('/')[1]}",
                metrics={**metrics, **cost}, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg)
         n = len(dryrun.items(ds.select(view="panorama", split=eval_split)))  # the queries evaluated
-        return {"directions": {"panorama→satellite": {**metrics, "queries": n}}, "cost": cost, "history": res.history,
-                "checkpoint": str(res.last_path), "cut_by_budget": res.cut_by_budget, "epochs_done": res.epochs_done}
+        return {"directions": {"panorama→satellite": {**metrics, "queries": n}}, "cost": cost, **_training(res)}
 
     return runner.run(name, row_cfg, run)
 
@@ -398,14 +400,6 @@ def results_table(rows: Sequence[Mapping[str, Any]], direction: str | None = Non
                 line["gflops_ratio"] = rc["gflops"] / max(1e-9, res["cost"]["gflops"])
             out.append(line)
     return pd.DataFrame(out)
-
-
-def resolution(queries: Any) -> float:
-    """The smallest recall change worth a word: one point, or one query's worth when queries are few."""
-    try:
-        return max(1.0, 100.0 / float(queries))
-    except (TypeError, ValueError, ZeroDivisionError):
-        return 1.0
 
 
 def effect_sentences(table: Any, baseline: str, metric: str = "R@1") -> list[str]:

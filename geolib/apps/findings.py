@@ -12,6 +12,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..records import select
+
 # The targets the notebooks set themselves: 01 calibrates the synthetic world, 02 sets Phase 1's bar
 # against the non-learned baselines, 03 is Distill4Geo's trade-off, 04 the Phase 2 bars.
 TARGETS: dict[str, Any] = {
@@ -91,12 +93,9 @@ def table(findings: Iterable[Finding]):
 # --------------------------------------------------------------------------- record look-ups
 
 def latest(records: Iterable[Mapping[str, Any]], **match: Any) -> dict[str, Any] | None:
-    """The last record whose fields equal every `match` (a tuple value matches any of its items)."""
-    found = None
-    for r in records:
-        if all((r.get(k) in v) if isinstance(v, tuple) else r.get(k) == v for k, v in match.items()):
-            found = r
-    return dict(found) if found is not None else None
+    """The last of `records.select(records, **match)` (a tuple value matches any of its items)."""
+    found = select(records, **match)
+    return dict(found[-1]) if found else None
 
 
 def metric(records: Iterable[Mapping[str, Any]], key: str, **match: Any) -> float:
@@ -112,8 +111,8 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("inf")
 
 
-def _resolution(queries: Any) -> float:
-    """One point, or one query's worth of recall when queries are few: a smaller change is noise."""
+def resolution(queries: Any) -> float:
+    """The smallest recall change worth a word: one point, or one query's worth when queries are few."""
     try:
         return max(1.0, 100.0 / float(queries))
     except (TypeError, ValueError, ZeroDivisionError):
@@ -132,7 +131,7 @@ def world(records: Sequence[Mapping[str, Any]], gallery_places: int | None = Non
     chance alone is too high for the calibration to mean anything, so it is reported, not judged.
     """
     t = {**TARGETS["world"], **(targets or {})}
-    recs = [r for r in records if r.get("task") == "world"]
+    recs = select(records, task="world")
     applicable = gallery_places is None or gallery_places >= t["min_gallery"]
     why = "" if applicable else (f"not applicable: {gallery_places} gallery places, fewer than "
                                  f"{t['min_gallery']} (use the default preset)")
@@ -169,7 +168,7 @@ def phase1(records: Sequence[Mapping[str, Any]], dataset: str, model: str = "pha
     baseline of the same world (a multiple, because the absolute bar alone would pass on an easy
     world). Reads the last `crossview`/`world` test records of `dataset`.
     """
-    recs = [r for r in records if r.get("task") in ("crossview", "world") and r.get("dataset") == dataset]
+    recs = select(records, task=("crossview", "world"), dataset=dataset)
     out = []
     for (q, g), (target, factor) in (targets or TARGETS["phase1"]).items():
         def r1(name: str) -> float:
@@ -286,7 +285,7 @@ def perturbation(records: Sequence[Mapping[str, Any]], dataset: str, direction: 
             continue
         a, b = float(plain["metrics"]["R@1"]), float(mp["metrics"]["R@1"])
         d = b - a
-        small = abs(d) <= _resolution((mp.get("config") or {}).get("n_queries")) + 1e-9
+        small = abs(d) <= resolution((mp.get("config") or {}).get("n_queries")) + 1e-9
         backbone = name[len(f"{part}/student-"):-3]
         out.append(Finding(f"{backbone}: R@1 change with marginal perturbation ({b:.1f} vs {a:.1f})", d,
                            unit=" points", note="no measurable effect" if small else ""))
@@ -326,9 +325,9 @@ def phase2(records: Sequence[Mapping[str, Any]], dataset: str, condition: str = 
     match = {"task": "classification", "protocol": "closed-set"}
     if hierarchical_dataset is not None:
         match["dataset"] = hierarchical_dataset
-    for m in dict.fromkeys(r["model"] for r in records
-                           if all(r.get(k) == v for k, v in match.items())):
-        rec = latest(records, model=m, **match)["metrics"]
+    classified = select(records, **match)
+    for m in dict.fromkeys(r["model"] for r in classified):
+        rec = latest(classified, model=m)["metrics"]
         top1, ch = float(rec.get("region_top1", float("nan"))), float(rec.get("region_chance", float("nan")))
         out.append(judge(f"{m} region top-1 against region chance (closed-set)", _ratio(top1, ch),
                          t["region_chance_factor"], unit="×",
