@@ -2,8 +2,8 @@
 
 `NpyRows` reads row ranges of a `.npy` file with plain file reads (no memory map, so the resident
 memory is only the chunk being read): the streaming evaluation (`geolib.evaluation.metrics.streaming_*`)
-uses it to keep queries and gallery on disk, and the embedding cache writes its arrays with
-`save_npy`. Its own module because both sit on it and the evaluation must not depend on the cache.
+uses it to keep queries and gallery on disk, cache entries included. Its own module because the
+evaluation must not depend on the cache.
 """
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def record(result: Result, *, source: str, model: str, profile: str, seed: int |
     if dataset is None:
         raise ValueError("record(): the result names no dataset; pass dataset=…")
     cfg = dict(config or {})
-    spec = preprocess if preprocess is not None else getattr(result, "preprocess", None)
+    spec = preprocess if preprocess is not None else result.preprocess
     if spec is not None and "preprocess" not in cfg:
         cfg["preprocess"] = dict(spec)
     if notes:

@@ -167,6 +167,7 @@ def test_batch_query_and_localize_are_one_path(saved):
     import torch
 
     from geolib.data.images import load_image
+    from geolib.evaluation.embedding import embed_tensors
 
     index = GalleryIndex.load(saved["index_dir"])
     picked = saved["items"][1::3]
@@ -175,9 +176,9 @@ def test_batch_query_and_localize_are_one_path(saved):
     model.load_state_dict(saved["model"].state_dict())
     model.train()
     flip = loc.index_flip(index)
-    hits = index.query(loc.embed_tensors(loc.model_for(index, model), batch, "street", flip), 3)
+    hits = index.query(embed_tensors(loc.model_for(index, model), batch, "street", flip), 3)
     assert model.training  # left as it was
-    no_model = index.query(loc.embed_tensors(loc.model_for(index), batch, "street", flip), 3)  # the index's checkpoint
+    no_model = index.query(embed_tensors(loc.model_for(index), batch, "street", flip), 3)  # the index's checkpoint
     for it, row, row2 in zip(picked, hits, no_model):
         places = loc.localize(it.path, index, model=saved["model"], k=1)
         assert row[0].path == places[0].path == str(it.path) and row[0].place == places[0].place == it.label

@@ -1,4 +1,4 @@
-"""Embeddings on disk: a cache keyed by model and data, and a reader that streams `.npy` rows.
+"""Embeddings on disk: a cache keyed by model, data and embedding settings.
 
 Embedding a gallery is the slow part of every retrieval notebook, and notebooks 02-05 embed the
 same gallery with the same model again and again. `geolib.evaluation.embedding.embed(..., cache=EmbeddingCache())`
@@ -13,8 +13,7 @@ and renamed, then the JSON is written; an entry counts only when both exist and 
 interrupted run leaves nothing that a later run would trust. Entries above `mmap_mb` are returned
 memory-mapped read-only, so a million-image gallery costs page cache, not process memory.
 
-Arrays are written and read through `geolib.npy` (`save_npy`, and `NpyRows`, which streams rows
-of a `.npy` with plain file reads for the streaming evaluation).
+An entry is a plain `.npy`, so the streaming evaluation reads it row by row (`geolib.npy.NpyRows`).
 """
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..npy import NpyRows, open_rows, save_npy  # noqa: F401  (moved to geolib.npy; importable from here)
 from ..paths import atomic_path, atomic_write_json, outputs_root
 
 if TYPE_CHECKING:
@@ -87,16 +85,12 @@ class EmbeddingCache:
         self.dtype, self.mmap_mb = dtype, mmap_mb
         self.hits = self.misses = 0
 
-    def describe(self, model: Any, items: Sequence[Any], view: str | None = None,
-                 image_size: int | None = None, flip: bool = False, transform_name: str | None = None,
-                 settings: "EmbedSettings | None" = None) -> dict[str, Any]:
+    def describe(self, model: Any, items: Sequence[Any], settings: "EmbedSettings") -> dict[str, Any]:
         """Everything the embeddings depend on; its hash is the entry's key.
 
         `settings` (from `geolib.evaluation.embedding.embed`) carries the model's `Preprocess`, so a model
         whose preprocessing changes never reads embeddings made with the old one.
         """
-        if settings is None:
-            settings = legacy_settings(model, view, image_size, flip, transform_name)
         return {"format": CACHE_FORMAT, "model_config": model_config_hash(model),
                 "weights": weights_hash(model), "items": items_hash(items), "count": len(items),
                 "dtype": self.dtype, **settings.describe()}
@@ -124,16 +118,17 @@ class EmbeddingCache:
                        flip: bool = False, batch_size: int = 64, device: str = "cpu", num_workers: int = 0,
                        transform: Callable | None = None, transform_name: str | None = None,
                        progress: bool = False) -> np.ndarray:
-        """Embeddings of `items` seen as `view`, as `geolib.evaluation.embedding.embed(..., cache=self)` with
-        the antialiased resize to `image_size` (the model's size when None): the older entry point.
+        """Embeddings of `items` seen as `view`: `geolib.evaluation.embedding.embed(..., cache=self)` with
+        the antialiased resize to `image_size` (the model's own preprocessing when None).
 
         A custom `transform` needs a `transform_name` that changes whenever the transform does.
         """
-        if transform is not None and not transform_name:
-            raise ValueError("a custom transform needs a transform_name, or the cache could not tell two apart")
-        settings = legacy_settings(model, view, image_size, flip, transform_name if transform is not None else None)
-        return self.get_settings(model, items, settings, transform=transform, batch_size=batch_size,
-                                 device=device, num_workers=num_workers, progress=progress)
+        from ..data.transforms import Preprocess
+        from .embedding import embed
+
+        return embed(model, items, view=view, preprocess=None if image_size is None else Preprocess(int(image_size)),
+                     batch_size=batch_size, device=device, flip=flip, cache=self, progress=progress,
+                     num_workers=num_workers, transform=transform, transform_name=transform_name)
 
     def get_settings(self, model: Any, items: Sequence[Any], settings: "EmbedSettings", *,
                      transform: Callable | None = None, batch_size: int = 64, device: str = "cpu",
@@ -145,7 +140,7 @@ class EmbeddingCache:
         if transform is not None and not settings.transform_name:
             raise ValueError("a custom transform needs a transform_name, or the cache could not tell two apart")
         items = as_items(items)
-        desc = self.describe(model, items, settings=settings)
+        desc = self.describe(model, items, settings)
         found = self.lookup(desc)
         if found is not None:
             self.hits += 1
@@ -163,21 +158,6 @@ class EmbeddingCache:
 
         if self.root.exists():
             shutil.rmtree(self.root)
-
-
-def legacy_settings(model: Any, view: str | None, image_size: int | None, flip: bool,
-                    transform_name: str | None) -> "EmbedSettings":
-    """The settings the older `image_size=` calls stand for: antialiased resize (the Phase 1 path)."""
-    from ..data.transforms import Preprocess
-    from .embedding import EmbedSettings, preprocess_of
-
-    if transform_name:
-        return EmbedSettings(None, view, flip, True, transform_name)
-    if image_size is None:
-        spec = preprocess_of(model)
-    else:
-        spec = Preprocess(int(image_size))
-    return EmbedSettings(spec, view, flip, True)
 
 
 def _embed_to_npy(model: Any, items: Sequence[Any], settings: "EmbedSettings", transform: Callable | None,

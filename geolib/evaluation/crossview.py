@@ -146,7 +146,3 @@ def top_matches(ev: Evaluation, q: str, g: str, k: int = 5) -> tuple[np.ndarray,
     """Top-k gallery (scores, indices) for every query of a direction (for example figures)."""
     qs, gs = ev.sets[("query", q)], ev.sets[("gallery", g)]
     return topk_search(qs.emb, gs.emb, k)
-
-
-def dataset_name(data_root: str | None, preset: str | None) -> str:
-    return f"synthetic-{preset}" if data_root is None else "university1652"

@@ -17,8 +17,8 @@ Train-time augmentation is not a `Preprocess`: it lives with each training loop.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -118,7 +118,6 @@ class EmbedSettings:
     flip: bool = False
     l2: bool = True
     transform_name: str | None = None  # a caller-supplied transform (augmentation copies) in place of `preprocess`
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         return {"preprocess": self.preprocess.to_dict() if self.preprocess else None, "view": self.view,
@@ -136,14 +135,9 @@ def iter_embeddings(model: nn.Module, items: Sequence[Any], settings: EmbedSetti
     tf = transform or settings.preprocess.transform(settings.view)  # type: ignore[union-attr]
     loader = torch.utils.data.DataLoader(_Images(list(items), lambda it: tf(load_image(it.path))),
                                          batch_size=batch_size, num_workers=num_workers)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x in tqdm(loader, desc=f"embed {settings.view or ''}".strip(), disable=not progress, leave=False):
-                yield embed_batch(model, x.to(device), settings.view, settings.flip, settings.l2).numpy()
-    finally:
-        model.train(was_training)
+    with _inference(model):
+        for x in tqdm(loader, desc=f"embed {settings.view or ''}".strip(), disable=not progress, leave=False):
+            yield embed_batch(model, x.to(device), settings.view, settings.flip, settings.l2).numpy()
 
 
 def embed(model: nn.Module, items_or_paths: Sequence[Any], *, view: str | None = None,
@@ -159,8 +153,7 @@ def embed(model: nn.Module, items_or_paths: Sequence[Any], *, view: str | None =
     items and settings. `transform` replaces the preprocessing with a caller's own (the perturbed
     teacher copies of distillation); with a cache it needs a `transform_name`.
     """
-    spec = None if transform is not None else (Preprocess.from_dict(preprocess) if preprocess is not None
-                                                 else preprocess_of(model))
+    spec = None if transform is not None else _spec(model, preprocess)
     settings = EmbedSettings(spec, view, flip, l2, transform_name if transform is not None else None)
     items = as_items(items_or_paths)
     if cache is not None:
@@ -177,8 +170,7 @@ def embed_images(model: nn.Module, images: Sequence["Image.Image"], *, view: str
                  preprocess: Preprocess | Mapping[str, Any] | None = None, device: str = "cpu",
                  flip: bool = False, l2: bool = True) -> np.ndarray:
     """(N, D) embeddings of decoded images (an upload), through the same preprocessing as `embed`."""
-    spec = Preprocess.from_dict(preprocess) if preprocess is not None else preprocess_of(model)
-    tf = spec.transform(view)
+    tf = _spec(model, preprocess).transform(view)
     batch = torch.stack([tf(img) for img in images]).to(device)
     return embed_tensors(model, batch, view, flip, l2)
 
@@ -186,14 +178,22 @@ def embed_images(model: nn.Module, images: Sequence["Image.Image"], *, view: str
 def embed_tensors(model: nn.Module, batch: torch.Tensor, view: str | None = None, flip: bool = False,
                   l2: bool = True) -> np.ndarray:
     """(B, D) embeddings of an already transformed batch; eval mode, no gradients, mode restored."""
+    with _inference(model):
+        return embed_batch(model, batch, view, flip, l2).numpy()
+
+
+def _spec(model: nn.Module, preprocess: Preprocess | Mapping[str, Any] | None) -> Preprocess:
+    """The preprocessing a caller asked for, else the model's own (`preprocess_of`)."""
+    return Preprocess.from_dict(preprocess) if preprocess is not None else preprocess_of(model)
+
+
+@contextmanager
+def _inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode without gradients; the model is left in the mode it was in."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return embed_batch(model, batch, view, flip, l2).numpy()
+            yield
     finally:
         model.train(was_training)
-
-
-def path_of(item: Any) -> Path:
-    return Path(item.path if hasattr(item, "path") else item)

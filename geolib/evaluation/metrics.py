@@ -299,22 +299,19 @@ def topk_search(query_emb: np.ndarray, gallery_emb: np.ndarray, k: int,
     n, k = len(q), max(0, min(int(k), len(gallery_emb)))
     if k == 0 or n == 0:
         return np.zeros((n, k), np.float32), np.zeros((n, k), np.int64)
-    q_norm = _row_norms(q)
+    import faiss  # its float32 top-k shortlists a chunk faster than a numpy product and a partition
+
+    q_norm = row_norms(q)
     band = np.zeros(n, np.float32)  # running max of the chunks' error bounds, per query
     rows, items, approx = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     for g0 in range(0, len(gallery_emb), chunk_size):
         g = _as_f32(gallery_emb[g0:g0 + chunk_size])
         band = np.maximum(band, _block_band(q_norm, g))
-        r, c, s = _shortlist(q, g, min(k, len(g)), band)
+        r, c, s = shortlist(lambda depth: faiss.knn(q, g, depth, metric=faiss.METRIC_INNER_PRODUCT),
+                            len(g), min(k, len(g)), band, with_scores=True)
         rows, items, approx = _prune(n, k, np.concatenate([rows, r]), np.concatenate([items, c + g0]),
                                      np.concatenate([approx, s]), band)
-    exact = np.empty(len(rows), np.float32)
-    for g0 in np.unique(items // chunk_size * chunk_size).tolist():  # the chunks still on the list
-        sel = np.flatnonzero((items >= g0) & (items < g0 + chunk_size))
-        uniq, local = np.unique(items[sel], return_inverse=True)
-        exact[sel] = pair_scores(q, _as_f32(gallery_emb[uniq]), rows[sel], local.reshape(-1))
-    empty_s, empty_i = np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
-    return _merge_candidates(n, k, rows, items, exact, empty_s, empty_i)
+    return _merge_candidates(n, k, rows, items, _exact_scores(q, gallery_emb, rows, items, chunk_size))
 
 
 def _prune(n: int, k: int, rows: np.ndarray, items: np.ndarray, approx: np.ndarray,
@@ -328,18 +325,6 @@ def _prune(n: int, k: int, rows: np.ndarray, items: np.ndarray, approx: np.ndarr
     kth = np.where(counts >= k, approx[np.minimum(starts + k - 1, max(len(rows) - 1, 0))], -np.inf)
     keep = approx >= (kth - 2 * band)[rows]
     return rows[keep], items[keep], approx[keep]
-
-
-def _shortlist(q: np.ndarray, g: np.ndarray, kk: int, band: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A chunk's shortlist (rows, items, float32 scores) through faiss's top-k, faster than a
-    numpy product and a partition."""
-    import faiss
-
-    def search(depth: int) -> tuple[np.ndarray, np.ndarray]:
-        return faiss.knn(q, g, depth, metric=faiss.METRIC_INNER_PRODUCT)
-
-    rows, items, scores = shortlist(search, len(g), kk, band, with_scores=True)
-    return rows, items, scores
 
 
 def shortlist(search: Callable[[int], tuple[np.ndarray, np.ndarray]], n_items: int, kk: int,
@@ -376,9 +361,7 @@ def exact_topk_of_candidates(query_emb: np.ndarray, rows: np.ndarray, items: np.
     uniq, local = np.unique(items, return_inverse=True)
     if len(vectors) != len(uniq):
         raise ValueError(f"{len(vectors)} vectors for {len(uniq)} distinct shortlisted items")
-    scores = pair_scores(q, _as_f32(vectors), rows, local.reshape(-1))
-    empty_s, empty_i = np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-    return _merge_candidates(len(q), k, rows, items, scores, empty_s, empty_i)
+    return _merge_candidates(len(q), k, rows, items, pair_scores(q, _as_f32(vectors), rows, local.reshape(-1)))
 
 
 def pair_scores(query_emb: np.ndarray, gallery_emb: np.ndarray, rows: np.ndarray,
@@ -453,20 +436,13 @@ def _chunk_ranks(q: np.ndarray, gallery_emb: np.ndarray, keep: np.ndarray, pos: 
     within the bound of a positive's score (the positive itself, duplicates, near ties) are
     rescored exactly, so the ranks do not depend on how the gallery or the queries are blocked.
     """
-    valid = pos >= 0
     pos_score = np.full(pos.shape, np.inf, np.float32)
-    rows, cols = np.nonzero(valid)
-    block = pos[rows, cols] // chunk_size
-    for b in np.unique(block).tolist():  # only the gallery chunks that hold a positive
-        sel = block == b
-        items = pos[rows[sel], cols[sel]]
-        uniq = np.unique(items)
-        pos_score[rows[sel], cols[sel]] = pair_scores(q, _as_f32(gallery_emb[uniq]), rows[sel],
-                                                      np.searchsorted(uniq, items))
+    rows, cols = np.nonzero(pos >= 0)
+    pos_score[rows, cols] = _exact_scores(q, gallery_emb, rows, pos[rows, cols], chunk_size)
     order = np.argsort(pos_score, axis=1, kind="stable")  # ascending; padding (+inf) last
     sorted_score = np.take_along_axis(pos_score, order, axis=1)
     sorted_index = np.take_along_axis(pos, order, axis=1)
-    q_norm = _row_norms(q)
+    q_norm = row_norms(q)
     above = np.zeros(pos.shape, np.int64)
     for idx, g in _gallery_blocks(gallery_emb, keep, chunk_size):
         band = _block_band(q_norm, g)[:, None]
@@ -480,17 +456,27 @@ def _block_scores(q: np.ndarray, g: np.ndarray) -> np.ndarray:
     return q @ g.T
 
 
-def _merge_candidates(n: int, k: int, rows: np.ndarray, items: np.ndarray, scores: np.ndarray,
-                      best_s: np.ndarray, best_i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The k best of the running (n, m) top lists and new candidates, by score then gallery index.
+def _exact_scores(q: np.ndarray, gallery_emb: np.ndarray, rows: np.ndarray, items: np.ndarray,
+                  chunk_size: int) -> np.ndarray:
+    """`pair_scores` of (query row, gallery item) pairs, reading from each gallery chunk that holds
+    one of the items only the distinct items it holds (bounded memory, each row read once)."""
+    out = np.empty(len(rows), np.float32)
+    block = items // chunk_size
+    for b in np.unique(block).tolist():
+        sel = np.flatnonzero(block == b)
+        uniq, local = np.unique(items[sel], return_inverse=True)
+        out[sel] = pair_scores(q, _as_f32(gallery_emb[uniq]), rows[sel], local.reshape(-1))
+    return out
 
-    Every row must end with the same count (min(k, m + its candidates)), which the shortlists
+
+def _merge_candidates(n: int, k: int, rows: np.ndarray, items: np.ndarray,
+                      scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (row, item) candidates per row, by score then gallery index, as (n, k) arrays.
+
+    Every row must hold the same count (at least k, or all its items), which the shortlists
     guarantee: a block either gives each row at least its own k or all of its items.
     """
-    seen = best_s.shape[1]
-    all_r = np.concatenate([rows.astype(np.int64), np.repeat(np.arange(n), seen)])
-    all_i = np.concatenate([items.astype(np.int64), best_i.reshape(-1)])
-    all_s = np.concatenate([scores.astype(np.float32), best_s.reshape(-1)])
+    all_r, all_i, all_s = rows.astype(np.int64), items.astype(np.int64), scores.astype(np.float32)
     order = np.lexsort((all_i, -all_s, all_r))
     all_r, all_i, all_s = all_r[order], all_i[order], all_s[order]
     starts = np.searchsorted(all_r, np.arange(n))
@@ -500,7 +486,8 @@ def _merge_candidates(n: int, k: int, rows: np.ndarray, items: np.ndarray, score
     return all_s[keep].reshape(n, width), all_i[keep].reshape(n, width)
 
 
-def _row_norms(x: np.ndarray) -> np.ndarray:
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each row, in float64 (the input of `score_band`)."""
     return np.sqrt(np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64)))
 
 
@@ -516,7 +503,7 @@ def score_band(q_norm: np.ndarray, g_max_norm: float, dim: int) -> np.ndarray:
 
 
 def _block_band(q_norm: np.ndarray, g: np.ndarray) -> np.ndarray:
-    return score_band(q_norm, float(_row_norms(g).max()) if len(g) else 0.0, g.shape[1])
+    return score_band(q_norm, float(row_norms(g).max()) if len(g) else 0.0, g.shape[1])
 
 
 def _count_above(q: np.ndarray, g: np.ndarray, scores: np.ndarray, band: np.ndarray, idx: np.ndarray,

@@ -274,6 +274,7 @@ class GalleryIndex:
         self.index = index
         self.meta = meta
         self.on_gpu = on_gpu
+        self._max_norm_cache: float | None = None  # `_max_norm`, computed on the first exact search
         _check(index, meta, source="index")
 
     @classmethod
@@ -422,11 +423,10 @@ class GalleryIndex:
         faiss rounds a pair differently in a batch than alone, so two identical gallery images
         could swap; the widening makes the shortlist provably contain the exact top k.
         """
-        from ..evaluation.metrics import exact_topk_of_candidates, score_band, shortlist
+        from ..evaluation.metrics import exact_topk_of_candidates, row_norms, score_band, shortlist
 
         kk = min(k, len(self))
-        band = score_band(np.sqrt(np.einsum("ij,ij->i", q.astype(np.float64), q.astype(np.float64))),
-                          self._max_norm(), q.shape[1])
+        band = score_band(row_norms(q), self._max_norm(), q.shape[1])
         rows, items = shortlist(lambda depth: self.index.search(q, depth), len(self), kk, band)
         vectors = np.asarray(self.index.reconstruct_batch(np.unique(items)), np.float32)
         scores, index = exact_topk_of_candidates(q, rows, items, vectors, kk)
@@ -438,11 +438,13 @@ class GalleryIndex:
 
     def _max_norm(self) -> float:
         """Largest gallery vector norm, for the error bound; read once, chunk by chunk."""
-        if getattr(self, "_max_norm_cache", None) is None:
+        from ..evaluation.metrics import row_norms
+
+        if self._max_norm_cache is None:
             best = 0.0
             for a in range(0, len(self), 65536):
-                x = self.index.reconstruct_n(a, min(65536, len(self) - a)).astype(np.float64)
-                best = max(best, float(np.sqrt(np.einsum("ij,ij->i", x, x)).max(initial=0.0)))
+                x = self.index.reconstruct_n(a, min(65536, len(self) - a))
+                best = max(best, float(row_norms(x).max(initial=0.0)))
             self._max_norm_cache = best
         return self._max_norm_cache
 

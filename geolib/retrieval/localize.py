@@ -162,14 +162,6 @@ def index_flip(index: "GalleryIndex") -> bool:
     return bool((index.meta.get("extra") or {}).get("flip", False))
 
 
-def embed_tensors(model: "nn.Module", images: Any, view: str, flip: bool = False) -> np.ndarray:
-    """(B, D) L2-normalised float32 embeddings of a transformed batch `(B, 3, H, W)`, as the gallery's
-    (`geolib.evaluation.embedding.embed_tensors`); the model is left in the mode it was in."""
-    from ..evaluation.embedding import embed_tensors as _embed_tensors
-
-    return _embed_tensors(model, images, view, flip)
-
-
 def localize(image_or_path: Any, index: "GalleryIndex | str | os.PathLike",
              model: "nn.Module | str | os.PathLike | None" = None, k: int = 5, view: str = "street",
              image_size: int | None = None, device: str = "cpu") -> list[Place]:

@@ -111,10 +111,6 @@ def distance_embeddings(q: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.nd
     return q2.astype(np.float32), g2.astype(np.float32)
 
 
-def _metrics(q, ql, g, gl) -> dict[str, float]:
-    return retrieval_metrics(q, ql, g, gl, ks=(1, 5, 10))
-
-
 def run_all(root: Path, masks: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
     """Baselines in the three directions, chance levels, and (with masks) the oracle.
 
@@ -133,9 +129,9 @@ def run_all(root: Path, masks: dict[str, tuple[np.ndarray, np.ndarray]] | None =
                 "config": {"queries": len(ql), "gallery": len(gl), "gallery_places": int(len(set(gl)))}}
         results.append({**base, "model": "chance", "metrics": {"R@1": label_chance_recall(ql, gl)}})
         results.append({**base, "model": "raw-pixels", "config": {**base["config"], "size": 16},
-                        "metrics": _metrics(raw_pixels(qsmall), ql, raw_pixels(gsmall), gl)})
+                        "metrics": retrieval_metrics(raw_pixels(qsmall), ql, raw_pixels(gsmall), gl)})
         results.append({**base, "model": "color-histogram", "config": {**base["config"], "bins": "8x8x8 RGB, sqrt"},
-                        "metrics": _metrics(colour_histogram(qfull), ql, colour_histogram(gfull), gl)})
+                        "metrics": retrieval_metrics(colour_histogram(qfull), ql, colour_histogram(gfull), gl)})
     if masks:
         results.append(oracle(root, cache, masks))
     return {"results": results}
@@ -152,4 +148,4 @@ def oracle(root: Path, cache: dict, masks: dict[str, np.ndarray]) -> dict[str, A
     return {"protocol": PROTOCOL, "query_view": "street", "gallery_view": "satellite", "model": "oracle",
             "config": {"cue": f"facade hue - {FACADE_HUE_SHIFT:g} deg and saturation vs roof",
                        "queries": len(ql), "gallery": len(gl), "gallery_places": int(len(set(gl)))},
-            "metrics": _metrics(qe, ql, ge, gl)}
+            "metrics": retrieval_metrics(qe, ql, ge, gl)}

@@ -1,6 +1,6 @@
 """Building the synthetic world's export: generate, render, write the layouts, run the baselines.
 
-world.py generates the geometry and the cameras; export.py writes the real datasets' layouts;
+generate.py generates the geometry and the cameras; export.py writes the real datasets' layouts;
 baselines.py scores them. This module is the one that calls all three (and `python -m geolib
 world`), so none of them needs to import another lazily to close a circle.
 """
