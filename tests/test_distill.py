@@ -8,7 +8,7 @@ from conftest import build_crossview_tree
 from geolib.evaluation.crossview import evaluate_crossview
 from geolib.data.datasets import load_dataset
 from geolib.training.distill4geo import (DistillConfig, RowRunner, StudentModel, cache_teacher, dual_cosine_loss,
-                            load_student, save_student, train_items, train_student)
+                                        fit_student, load_student, save_student, train_items)
 from geolib.models import create_model
 
 TINY = dict(img_size=32, embed_dim=16, fusion_dim=16, pooling="gem",
@@ -56,8 +56,8 @@ def test_teacher_cache_has_one_entry_per_image_and_copy(world, teacher):
 def test_student_training_reduces_loss_and_runs_without_teacher(world, teacher, tmp_path):
     cache = cache_teacher(teacher, train_items(world, VIEWS), 32, perturb=False)
     st = StudentModel("mobilenetv3_small_050", VIEWS, out_dim=cache.dim, img_size=32)
-    hist = train_student(st, cache, DistillConfig(views=VIEWS, image_size=32, epochs=4, batch_size=4,
-                                                  lr=3e-3, perturb=False))
+    hist = fit_student(st, cache, DistillConfig(views=VIEWS, image_size=32, epochs=4, batch_size=4,
+                                                lr=3e-3, perturb=False)).history
     assert hist[-1]["loss"] < hist[0]["loss"]
     save_student(st, tmp_path / "student")
     again = load_student(tmp_path / "student")

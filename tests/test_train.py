@@ -5,8 +5,9 @@ from torch import nn
 
 from conftest import make_image
 from geolib.data.datasets import default_transform, load_dataset
-from geolib.training.multiview import (MultiViewPlaces, PlaceBatchSampler, TrainConfig, cosine_with_warmup, fit, place_loader,
-                          gps_neighbours)
+from geolib.training.loop import cosine_with_warmup
+from geolib.training.multiview import (MultiViewPlaces, PlaceBatchSampler, TrainConfig, fit, place_loader,
+                                       gps_neighbours)
 
 
 class TinyNet(nn.Module):
@@ -196,7 +197,7 @@ def test_a_finished_run_is_reused_and_a_longer_one_continues_it(places, tmp_path
 
 
 def test_channels_last_training_matches_the_default_layout(places, tmp_path):
-    from geolib.training.multiview import input_format
+    from geolib.evaluation.embedding import input_format
 
     runs = {}
     for cl in (False, True):
@@ -233,7 +234,7 @@ def test_frozen_parts_keep_weights_and_batchnorm_statistics(places, tmp_path):
 
 
 def test_backbone_parameters_get_their_own_learning_rate():
-    from geolib.training.multiview import param_groups
+    from geolib.training.loop import param_groups
 
     groups = param_groups(BNNet(), 1e-2, backbone_scale=0.1)
     assert [g["lr"] for g in groups] == [1e-3, 1e-2]

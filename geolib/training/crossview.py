@@ -7,7 +7,7 @@ The evaluation half (`geolib.evaluation.crossview`) scores what this trains; not
 from __future__ import annotations
 
 import functools
-from dataclasses import MISSING, fields, replace
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -51,18 +51,15 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
     `transform` replaces the training transform (near-square crop jitter + `augment`): on a
     panorama that crop would keep a quarter of it, so pair datasets train on plain resizes.
     """
-    rules = {"last": "last", "train-loss": None}
     if select == "test":
         raise ValueError("select='test' is refused: it keeps the epoch that scores best on the test split and then "
                          "reports that same split, an optimistic number. Use select='last' (default) or "
                          "'train-loss'; the test recall is still recorded each evaluation as a curve")
-    if select not in rules:
-        raise ValueError(f"select must be one of {', '.join(rules)}, got {select!r}")
+    if select not in ("last", "train-loss"):
+        raise ValueError(f"select must be one of last, train-loss, got {select!r}")
     from .losses import make_pair_loss
     from .multiview import MultiViewPlaces, fit
 
-    if hasattr(model, "config") and "model" not in cfg.extra:  # so the checkpoint can rebuild its model
-        cfg = replace(cfg, extra={**cfg.extra, "model": model.config})
     train_items = dryrun.places(ds.select(split="train"))
     places = MultiViewPlaces(train_items, cfg.views,
                              transform or default_transform(image_size, train=True, colour=augment),
@@ -77,7 +74,7 @@ def train_crossview(model: nn.Module, ds: GeoDataset, cfg: "TrainConfig", out_di
 
     in_training = bool(eval_directions) and not dryrun.active()  # a dry run evaluates once, at the end
     return fit(model, places, cfg, out_dir, pair_loss, watch=evaluate if in_training else None,
-               extra_loss=extra_loss, extra_modules=[pair_loss, *extra_modules], select_metric=rules[select],
+               extra_loss=extra_loss, extra_modules=[pair_loss, *extra_modules], select_metric=select,
                on_epoch=on_epoch, progress=progress, max_minutes=max_minutes)
 
 

@@ -110,6 +110,19 @@ def loaded_weights(pretrained: bool | str, status: str) -> bool | str:
     return status[len("file:"):] if status.startswith("file:") else True
 
 
+def rebuild(cls: Callable[..., nn.Module], weights: str | None, options: dict[str, Any]) -> Any:
+    """`cls(**options)` rebuilt from a saved config that names where its backbone weights came from
+    (`weights`): it starts from random weights (the trained ones come from the checkpoint, with no
+    lookup and no line said) and keeps that status in its config."""
+    if weights is not None:
+        options.setdefault("pretrained", False)
+        options.setdefault("log", lambda _: None)
+    model = cls(**options)
+    if weights is not None:
+        model.weights = model.config["weights"] = weights
+    return model
+
+
 class StudentBranch(nn.Module):
     """timm backbone (last stage) → GeM → Linear to the teacher's width → L2."""
 
@@ -270,24 +283,11 @@ class DistillConfig:
         return d
 
 
-class _ViewImages(torch.utils.data.Dataset):
-    """(image, index in the cache) of one view."""
-
-    def __init__(self, items: Sequence[ImageItem], transform: Callable) -> None:
-        self.inner = ImageDataset(items, transform)
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, i: int):
-        return self.inner[i]
-
-
 class _StudentBatches:
     """One epoch's steps: per view, the images of a planned index batch and the teacher copy each
     is matched to. Planned up front from the (seed, epoch) generator, so a resumed run replays them."""
 
-    def __init__(self, images: Mapping[str, _ViewImages], index: Mapping[str, list[np.ndarray]],
+    def __init__(self, images: Mapping[str, ImageDataset], index: Mapping[str, list[np.ndarray]],
                  copies: Mapping[str, list[np.ndarray]]) -> None:
         self.images, self.index, self.copies = images, index, copies
         self.steps = min(len(b) for b in index.values())
@@ -307,7 +307,7 @@ def student_plan(cache: TeacherEmbeddings, views: Sequence[str], transform: Call
     """`plan(epoch, rng)` for `geolib.training.loop`: each step one batch per view (a view smaller than a batch
     gives all its images), every image of the view at most once per epoch, and per image a random
     cached teacher copy."""
-    images = {v: _ViewImages(cache.items[v], transform) for v in views}
+    images = {v: ImageDataset(cache.items[v], transform) for v in views}
     sizes = {v: len(cache.items[v]) for v in views}
     if not all(sizes.values()):
         raise ValueError(f"the teacher cache has no image for some view ({sizes}); check the views and the train split")
@@ -344,9 +344,7 @@ def fit_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillCon
             s_emb[v] = student(x.to(device), v)
         return dual_cosine_loss(s_emb, t_emb)
 
-    loop_cfg = LoopConfig(epochs=cfg.epochs, seed=cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                          optimizer=cfg.optimizer, scheduler=cfg.scheduler, warmup=cfg.warmup,
-                          grad_clip=cfg.grad_clip, device=device, resume=cfg.resume, max_minutes=cfg.minutes)
+    loop_cfg = LoopConfig.of(cfg, max_minutes=cfg.minutes)
     settings = {**cfg.to_dict(), "batch_size": batch_size, "teacher_copies": int(next(iter(cache.emb.values())).shape[0]),
                 "teacher_images": {v: len(its) for v, its in cache.items.items()}}
     res = run(student, step, plan, loop_cfg, out_dir, param_groups=[{"params": list(student.parameters())}],
@@ -356,24 +354,10 @@ def fit_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillCon
     return res
 
 
-def train_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillConfig,
-                  progress: bool = False, out_dir: str | Path | None = None) -> list[dict[str, float]]:
-    """`fit_student`'s per-epoch history (loss, lr, seconds…), as the ablation rows record it."""
-    return fit_student(student, cache, cfg, out_dir, progress).history
-
-
 @register_model("student")
 def create_student(weights: str | None = None, **options: Any) -> StudentModel:
-    """`geolib.models.create_model("student", **model.config)`: a saved config names where its
-    backbone weights came from (`weights`); a rebuild then starts from random weights (the trained
-    ones come from the file) and keeps that status in its config."""
-    if weights is not None:
-        options.setdefault("pretrained", False)
-        options.setdefault("log", lambda _: None)
-    model = StudentModel(**options)
-    if weights is not None:
-        model.weights = model.config["weights"] = weights
-    return model
+    """`geolib.models.create_model("student", **model.config)` (`rebuild`)."""
+    return rebuild(StudentModel, weights, options)
 
 
 def train_items(ds: Any, views: Sequence[str]) -> dict[str, list[ImageItem]]:

@@ -34,7 +34,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -98,6 +98,15 @@ class LoopConfig:
         d = asdict(self)
         d["freeze"] = list(self.freeze)
         return d
+
+    @classmethod
+    def of(cls, settings: Any, **overrides: Any) -> "LoopConfig":
+        """The loop settings a system's config holds under the loop's own names (`epochs`, `lr`,
+        `optimizer`...), and `overrides` for those it names otherwise or lacks."""
+        picked = {f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)}
+        if "freeze" in picked:
+            picked["freeze"] = tuple(picked["freeze"])
+        return cls(**{**picked, **overrides})
 
 
 @dataclass

@@ -19,10 +19,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.datasets import ImageItem, by_label
-from ..evaluation.embedding import input_format  # noqa: F401  (lives in geolib.evaluation.embedding; importable from here)
 from ..data.images import load_image
-from .loop import (RESUME_FREE, LoopConfig, LoopResult, adamw, autocast, cosine_with_warmup,  # noqa: F401
-                   distributed, freeze_parts, gather, param_groups, run, seed_everything, wrap_ddp)
+from .loop import LoopConfig, LoopResult, distributed, gather, run, wrap_ddp
+from .loop import adamw, seed_everything  # noqa: F401  (apps.bench and apps.explorer import them from here)
 
 
 @dataclass
@@ -168,11 +167,7 @@ class PlaceBatchSampler(torch.utils.data.Sampler[list[int]]):
             yield batch[self.rank * per_rank:(self.rank + 1) * per_rank]
 
 
-# --------------------------------------------------------------------------- optimisation
-
-# The optimisation pieces (seed_everything, adamw, param_groups, cosine_with_warmup, autocast,
-# freeze_parts) live in geolib.training.loop, the one training loop; they stay importable from here.
-
+# --------------------------------------------------------------------------- the multi-view step
 
 def embed_batch(train_model: nn.Module, model: nn.Module, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One call for all views when the model takes a dict (views sharing a branch then run as one
@@ -193,14 +188,6 @@ def multiview_loss(embeddings: dict[str, torch.Tensor], pair_loss: Callable[[tor
 
 
 # --------------------------------------------------------------------------- embedding
-
-def embed_tensor(model: nn.Module, x: torch.Tensor, view: str, flip: bool = False) -> torch.Tensor:
-    """(B, D) L2-normalised float32 CPU embeddings of one transformed batch: `geolib.evaluation.embedding.embed_batch`,
-    kept under its older name. The caller sets eval mode and no_grad."""
-    from ..evaluation.embedding import embed_batch as _embed_batch
-
-    return _embed_batch(model, x, view, flip, l2=True)
-
 
 def embed_items(model: nn.Module, items: Sequence[ImageItem], view: str, transform: Callable | None = None,
                 batch_size: int = 64, device: str = "cpu", flip: bool = False,
@@ -242,24 +229,12 @@ def _eval_spec(transform: Callable) -> Any:
 
 # --------------------------------------------------------------------------- the loop
 
-FitResult = LoopResult  # the result of `fit` is the one loop's result (history, best_path, last_path, resumed_from…)
-
-
 def place_loader(train_set: MultiViewPlaces, sampler: PlaceBatchSampler, num_workers: int = 0
                  ) -> torch.utils.data.DataLoader:
     """The training loader. Its workers are forked afresh each epoch, not kept: a persistent worker
     holds the dataset copy it was forked with, `set_epoch` never reaches it, and every epoch would
     draw epoch 0's image of each place and view."""
     return torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=num_workers)
-
-
-def loop_config(cfg: TrainConfig, select: str = "train-loss", max_minutes: float | None = None) -> LoopConfig:
-    """The loop settings a cross-view `TrainConfig` stands for."""
-    return LoopConfig(epochs=cfg.epochs, seed=cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                      optimizer=cfg.optimizer, scheduler=cfg.scheduler, warmup=cfg.warmup, grad_clip=cfg.grad_clip,
-                      amp=cfg.amp, device=cfg.device, channels_last=cfg.channels_last, freeze=tuple(cfg.freeze),
-                      backbone_lr_scale=cfg.backbone_lr_scale, select=select, eval_every=cfg.eval_every,
-                      resume=cfg.resume, max_minutes=max_minutes)
 
 
 def multiview_step(train_model: nn.Module, model: nn.Module, views: Sequence[str],
@@ -329,11 +304,7 @@ def fit(model: nn.Module, train_set: MultiViewPlaces, cfg: TrainConfig, out_dir:
     def on_model(fn: Callable[[nn.Module, int], dict[str, float]] | None):  # callbacks see the model, not the bundle
         return None if fn is None else (lambda _bundle, epoch: fn(model, epoch))
 
-    return run(bundle, step, plan, loop_config(cfg, select, max_minutes), out_dir, evaluate=on_model(evaluate),
-               watch=on_model(watch),
+    return run(bundle, step, plan, LoopConfig.of(cfg, select=select, max_minutes=max_minutes), out_dir,
+               evaluate=on_model(evaluate), watch=on_model(watch),
                settings=cfg.to_dict(), settings_defaults=TrainConfig().to_dict(), steps_per_epoch=len(sampler),
                on_epoch=on_epoch, progress=progress)
-
-
-_distributed = distributed  # older names
-_gather = gather

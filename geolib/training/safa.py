@@ -269,8 +269,7 @@ def train_safa(model: SAFAModel, ds: GeoDataset, cfg: "TrainConfig", out_dir: st
     from .losses import SoftMarginTriplet
     from .multiview import fit
 
-    cfg = replace(cfg, views=SAFA_VIEWS, epochs=dryrun.epochs(cfg.epochs), batch_size=dryrun.batch(cfg.batch_size),
-                  extra={**cfg.extra, "model": cfg.extra.get("model", model.config)})
+    cfg = replace(cfg, views=SAFA_VIEWS, epochs=dryrun.epochs(cfg.epochs), batch_size=dryrun.batch(cfg.batch_size))
     train_split, eval_split = cvusa_splits(ds)
     sizes = model.input_sizes()
     places = PairedViews(_capped_pairs(ds.select(split=train_split)), view_transforms(sizes, train=True, jitter=jitter))
@@ -284,13 +283,7 @@ def train_safa(model: SAFAModel, ds: GeoDataset, cfg: "TrainConfig", out_dir: st
 
 @register_model("safa")
 def create_safa(weights: str | None = None, **options: Any) -> SAFAModel:
-    """`geolib.models.create_model("safa", **model.config)`: a saved config names where its backbone
-    weights came from (`weights`); a rebuild then starts from random weights, since the trained ones
-    come from the checkpoint, and keeps that status in its config."""
-    if weights is not None:
-        options.setdefault("pretrained", False)
-        options.setdefault("log", lambda _: None)
-    model = SAFAModel(**options)
-    if weights is not None:
-        model.weights = model.config["weights"] = weights
-    return model
+    """`geolib.models.create_model("safa", **model.config)` (`distill4geo.rebuild`)."""
+    from .distill4geo import rebuild
+
+    return rebuild(SAFAModel, weights, options)

@@ -367,15 +367,6 @@ def build_teacher_cache(teacher: Teacher, paths: Sequence[str | Path], directory
     return merged
 
 
-def _default_loader(size: int) -> Callable[[str], Tensor]:
-    """The teacher's input as one tensor (`Teacher.preprocess`'s transform at `size`)."""
-    from ..data.transforms import Preprocess
-    from ..data.images import load_image
-
-    transform = Preprocess(size).transform()
-    return lambda path: transform(load_image(path))
-
-
 class ImageDistillation(nn.Module):
     """Distillation as `multiview.fit`'s `extra_loss(images, embeddings, labels, paths)`, from cached teachers.
 
