@@ -206,7 +206,7 @@ def test_thumbnails_are_cached_and_survive_bad_files(tmp_path):
 # --------------------------------------------------------------------------- notebook 05's checkpoint and records
 
 def test_checkpoint_or_fallback_prefers_notebook_02s_and_refuses_without_epochs(monkeypatch, tmp_path):
-    from geolib.paths import outputs_root
+    from geolib.paths import outputs_root, phase1_checkpoint
 
     monkeypatch.setenv("GEOLIB_OUTPUTS", str(tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="run notebook 02 first .* fallback_epochs > 0"):
@@ -217,7 +217,7 @@ def test_checkpoint_or_fallback_prefers_notebook_02s_and_refuses_without_epochs(
         (folder / name).write_text("{}")
     said = []
     assert ex.checkpoint_or_fallback("smoke", None, {}, 3, announce=said.append) == (folder / "last", False)
-    assert said == [] and ex.saved_checkpoint("smoke") == folder / "last"
+    assert said == [] and phase1_checkpoint("smoke") == folder / "last"
 
 
 def test_untrained_like_is_the_same_architecture_seeded():

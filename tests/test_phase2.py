@@ -17,17 +17,6 @@ def test_chance_recall_hand_made_and_brute_force():
     assert phase2.chance_lr(q, db) == pytest.approx(brute)
 
 
-def test_query_sets_skip_missing_folders(tmp_path):
-    root = tmp_path / "vpr"
-    make_image(root / "test" / "database" / vpr_name(500000, 4600000, heading=0), seed=1)
-    make_image(root / "test" / "queries" / vpr_name(500001, 4600000), seed=2)
-    make_image(root / "test" / "queries_night" / vpr_name(500002, 4600000, note="night"), seed=3)
-    db, queries = phase2.query_sets(root, "test", phase2.DEFAULT_QUERY_FOLDERS)
-    assert len(db) == 1 and sorted(queries) == ["day", "night"] and len(queries["night"]) == 1
-    with pytest.raises(FileNotFoundError, match="none of the query folders"):
-        phase2.query_sets(root, "test", {"day": "queries_v1"})
-
-
 def test_comparison_table_keeps_last_and_reads_both_protocols():
     recs = [
         {"task": "vpr", "dataset": "d", "protocol": "vpr-25m", "model": "cosplace", "query_view": "query-day",

@@ -142,10 +142,3 @@ def vpr_splits(root: Path) -> list[str]:
     found = [p.name for p in Path(root).iterdir() if p.is_dir() and (p / "database").is_dir()] \
         if Path(root).is_dir() else []
     return sorted(found, key=lambda s: (order.get(s, 3), s))
-
-
-def query_folders(root: Path, split: str, query_folder: str | None = None) -> dict[str, str]:
-    """Condition -> query folder of `<root>/<split>/` (see `geoclass.resolve_query_folders`)."""
-    from .geoclass import resolve_query_folders
-
-    return resolve_query_folders(root, split, query_folder)

@@ -60,6 +60,8 @@ def check_roots(roots: Mapping[str, Path], query_folder: str | None = None,
     A VPR root whose `train/` is a plain tree of @-named images (SF-XS) is read as one database.
     `u1652_side` (coordinates, regions) goes to the `university1652` root only.
     """
+    from .geoclass import resolve_query_folders
+
     checked: dict[str, Any] = {}
     for name, root in roots.items():
         fmt = name.split(":")[-1]
@@ -71,7 +73,7 @@ def check_roots(roots: Mapping[str, Path], query_folder: str | None = None,
             checked[f"{name}/train"] = _check(f"{name}/train (plain tree)", "vpr", root, split="train",
                                               query_folder=None, database_folder=".")
         for split in splits:
-            folder = next(iter(dataroots.query_folders(root, split, query_folder).values()))
+            folder = next(iter(resolve_query_folders(root, split, query_folder).values()))
             checked[f"{name}/{split}"] = _check(f"{name}/{split} ({folder})", "vpr", root, split=split,
                                                 query_folder=folder)
     return checked

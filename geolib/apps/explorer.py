@@ -678,26 +678,19 @@ def _places_table(places: list) -> str:
 
 # --------------------------------------------------------------------------- notebook 05 helpers
 
-def saved_checkpoint(profile: str) -> Path | None:
-    """Notebook 02's Phase 1 checkpoint (best, else last), or None when 02 has not run:
-    `paths.phase1_checkpoint`, the one rule every reader uses."""
-    from ..paths import phase1_checkpoint
-
-    return phase1_checkpoint(profile)
-
-
 def checkpoint_or_fallback(profile: str, ds: Any, phase1: dict[str, Any], fallback_epochs: int,
                            announce: Callable[[str], None] = print) -> tuple[Path, bool]:
-    """(checkpoint, whether it is a fallback): notebook 02's, else a `phase1` model trained here for
+    """(checkpoint, whether it is a fallback): notebook 02's (`paths.phase1_checkpoint`, the rule every
+    reader uses), else a `phase1` model trained here for
     `fallback_epochs` epochs (announced, since its retrievals are weaker), so the explorer shows
     something when run alone. With no checkpoint and `fallback_epochs` 0, a FileNotFoundError says
     how to get one."""
     from ..training.crossview import phase1_model
     from ..training.crossview import train_crossview
-    from ..paths import profile_dir
+    from ..paths import phase1_checkpoint, profile_dir
     from ..training.multiview import TrainConfig, seed_everything
 
-    checkpoint = saved_checkpoint(profile)
+    checkpoint = phase1_checkpoint(profile)
     if checkpoint is not None:
         return checkpoint, False
     if fallback_epochs <= 0:
@@ -732,7 +725,8 @@ def add_vpr_runs(results: ExplorerResults, runs: dict[str, Any], vpr_data: Any, 
     added to `results` and recorded as `<run>-street-branch`; False when there is no test split.
     A dry run embeds a few images of each side."""
     from .. import dryrun
-    from .dataroots import query_folders, vpr_splits
+    from .dataroots import vpr_splits
+    from .geoclass import resolve_query_folders
     from ..data.datasets import load_dataset
     from ..data.transforms import Preprocess
     from ..evaluation.embedding import embed
@@ -740,11 +734,11 @@ def add_vpr_runs(results: ExplorerResults, runs: dict[str, Any], vpr_data: Any, 
 
     if vpr_data is None or "test" not in vpr_splits(vpr_data.root):
         return False
-    folder = next(iter(query_folders(vpr_data.root, "test", query_folder).values()))
+    folder = next(iter(resolve_query_folders(vpr_data.root, "test", query_folder).values()))
     vpr = load_dataset("vpr", vpr_data.root, split="test", query_folder=folder)
     db_items, q_items = dryrun.items(vpr.select(role="gallery")), dryrun.items(vpr.select(role="query"))
+    spec = Preprocess(int(image_size))  # the street branch as Phase 1 evaluates it
     for run, net in runs.items():
-        spec = Preprocess(int(image_size))  # the street branch as Phase 1 evaluates it
         db_emb = embed(net, db_items, view="street", preprocess=spec, device=device, cache=cache)
         q_emb = embed(net, q_items, view="street", preprocess=spec, device=device, cache=cache)
         results.add_vpr(run, q_items, db_items, q_emb, db_emb, k=k,

@@ -24,7 +24,6 @@ import numpy as np
 from .. import dryrun
 from ..data.datasets import ImageItem, utm_of
 
-DEFAULT_QUERY_FOLDERS = {"day": "queries", "night": "queries_night", "fog": "queries_fog"}
 # the condition a query folder holds, by the names releases use (the world's export, SF-XS's queries_v1)
 FOLDER_CONDITIONS = {"queries": "day", "queries_v1": "day", "queries_day": "day", "queries_night": "night",
                      "queries_fog": "fog"}
@@ -131,24 +130,6 @@ def evaluate_localization(training: Any, root: str | Path, split: str = "test",
 def query_view(condition: str) -> str:
     """The records' name of a query condition: `query-day`, `query-night`, ..."""
     return f"query-{condition}"
-
-
-def query_sets(root: str | Path, split: str, folders: Mapping[str, str]) -> tuple[list[ImageItem], dict[str, list[ImageItem]]]:
-    """(database, {condition: queries}) of a VPR split; a condition whose folder is missing is
-    skipped (real releases have one query folder), the database must exist."""
-    from ..training.cosplace import load_test_items
-
-    database: list[ImageItem] | None = None
-    queries: dict[str, list[ImageItem]] = {}
-    for condition, folder in folders.items():
-        if not (Path(root) / split / folder).is_dir():
-            continue
-        db, q = load_test_items(root, split, folder)
-        database = db if database is None else database
-        queries[condition] = q
-    if database is None:
-        raise FileNotFoundError(f"{root}/{split}: none of the query folders {sorted(set(folders.values()))} exists")
-    return database, queries
 
 
 def chance_recall(query_utm: np.ndarray, db_utm: np.ndarray, radius: float = 25.0) -> float:

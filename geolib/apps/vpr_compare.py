@@ -92,6 +92,19 @@ def metrics_frame(results: Mapping[str, Mapping[str, tuple[Any, float]]]) -> "An
     return pd.DataFrame({(n, c): r.metrics for n, res in results.items() for c, (r, _) in res.items()})
 
 
+def _trained_or_saved(name: str, items: Sequence[ImageItem] | None, config: Any, saved: Path, device: str,
+                      load_or_train: Any, load: Any, recorder: Recorder, needs: Any) -> tuple[Any, float] | None:
+    """(training, seconds) of one CosPlace or D&C row: `load_or_train(items, config, saved/name)` when
+    there are train items, else `load(saved/name, device)` (evaluate only: no train split here), else
+    None with the reason in `needs`."""
+    if items:
+        return phase2.timed(lambda: load_or_train(items, config, saved / name))
+    if (saved / name / "model.json").exists():
+        return load(saved / name, device), 0.0
+    needs.skip(name, f"no train split in {recorder.notes.get('root')} and no saved model in {saved / name}")
+    return None
+
+
 def _loss_line(config: Mapping[str, Any]) -> str:
     losses = config.get("loss_by_epoch") or []
     return f", loss {losses[0]} → {losses[-1]}" if losses else ""
@@ -136,13 +149,11 @@ def run_cosplace(cfg: Mapping[str, Any], train_items: Sequence[ImageItem] | None
     retrievals: dict[str, dict[str, tuple[Any, float]]] = {}
     for name, opts in cosplace_variants(cfg).items():
         cp_cfg = CosPlaceConfig(**{**base, **opts}, seed=cfg["seed"], device=device)
-        if train_items:
-            training, elapsed = phase2.timed(lambda: load_or_train_cosplace(train_items, cp_cfg, saved / name))
-        elif (saved / name / "model.json").exists():
-            training, elapsed = load_cosplace(saved / name, device), 0.0  # evaluate only: no train split here
-        else:
-            needs.skip(name, f"no train split in {recorder.notes.get('root')} and no saved model in {saved / name}")
+        found = _trained_or_saved(name, train_items, cp_cfg, saved, device, load_or_train_cosplace, load_cosplace,
+                                  recorder, needs)
+        if found is None:
             continue
+        training, elapsed = found
         model = getattr(training, "model", training)
         result = getattr(training, "result", None)
         train_s = (result.extra.get("train_s") if result is not None else None) or elapsed
@@ -244,13 +255,11 @@ def run_dc(cfg: Mapping[str, Any], items: Sequence[ImageItem] | None, queries: M
     trainings: dict[str, Any] = {}
     localizations: dict[str, dict[str, tuple[Any, float]]] = {}
     for name, dc_cfg in dc_configs(cfg, device).items():
-        if items:
-            training, elapsed = phase2.timed(lambda: load_or_train_dc(items, dc_cfg, saved / name))
-        elif (saved / name / "model.json").exists():
-            training, elapsed = load_dc(saved / name, device), 0.0  # evaluate only: the cells come with the model
-        else:
-            needs.skip(name, f"no train split in {recorder.notes.get('root')} and no saved model in {saved / name}")
+        # without train items the cells come with the saved model
+        found = _trained_or_saved(name, items, dc_cfg, saved, device, load_or_train_dc, load_dc, recorder, needs)
+        if found is None:
             continue
+        training, elapsed = found
         train_s = training.result.extra.get("train_s") or elapsed
         results = phase2.localize_conditions(training, queries, cfg["image_size"], device)
         memory_mb = next(iter(results.values()))[0].classifier_bytes / 2**20
