@@ -35,9 +35,8 @@ if TYPE_CHECKING:
 def preprocess_of(model: nn.Module) -> Preprocess:
     """The model's declared preprocessing.
 
-    Order: a `preprocess` attribute (teachers), `config["preprocess"]` (Phase 1 models), then the
-    family's rule for models whose config predates the spec (SAFA per-view sizes, PlaceNet's PIL
-    path, a student's `img_size`).
+    Order: a `preprocess` attribute (teachers, SAFA, PlaceNet), `config["preprocess"]` (Phase 1
+    models), then the image size a model was built for (students: `img_size`).
     """
     spec = getattr(model, "preprocess", None)
     if isinstance(spec, (Preprocess, Mapping)):
@@ -46,11 +45,6 @@ def preprocess_of(model: nn.Module) -> Preprocess:
     config = config if isinstance(config, Mapping) else {}
     if config.get("preprocess"):
         return Preprocess.from_dict(config["preprocess"])
-    name = config.get("name")
-    if name == "safa" and hasattr(model, "input_sizes"):
-        return Preprocess(dict(model.input_sizes()))
-    if name == "placenet":
-        return Preprocess(int(config["image_size"]), "bilinear-pil")
     size = getattr(model, "img_size", None) or config.get("img_size") or config.get("image_size")
     if size is None:
         raise ValueError(f"{type(model).__name__} declares no preprocessing (no `preprocess`, no config "

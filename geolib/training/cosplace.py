@@ -244,6 +244,11 @@ class PlaceNet(nn.Module):
         self.out_dim = out_dim
 
     @torch.no_grad()
+    @property
+    def preprocess(self) -> Any:
+        """CosPlace's evaluation preprocessing: PIL bilinear resize to the size it trained at."""
+        return preprocess_spec(self.options["image_size"])
+
     def _grid(self, image_size: int) -> tuple[int, int, int]:
         """(H, W, C) of the last map: MixVPR's Linear layers are sized by H·W, so probe it once."""
         was_training = self.backbone.training

@@ -26,7 +26,7 @@ from ..data.datasets import GeoDataset, ImageItem, labels_of, load_image
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD
 from ..models.layers import GeM
 from ..models import register_model
-from ..data.transforms import polar_transform
+from ..data.transforms import Preprocess, polar_transform
 
 if TYPE_CHECKING:
     from ..results import Result
@@ -143,6 +143,11 @@ class SAFAModel(nn.Module):
     def input_sizes(self) -> dict[str, tuple[int, int]]:
         """What each view's transform should resize to (the satellite stays square)."""
         return {"panorama": self.pano_hw, "satellite": (self.sat_size, self.sat_size)}
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The evaluation preprocessing: each view resized to its own input size."""
+        return Preprocess(dict(self.input_sizes()))
 
 
 # --------------------------------------------------------------------------- data and training
