@@ -48,7 +48,7 @@ def test_smoke_profile_run_killed_after_an_epoch_resumes_to_the_same_metrics(wor
     import torch
     from geolib.training.crossview import phase1_fit_options, phase1_model, phase1_train_config
     from geolib.profiles import resolve
-    from geolib.training.multiview import seed_everything
+    from geolib.training.loop import seed_everything
 
     cfg = resolve("smoke", "phase1", epochs=3, device="cpu")
     opts = {**phase1_fit_options(cfg), "progress": False}

@@ -456,7 +456,8 @@ def _train_rate(setup: dict[str, Any], steps: int, variant: str, min_s: float = 
     import torch
 
     from ..training.losses import make_pair_loss
-    from ..training.multiview import adamw, embed_batch, multiview_loss, view_pairs
+    from ..training.loop import adamw
+    from ..training.multiview import embed_batch, multiview_loss, view_pairs
 
     model, loss_fn = setup["build"]().train(), make_pair_loss(setup["loss"])
     views, b, size = setup["views"], setup["batch_size"], setup["image_size"]

@@ -688,7 +688,8 @@ def checkpoint_or_fallback(profile: str, ds: Any, phase1: dict[str, Any], fallba
     from ..training.crossview import phase1_model
     from ..training.crossview import train_crossview
     from ..paths import phase1_checkpoint, profile_dir
-    from ..training.multiview import TrainConfig, seed_everything
+    from ..training.loop import seed_everything
+    from ..training.multiview import TrainConfig
 
     checkpoint = phase1_checkpoint(profile)
     if checkpoint is not None:

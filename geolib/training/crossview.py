@@ -112,7 +112,7 @@ def phase1_distillation(cfg: dict[str, Any], ds: GeoDataset, model: nn.Module, c
               for n, t in teachers.items()}
     log(f"teachers used: {describe(teachers)}")
     module = ImageDistillation.from_caches(caches, items, views, model.embed_dim,
-                                           cfg.get("distill_loss", "cosine"), cfg.get("distill_weight", 1.0))
+                                           _phase1_value(cfg, "distill_loss"), _phase1_value(cfg, "distill_weight"))
     return module, status
 
 

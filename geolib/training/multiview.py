@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 from ..data.datasets import ImageItem, by_label
 from ..data.images import load_image
 from .loop import LoopConfig, LoopResult, distributed, gather, run, wrap_ddp
-from .loop import adamw, seed_everything  # noqa: F401  (apps.bench and apps.explorer import them from here)
 
 
 @dataclass
