@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from .paths import atomic_path
 
 
 class NpyRows:
@@ -75,18 +74,6 @@ class NpyRows:
         if out.size != count:
             raise ValueError(f"{self.path} is truncated: rows {start}..{stop} not all present")
         return out.reshape(stop - start, self.shape[1])
-
-
-def save_npy(path: str | os.PathLike, array: np.ndarray, chunk_size: int = 65536) -> Path:
-    """Write (N, D) rows atomically, chunk by chunk, so a memmap or `NpyRows` source is never loaded whole."""
-    n, d = int(array.shape[0]), int(array.shape[1])
-    with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(array.dtype), shape=(n, d))
-        for i in range(0, n, chunk_size):
-            out[i:i + chunk_size] = array[i:i + chunk_size]
-        out.flush()
-        del out
-    return Path(path)
 
 
 def open_rows(source: str | os.PathLike | np.ndarray | NpyRows) -> np.ndarray | NpyRows:

@@ -113,7 +113,3 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, **kwargs: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, **kwargs) + "\n")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)

@@ -43,7 +43,7 @@ def test_lr_at_n_hand_made():
         [[0.0, 0.0], [110.0, 110.0], [100.0, 100.0]],  # second is 14.1 m away: hit from N=2
         [[0.0, 0.0], [90.0, 90.0], [0.0, 100.0]],  # never within 25 m
     ])
-    out = dc.lr_at_n(query, centres, ns=(1, 2, 3))
+    out = dc.lr_at_n(dc.cells_within(query, centres), ns=(1, 2, 3))
     assert out == pytest.approx({"LR@1": 100 / 3, "LR@2": 200 / 3, "LR@3": 200 / 3})
 
 
@@ -51,7 +51,7 @@ def test_lr_at_n_matches_brute_force():
     rng = np.random.default_rng(5)
     query = rng.uniform(0, 300, (40, 2))
     centres = rng.uniform(0, 300, (40, 20, 2))
-    out = dc.lr_at_n(query, centres)
+    out = dc.lr_at_n(dc.cells_within(query, centres))
     for n in (1, 5, 10, 20):
         hits = [any(np.hypot(*(centres[q, i] - query[q])) <= 25 for i in range(n)) for q in range(40)]
         assert out[f"LR@{n}"] == pytest.approx(100 * np.mean(hits))

@@ -6,13 +6,13 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_image
+from test_models import TINY
+
 from geolib.data.datasets import ImageItem, default_transform
 from geolib.evaluation.cache import EmbeddingCache, weights_hash
+from geolib.evaluation.embedding import embed
 from geolib.models import create_model
-from geolib.training.multiview import embed_items
-from test_models import TINY
 
 SIZE = 32
 
@@ -28,13 +28,13 @@ def tiny(**options):
     return create_model("phase1-cpu", **{**TINY, "img_size": SIZE, **options}).eval()
 
 
-def test_miss_then_hit_and_equal_to_embed_items(tmp_path, items):
+def test_miss_then_hit_and_equal_to_embed(tmp_path, items):
     cache, model = EmbeddingCache(tmp_path / "cache"), tiny()
     first = cache.get_or_compute(model, items, "satellite", batch_size=4)
     assert (cache.misses, cache.hits) == (1, 0)
     again = EmbeddingCache(tmp_path / "cache").get_or_compute(model, items, "satellite", batch_size=4)
     assert np.array_equal(first, again)
-    want = embed_items(model, items, "satellite", default_transform(SIZE), batch_size=4)
+    want = embed(model, items, view="satellite", batch_size=4)
     assert first.dtype == np.float32 and np.array_equal(first, want)
     second = cache.get_or_compute(model, items, "satellite")
     assert (cache.misses, cache.hits) == (1, 1) and np.array_equal(second, first)
@@ -111,8 +111,9 @@ def _count_forwards(model):
 
 def test_evaluate_crossview_reuses_cached_embeddings(tmp_path):
     from conftest import build_crossview_tree
-    from geolib.evaluation.crossview import evaluate_crossview
+
     from geolib.data.datasets import load_dataset
+    from geolib.evaluation.crossview import evaluate_crossview
 
     ds = load_dataset("university1652", build_crossview_tree(tmp_path / "u", distractors=2))
     model = tiny()

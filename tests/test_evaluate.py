@@ -226,10 +226,10 @@ def test_streaming_from_npy_equals_in_memory_bit_for_bit(tmp_path, dtype):
 
 
 def test_npy_rows_reads_only_what_is_asked(tmp_path):
-    from geolib.npy import NpyRows, save_npy
+    from geolib.npy import NpyRows
 
     a = np.arange(40, dtype=np.float32).reshape(10, 4)
-    save_npy(tmp_path / "a.npy", a)
+    np.save(tmp_path / "a.npy", a)
     rows = NpyRows(tmp_path / "a.npy")
     assert rows.shape == (10, 4) and len(rows) == 10 and rows.dtype == np.float32
     assert np.array_equal(rows[2:5], a[2:5]) and np.array_equal(rows[np.array([7, 2])], a[[7, 2]])

@@ -49,3 +49,30 @@ def test_polar_figure_needs_the_split_file(tmp_path):
     (tmp_path / "splits" / "val-19zl.csv").write_text("tile.png,pano.png\n")
     fig = exploration.polar_figure(tmp_path)
     assert [ax.images[0].get_array().shape[:2] for ax in fig.axes] == [(16, 16), (8, 32), (8, 32)]
+
+
+def _items(tmp_path):
+    from geolib.data.datasets import ImageItem
+
+    items = []
+    for label in (1, 2):
+        for view, n in (("street", 3), ("drone", 2), ("satellite", 1)):
+            for i in range(n):
+                path = tmp_path / f"{label}_{view}_{i}.png"
+                Image.fromarray(np.full((8, 8, 3), 40 * label + i, np.uint8)).save(path)
+                split = "train" if label == 1 else "test"
+                items.append(ImageItem(path, view, split, "train" if split == "train" else "gallery", label))
+    return items
+
+
+def test_label_distribution_and_sample_grids(tmp_path):
+    items = _items(tmp_path)
+    fig = exploration.label_distribution_figure(items, save=tmp_path / "dist.png")
+    assert [ax.get_title() for ax in fig.axes] == ["street: images per place", "drone: images per place",
+                                                  "satellite: images per place"]
+    assert (tmp_path / "dist.png").is_file()
+    figs = exploration.sample_grids(items, tmp_path, seed=0)
+    # a grid per view of the train split (place 1 only), then every view of the first place
+    assert len(figs) == 4 and sorted(p.name for p in tmp_path.glob("01_*.png")) == [
+        "01_grid_drone.png", "01_grid_satellite.png", "01_grid_street.png", "01_one_place.png"]
+    assert len([ax for ax in figs[0].axes if ax.images]) == 3 and len([ax for ax in figs[3].axes if ax.images]) == 6

@@ -50,7 +50,7 @@ def results(tmp_path) -> ex.ExplorerResults:
     ev2.sets[("query", "street")] = Embedded(qs.items, np.eye(6, dtype=np.float32))
     ev2.results["street→drone"] = score_direction(ev2.sets[("query", "street")], ev2.sets[("gallery", "drone")],
                                                   "street", "drone", max_k=6)
-    return res.merge(ex.ExplorerResults.from_evaluation("model-b", ev2, k=4))
+    return res.add_evaluation("model-b", ev2, k=4)
 
 
 def _query_emb() -> np.ndarray:

@@ -88,3 +88,22 @@ def test_gallery_index_is_reused_only_for_the_model_that_built_it(tmp_path, one_
     assert rebuilt.meta["config_hash"] != built.meta["config_hash"]
     with pytest.raises(ValueError, match="no satellite gallery image"):
         gallery.gallery_index(tmp_path / "ix_sat", "satellite", model, ds, **kw)
+
+
+def test_save_gallery_indexes_writes_one_index_per_view_from_the_evaluation(tmp_path):
+    from geolib.evaluation.crossview import Embedded, Evaluation
+    from geolib.models import config_hash
+
+    items = {v: [ImageItem(Path(f"/g/{v}{p}.png"), v, "test", "gallery", p) for p in (1, 2, 3)]
+             for v in ("drone", "satellite")}
+    emb = {"drone": _unit(np.eye(3, 4)), "satellite": _unit(np.eye(3, 4)[::-1])}
+    ev = Evaluation(sets={("gallery", v): Embedded(items[v], emb[v]) for v in items})
+    config = {"name": "tiny", "width": 4}
+    saved = gallery.save_gallery_indexes(ev, ("satellite", "drone"), config, tmp_path / "ck" / "best",
+                                         tmp_path / "index", flip=True)
+    assert sorted(p.name for p in saved.values()) == ["phase1_drone", "phase1_satellite"]
+    index = GalleryIndex.load(saved["satellite"])
+    assert index.meta["config_hash"] == config_hash(config) and index.meta["extra"]["view"] == "satellite"
+    assert index.meta["extra"]["flip"] is True and index.meta["places"] == [1, 2, 3]
+    _, idx = index.search(emb["satellite"][2:3], 1)
+    assert index.meta["places"][idx[0][0]] == 3

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_image, png_header
 from PIL import Image
 
 import geolib
-from conftest import make_image, png_header
-from geolib.retrieval import localize as loc
 from geolib.checkpoint import save_checkpoint
 from geolib.data.datasets import ImageItem, default_transform
 from geolib.data.images import ImageError
-from geolib.retrieval.index import GalleryIndex
+from geolib.evaluation.embedding import embed
 from geolib.models import config_hash, create_model
-from geolib.training.multiview import embed_items
+from geolib.retrieval import localize as loc
+from geolib.retrieval.index import GalleryIndex
 
 TINY = dict(img_size=32, embed_dim=16, fusion_dim=16,
             backbone_options={"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]})
@@ -50,7 +50,7 @@ def saved(tmp_path_factory):
     bundle = torch.nn.ModuleDict({"model": model})  # what train_crossview saves: the network under "model."
     ckpt = save_checkpoint(root / "ck" / "best", bundle, epoch=1, config={"extra": {"model": model.config}})
     items = _street_gallery(root / "gallery")
-    emb = embed_items(model, items, "street", default_transform(32))
+    emb = embed(model, items, view="street")
     index = GalleryIndex.build(emb, [it.path for it in items], places=[it.label for it in items],
                                coords=[[it.utm_east, it.utm_north] for it in items], model="phase1",
                                config_hash=config_hash(model.config),
@@ -72,7 +72,7 @@ def test_a_photo_of_a_gallery_place_comes_back_first_with_its_coordinates(saved)
 def test_a_gallery_embedded_with_flip_tta_is_queried_with_flip_tta(saved, tmp_path):
     """Notebook 02 embeds its gallery with flip TTA and says so in the index; `localize` follows."""
     items, model = saved["items"], saved["model"]
-    emb = embed_items(model, items, "street", default_transform(32), flip=True)
+    emb = embed(model, items, view="street", flip=True)
     index = GalleryIndex.build(emb, [it.path for it in items], places=[it.label for it in items],
                                model="phase1", config_hash=config_hash(model.config), extra={"flip": True})
     it = items[3]
@@ -137,7 +137,7 @@ def test_explorer_upload_localizes_or_explains(saved, tmp_path):
     from geolib.evaluation.crossview import Embedded, Evaluation, score_direction
 
     items = saved["items"]
-    emb = embed_items(saved["model"], items, "street", default_transform(32))
+    emb = embed(saved["model"], items, view="street")
     qs, gs = Embedded(items[::2], emb[::2]), Embedded(items[1::2], emb[1::2])
     ev = Evaluation(sets={("query", "street"): qs, ("gallery", "satellite"): gs})
     ev.results["street→satellite"] = score_direction(qs, gs, "street", "satellite")

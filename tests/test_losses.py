@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from geolib.training.losses import (ArcFaceLoss, DistillationLoss, InfoNCE, InstanceLoss, SoftMarginTriplet,
+from geolib.training.losses import (ArcFaceLoss, DistillationLoss, InfoNCE, SoftMarginTriplet,
                            cosface_loss, make_pair_loss)
 
 
@@ -42,16 +42,6 @@ def test_soft_margin_triplet_by_hand():
     assert SoftMarginTriplet()(f1, f2).item() == pytest.approx(want, rel=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
         SoftMarginTriplet()(f1[:1], f2[:1])
-
-
-def test_instance_loss_sums_views_with_one_classifier():
-    loss = InstanceLoss(4, 3)
-    torch.nn.init.zeros_(loss.classifier.weight)
-    torch.nn.init.zeros_(loss.classifier.bias)
-    feats = {"drone": torch.randn(2, 4), "satellite": torch.randn(2, 4), "street": torch.randn(2, 4)}
-    labels = torch.tensor([0, 2])
-    assert loss(feats, labels).item() == pytest.approx(3 * math.log(3))  # uniform logits per view
-    assert loss([feats["drone"]], labels).item() == pytest.approx(math.log(3))
 
 
 def test_distillation_cosine_and_mse_by_hand():

@@ -175,3 +175,23 @@ def test_run_hierarchical_records_both_protocols_and_reuses_the_classifier(tmp_p
 
     with pytest.raises(ValueError, match="no street image in the train split"):
         phase2.run_hierarchical([it for it in items if it.split == "test"], encoder, **kwargs)
+
+
+def test_prepare_vpr_checks_and_loads_every_set_before_training(tmp_path, capsys):
+    from release_trees import make_sf_xs, make_tokyo_xs
+
+    sf, tokyo = make_sf_xs(tmp_path / "sf_xs"), make_tokyo_xs(tmp_path / "tokyo_xs")
+    data = phase2.prepare_vpr("smoke", "smoke", 0, sf, {"tokyo-xs": tokyo}, saved=tmp_path / "saved")
+    assert data.root == sf and data.dataset == "sf_xs" and len(data.train_items) == 20
+    assert data.eval_splits == ["val", "test"] and list(data.test_sets) == ["tokyo-xs"]
+    assert data.conditions == ["all"] and data.database and data.queries["all"]
+    # a test-only root trains nothing: the fallback names the saved models it will use instead
+    only = phase2.prepare_vpr("smoke", "smoke", 0, tokyo, {}, saved=tmp_path / "saved")
+    assert only.train_items is None and only.eval_splits == ["test"]
+    assert "no train split" in str(only.needs.to_dict())
+    # a test-only set without queries fails before any training, naming its split folder
+    import shutil
+
+    shutil.rmtree(tokyo / "test" / "queries")
+    with pytest.raises(FileNotFoundError, match="no query folder"):
+        phase2.prepare_vpr("smoke", "smoke", 0, sf, {"tokyo-xs": tokyo})

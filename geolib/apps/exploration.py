@@ -152,3 +152,74 @@ def polar_figure(cvusa_root: str | Path, save: str | Path | None = None):
     if save:
         fig.savefig(save, dpi=100)
     return fig
+
+
+def label_distribution_figure(items: Sequence[Any], save: str | Path | None = None):
+    """Images per place, one histogram per view with a bar per split: a place with one street image
+    cannot be both a training pair and a held-out query."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    table = pd.DataFrame([{"view": it.view, "split": it.split, "label": it.label} for it in items])
+    per_place = table.groupby(["split", "view", "label"]).size().rename("images").reset_index()
+    views = [v for v in ("street", "drone", "satellite") if v in set(per_place.view)]
+    fig, axes = plt.subplots(1, max(1, len(views)), figsize=(13, 3), squeeze=False)
+    for ax, view in zip(axes.flat, views):
+        sub = per_place[per_place.view == view]
+        splits = sorted(sub.split.unique())
+        ax.hist([sub[sub.split == s]["images"] for s in splits], bins=10, label=splits)
+        ax.set_title(f"{view}: images per place")
+        ax.legend()
+    fig.tight_layout()
+    if save:
+        fig.savefig(save, dpi=100)
+    return fig
+
+
+def places_per_region_figure(places: Any):
+    """Stacked bars of a world's places per region and role (gallery places, distractors, ...)."""
+    ax = places.groupby(["region", "role"]).size().unstack(fill_value=0).plot.bar(stacked=True, figsize=(10, 3))
+    ax.set_ylabel("places")
+    ax.set_title("places per region and role")
+    return ax.figure
+
+
+def sample_grids(items: Sequence[Any], folder: str | Path, seed: int = 0, per_view: int = 16) -> list[Any]:
+    """Grids of random train images per view, then every view of one place: what the models see.
+    Saved as `01_grid_<view>.png` and `01_one_place.png` under `folder`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    figures = []
+    for view in ("street", "drone", "satellite"):
+        paths = [it.path for it in items if it.view == view and it.split == "train"]
+        picked = sorted(rng.choice(len(paths), min(per_view, len(paths)), replace=False)) if paths else []
+        figures.append(image_grid([paths[i] for i in picked], f"{view} views", save=folder / f"01_grid_{view}.png"))
+    label = items[0].label
+    same = [it.path for it in items if it.label == label]
+    figures.append(image_grid(same, f"every view of place {label:04d}", ncol=min(8, len(same)),
+                              save=folder / "01_one_place.png"))
+    return [f for f in figures if f is not None]
+
+
+def world_map(meta: Mapping[str, Any], places: Any, save: str | Path | None = None):
+    """An interactive plotly map of a world's places by region and role, with the street cameras in grey
+    (the world's regions are placed in UTM zone 33)."""
+    import numpy as np
+    import plotly.express as px
+    import plotly.graph_objects as go
+
+    from ..coords import utm_to_latlon
+
+    origin = {r["index"]: r["origin_utm"] for r in meta["regions"]}
+    cams = [utm_to_latlon(origin[im["region"]][0] + im["pose"]["x"], origin[im["region"]][1] + im["pose"]["y"], 33)
+            for im in meta["images"] if im["view"] == "street"]
+    fig = px.scatter(places, x="lon", y="lat", color=places["region"].astype(str), symbol="role",
+                     hover_data=["label", "height", "floors"], title="places by region; grey: street cameras")
+    fig.add_trace(go.Scatter(x=[c[1] for c in cams], y=[c[0] for c in cams], mode="markers",
+                             marker=dict(size=3, color="grey"), name="street cameras"))
+    fig.update_yaxes(scaleanchor="x", scaleratio=1 / np.cos(np.radians(places["lat"].mean())))
+    if save:
+        fig.write_html(save)
+    return fig

@@ -134,12 +134,6 @@ class ExplorerResults:
         self.runs.setdefault(r.run, {})[r.direction] = r
         return self
 
-    def merge(self, other: "ExplorerResults") -> "ExplorerResults":
-        for per_run in other.runs.values():
-            for r in per_run.values():
-                self.add(r)
-        return self
-
     @classmethod
     def from_evaluation(cls, name: str, ev: "Evaluation", k: int = 10) -> "ExplorerResults":
         return cls().add_evaluation(name, ev, k)

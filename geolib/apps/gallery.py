@@ -60,6 +60,23 @@ def gallery_index(index_dir: str | Path, view: str, model: Any, ds: "GeoDataset"
     return index
 
 
+def save_gallery_indexes(ev: Any, views: Sequence[str], model_config: Mapping[str, Any], checkpoint: str | Path,
+                         index_dir: str | Path, flip: bool = False, model_name: str = "phase1") -> dict[str, Path]:
+    """Save a FAISS index of each test gallery view of a cross-view `Evaluation` (its embeddings, no
+    re-embedding) as `<index_dir>/<model_name>_<view>`, naming the model config and checkpoint that
+    made them, so `localize` and notebook 05 refuse an index of another model."""
+    from ..models import config_hash
+    from ..retrieval.index import GalleryIndex
+
+    saved = {}
+    for view in views:
+        gs = ev.sets[("gallery", view)]
+        saved[view] = GalleryIndex.from_items(gs.emb, gs.items, model=model_name, config_hash=config_hash(model_config),
+                                              extra={"view": view, "checkpoint": str(checkpoint), "flip": flip}
+                                              ).save(Path(index_dir) / f"{model_name}_{view}")
+    return saved
+
+
 def benchmark_photos(ds: "GeoDataset", export: str | Path | None, preset: str, seed: int,
                      out: str | Path) -> tuple[list["ImageItem"], bool]:
     """(photos, whether they are new renders): one new street photo of every test query place of

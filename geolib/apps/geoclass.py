@@ -87,6 +87,66 @@ def split_sets(root: str | Path, split: str = "test", query_folders: str | Mappi
     return db, {cond: _folder_items(root, split, folder, "query") for cond, folder in folders.items()}
 
 
+@dataclasses.dataclass
+class VPRData:
+    """Notebook 04's place-recognition data, checked: the root that trains (`train_items` None when it
+    has no train split), its test split by condition, the splits the course table scores, and the
+    test-only sets evaluated with the same trained models."""
+
+    root: Path
+    dataset: str
+    folders: dict[str, str]
+    train_items: list[ImageItem] | None
+    database: list[ImageItem]
+    queries: dict[str, list[ImageItem]]
+    eval_splits: list[str]
+    test_sets: dict[str, Any]
+    needs: Any
+
+    @property
+    def conditions(self) -> list[str]:
+        return list(self.queries)
+
+
+def prepare_vpr(profile: str, preset: str, seed: int, vpr_root: str | Path | None = None,
+                vpr_test_roots: Mapping[str, str | Path] | None = None, query_folder: str | None = None,
+                splits: Sequence[str] | None = None, saved: str | Path | None = None) -> VPRData:
+    """Resolve, check and load every place-recognition set a run uses before any training: a bad file,
+    a missing split or a missing query folder (also of the test-only sets) fails here, naming it."""
+    from ..data.validate import check_data, format_report
+    from ..training import cosplace, needs as req
+    from . import dataroots
+
+    needs = req.Needs()
+    data = dataroots.vpr(profile, preset, seed, vpr_root)
+    test_sets = dataroots.vpr_tests(profile, preset, seed, vpr_test_roots, synthetic=data.synthetic)
+    root = data.root
+    print(data.describe(), "| test-only:", ", ".join(d.describe() for d in test_sets.values()) or "none")
+    folders = resolve_query_folders(root, "test", query_folder)
+    checked = check_data("vpr", root, split="test", query_folder=next(iter(folders.values())), decode=False)
+    print("test:", format_report(checked, max_problems=10))
+    checked.raise_on_errors()
+    train_items = None
+    if (root / "train").is_dir():
+        checked = check_data("vpr", root, split="train", query_folder=None, database_folder=".", decode=False)
+        print("train:", format_report(checked, max_problems=10))
+        checked.raise_on_errors()
+        train_items = cosplace.load_train_items(root)  # train split only: database and every query folder, or the plain tree
+        needs.met(f"train split: {len(train_items)} images")
+    else:
+        needs.fallback("train", f"{root} has no train split: the methods are evaluated with the models saved under "
+                                f"{saved} by an earlier run on a root with train/, and skipped where there is none")
+    for test in test_sets.values():
+        for split in dataroots.vpr_splits(test.root) or ["test"]:
+            resolve_query_folders(test.root, split)  # fails now, naming the folder, not after training
+    eval_splits = list(splits or [s for s in ("val", "test") if s in dataroots.vpr_splits(root)])
+    database, queries = split_sets(root, "test", folders)
+    database, queries = dryrun.items(database), {c: dryrun.items(q) for c, q in queries.items()}
+    print(f"train: {len(train_items or [])} images; test database: {len(database)}; test queries: "
+          + ", ".join(f"{c} {len(q)}" for c, q in queries.items()) + f"; course table splits: {eval_splits}")
+    return VPRData(root, data.dataset, folders, train_items, database, queries, eval_splits, test_sets, needs)
+
+
 def _folder_items(root: str | Path, split: str, folder: str, role: str) -> list[ImageItem]:
     from ..data.datasets import load_dataset
 

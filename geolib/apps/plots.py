@@ -83,3 +83,22 @@ def retrieval_strips(queries: Sequence[Any], galleries: Sequence[Sequence[Any]],
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def crossview_examples(ev: Any, query_view: str, gallery_view: str, n: int = 6, k: int = 5, seed: int = 0,
+                       save: Any = None):
+    """Strips of `n` random queries of one direction of a cross-view `Evaluation` with their top-k
+    gallery images, labelled with place ids: the failures show what the model confuses."""
+    from ..evaluation.crossview import top_matches
+
+    scores, idx = top_matches(ev, query_view, gallery_view, k)
+    qs, gs = ev.sets[("query", query_view)], ev.sets[("gallery", gallery_view)]
+    pick = np.random.default_rng(seed).choice(len(qs.items), size=min(n, len(qs.items)), replace=False)
+    correct = gs.labels[idx[pick]] == qs.labels[pick][:, None]
+    titles = [[f"#{gs.labels[j]:04d}" for j in idx[i]] for i in pick]
+    fig = retrieval_strips([qs.items[i].path for i in pick], [[gs.items[j].path for j in idx[i]] for i in pick],
+                           correct, scores[pick], titles, row_labels=[f"#{qs.labels[i]:04d}" for i in pick])
+    fig.suptitle(f"{query_view} → {gallery_view}", y=1.01)
+    if save:
+        fig.savefig(save, dpi=110, bbox_inches="tight")
+    return fig

@@ -14,7 +14,7 @@ import csv
 import math
 import os
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -872,10 +872,6 @@ def labels_of(items: Iterable[ImageItem]) -> np.ndarray:
 def utm_of(items: Iterable[ImageItem]) -> np.ndarray:
     return np.array([[np.nan if it.utm_east is None else it.utm_east,
                       np.nan if it.utm_north is None else it.utm_north] for it in items], dtype=np.float64)
-
-
-def class_counts(items: Iterable[ImageItem]) -> Counter:
-    return Counter(it.label for it in items)
 
 
 def by_label(items: Iterable[ImageItem]) -> dict[int, list[ImageItem]]:

@@ -99,9 +99,6 @@ class Division:
     def num_groups(self) -> int:
         return len(self.classes_per_group)
 
-    def images_of(self, class_index: int) -> np.ndarray:
-        return np.flatnonzero(self.image_class == class_index)
-
     def group_images(self, group: int) -> list[np.ndarray]:
         """Image indices per class of `group`, in the group's local class order."""
         order = np.argsort(self.image_class, kind="stable")

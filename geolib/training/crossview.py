@@ -159,3 +159,12 @@ def phase1_train_config(cfg: Mapping[str, Any]) -> "TrainConfig":
                        gps_near=v("gps_near"), gps_random=v("gps_random"), gps_pool=v("gps_pool"),
                        eval_every=cfg["eval_every"], freeze=tuple(v("freeze") or ()),
                        backbone_lr_scale=v("backbone_lr_scale"), channels_last=v("channels_last") or False, **later)
+
+
+def phase1_run_config(cfg: Mapping[str, Any], model: nn.Module, root: str | Path, notes: Mapping[str, Any] | None = None
+                      ) -> dict[str, Any]:
+    """What notebook 02's records say about the run: the model's config and the settings that change
+    its numbers, the data root, whether it was a dry run, and `notes` (what the data check found)."""
+    return {"model": model.config, "loss": cfg["loss"], "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
+            "lr": cfg["lr"], "image_size": cfg["image_size"], "root": str(root), "sampling": cfg["sampling"],
+            "flip_tta": cfg["flip_tta"], "dry_run": dryrun.active(), **(notes or {})}

@@ -126,20 +126,16 @@ def predict_cells(query_emb: np.ndarray, heads: nn.ModuleList, division: Divisio
     return predicted, division.centres(predicted.reshape(-1)).reshape(*predicted.shape, 2)
 
 
-def lr_at_n(query_utm: np.ndarray, centres: np.ndarray, ns: Sequence[int] = (1, 5, 10, 20),
-            radius: float = 25.0) -> dict[str, float]:
-    """LR@N in percent: a query counts when one of its first N predicted centres is within `radius`
-    metres (inclusive, UTM distance). Every query stays in the denominator."""
-    return _lr_of_hits(_hits(query_utm, centres, radius), ns)
-
-
-def _hits(query_utm: np.ndarray, centres: np.ndarray, radius: float) -> np.ndarray:
-    """(Q, top) whether each predicted centre is within `radius` metres of its query (inclusive)."""
+def cells_within(query_utm: np.ndarray, centres: np.ndarray, radius: float = 25.0) -> np.ndarray:
+    """(Q, top) whether each predicted cell centre is within `radius` metres of its query (inclusive,
+    UTM distance)."""
     query_utm = np.asarray(query_utm, np.float64)[:, None, :2]
     return np.linalg.norm(np.asarray(centres, np.float64) - query_utm, axis=-1) <= radius
 
 
-def _lr_of_hits(hit: np.ndarray, ns: Sequence[int]) -> dict[str, float]:
+def lr_at_n(hit: np.ndarray, ns: Sequence[int] = (1, 5, 10, 20)) -> dict[str, float]:
+    """LR@N in percent from `cells_within`: a query counts when one of its first N predicted centres
+    is within the radius. Every query stays in the denominator."""
     first = np.where(hit.any(1), hit.argmax(1), np.iinfo(np.int64).max)
     return {f"LR@{n}": float(100.0 * np.mean(first < n)) if len(first) else 0.0 for n in ns}
 
@@ -170,8 +166,8 @@ def evaluate_dc(training: GroupTraining, query_items: Sequence[ImageItem], image
     emb = embed_paths(training.model.to(device), [it.path for it in query_items], size, batch_size, device,
                       num_workers, progress, "embed queries")
     classes, centres = predict_cells(emb, training.heads, training.division, max(ns), device)
-    correct = _hits(utm_of(query_items), centres, radius)
-    return Localization(_lr_of_hits(correct, ns), classes, centres, correct,
+    correct = cells_within(utm_of(query_items), centres, radius)
+    return Localization(lr_at_n(correct, ns), classes, centres, correct,
                         sum(h.weight_bytes() for h in training.heads), preprocess=preprocess_spec(size).to_dict())
 
 

@@ -337,12 +337,6 @@ class SavedHierarchical:
     config: HierarchicalConfig
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    def predict(self, features: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(region id, place id) of each embedding, in the dataset's ids."""
-        x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-        region, place = self.model.scores(x.to(next(iter(self.model.buffers())).device))
-        return self.region_ids[region.argmax(1).cpu().numpy()], self.place_ids[place.argmax(1).cpu().numpy()]
-
 
 def load_hierarchical(out_dir: str | Path, device: str = "cpu", encoder: nn.Module | None = None) -> SavedHierarchical:
     """The classifier `save_hierarchical` wrote, in eval mode; pass the `encoder` it was trained

@@ -10,7 +10,7 @@ weights; ArcFace is subclassed only to use Divide&Classify's margin rule.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -67,27 +67,6 @@ class SoftMarginTriplet(nn.Module):
         forward = F.softplus(self.alpha * (pos[:, None] - dist))[off].mean()  # f1 queries
         backward = F.softplus(self.alpha * (pos[None, :] - dist))[off].mean()  # f2 queries
         return (forward + backward) / 2
-
-
-class InstanceLoss(nn.Module):
-    """University-1652's instance loss: one classifier shared by all views, CE summed over views.
-
-    Sharing the classifier is what ties the views together: each view must land on the same
-    class weight vector.
-    """
-
-    def __init__(self, embedding_dim: int, num_classes: int, classifier: nn.Module | None = None) -> None:
-        super().__init__()
-        self.classifier = classifier if classifier is not None else nn.Linear(embedding_dim, num_classes)
-
-    def forward(self, features: Mapping[str, Tensor] | Sequence[Tensor],
-                labels: Tensor | Mapping[str, Tensor]) -> Tensor:
-        views = features.items() if isinstance(features, Mapping) else enumerate(features)
-        total = torch.zeros((), device=_device_of(features))
-        for key, f in views:
-            y = labels[key] if isinstance(labels, Mapping) else labels
-            total = total + F.cross_entropy(self.classifier(f), y)
-        return total
 
 
 def cosine_distance(student: Tensor, teacher: Tensor) -> Tensor:
@@ -167,8 +146,3 @@ def make_pair_loss(name: str, **options) -> nn.Module:
     if name == "triplet":
         return SoftMarginTriplet(**options)
     raise ValueError(f"unknown pair loss {name!r}; choose one of {', '.join(LOSSES)}")
-
-
-def _device_of(features: Mapping[str, Tensor] | Sequence[Tensor]) -> torch.device:
-    first = next(iter(features.values() if isinstance(features, Mapping) else features))
-    return first.device

@@ -186,46 +186,6 @@ def multiview_loss(embeddings: dict[str, torch.Tensor], pair_loss: Callable[[tor
     return torch.stack([pair_loss(embeddings[a], embeddings[b]) for a, b in pairs]).mean()
 
 
-# --------------------------------------------------------------------------- embedding
-
-def embed_items(model: nn.Module, items: Sequence[ImageItem], view: str, transform: Callable | None = None,
-                batch_size: int = 64, device: str = "cpu", flip: bool = False,
-                num_workers: int = 0, progress: bool = False, image_size: int | None = None) -> np.ndarray:
-    """L2-normalised float32 embeddings of `items` seen as `view`, through `geolib.evaluation.embedding.embed`.
-
-    `transform` (older callers pass `default_transform(size)`) is read back into a `Preprocess` when
-    it is that eval transform, so such calls and `embed` agree; any other transform is used as is.
-    """
-    from ..data.transforms import Preprocess
-    from ..evaluation.embedding import embed
-
-    spec = _eval_spec(transform) if transform is not None else (Preprocess(image_size) if image_size else None)
-    if spec is not None or transform is None:
-        out = embed(model, items, view=view, preprocess=spec, batch_size=batch_size, device=device, flip=flip,
-                    num_workers=num_workers, progress=progress)
-    else:
-        out = embed(model, items, view=view, transform=transform, transform_name="custom", batch_size=batch_size,
-                    device=device, flip=flip, num_workers=num_workers, progress=progress)
-    return out if len(out) else np.zeros((0, 0), np.float32)
-
-
-def _eval_spec(transform: Callable) -> Any:
-    """The `Preprocess` a `datasets.default_transform(size)` eval pipeline is, or None."""
-    from torchvision.transforms import v2
-
-    from ..data.transforms import Preprocess
-
-    ops = getattr(transform, "transforms", None)
-    kinds = [type(t) for t in ops or []]
-    if kinds != [v2.ToImage, v2.Resize, v2.ToDtype, v2.Normalize]:
-        return None
-    resize, norm = ops[1], ops[3]
-    if (not resize.antialias or resize.max_size is not None or len(resize.size) != 2
-            or resize.interpolation != v2.InterpolationMode.BILINEAR):
-        return None
-    return Preprocess(tuple(resize.size), "antialias", tuple(norm.mean), tuple(norm.std))
-
-
 # --------------------------------------------------------------------------- the loop
 
 def place_loader(train_set: MultiViewPlaces, sampler: PlaceBatchSampler, num_workers: int = 0
