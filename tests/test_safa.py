@@ -9,6 +9,8 @@ from geolib.training.safa import SAFAModel, SpatialAwareAggregation, evaluate_pa
 from geolib.training.multiview import TrainConfig
 
 TINY = dict(backbone="resnet10t", pano_hw=(32, 64), sat_size=32, heads=2)
+# EfficientNet-Lite0 cut after its stride-8 stage, the stem and first stage frozen: the maps path
+LITE = dict(backbone="efficientnet-lite0", pano_hw=(32, 64), sat_size=32, heads=2, stage=1, frozen_stages=1)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -85,8 +87,10 @@ def test_polar_transform_puts_a_bearing_at_its_column():
 def test_train_safa_runs_and_evaluates_cvusa(cvusa, tmp_path):
     torch.manual_seed(0)
     m = SAFAModel(polar=True, **TINY)
-    res = train_safa(m, cvusa, TrainConfig(epochs=1, batch_size=4, lr=1e-3), tmp_path / "ck", progress=False)
-    assert res.history and "panorama→satellite R@1" in res.history[0]
+    res = train_safa(m, cvusa, TrainConfig(epochs=1, batch_size=4, lr=1e-3), tmp_path / "ck", progress=False,
+                     val_share=0.25)
+    assert res.history and "val R@1" in res.history[0]
+    assert res.extra["val_pairs"] == 2 and res.extra["train_pairs"] == 6 and res.extra["kept_epoch"] == 1
     result = evaluate_pairs(m, cvusa, m.input_sizes())
     assert set(result.metrics) == {"R@1", "R@5", "R@10", "R@1%"} and 0 <= result["R@1"] <= 100
     assert result.protocol == "cvusa" and result.preprocess["size"] == {k: list(v) for k, v in m.input_sizes().items()}
@@ -138,16 +142,97 @@ def test_safa_pretrained_weights_load_or_fail_in_one_line_or_fall_back(monkeypat
     assert m.config["weights"].startswith("random-init") and len(lines) == 1 and "resnet10t" in lines[0]
 
 
-def test_train_safa_keeps_the_last_epoch_not_the_best_scoring_one(cvusa, tmp_path, monkeypatch):
+def _reads(monkeypatch):
+    """Every image path the SAFA code decodes (the embedding path and the training pairs)."""
+    import geolib.data.images as images
     from geolib.training import safa
-    from geolib.checkpoint import read_checkpoint
 
-    scores = iter([90.0, 10.0])  # the evaluation split would prefer epoch 1
-    monkeypatch.setattr(safa, "evaluate_pairs", lambda *a, **k: {"R@1": next(scores)})
-    m = SAFAModel(polar=True, pretrained=False, **TINY)
-    res = train_safa(m, cvusa, TrainConfig(epochs=2, batch_size=4, lr=1e-3), tmp_path / "ck", progress=False)
-    assert [r["panorama→satellite R@1"] for r in res.history] == [90.0, 10.0]
-    assert read_checkpoint(res.best_path)[0]["meta"]["epoch"] == 2
+    seen: list[str] = []
+
+    def spy(load):
+        def wrapped(path, *a, **k):
+            seen.append(str(path))
+            return load(path, *a, **k)
+        return wrapped
+    monkeypatch.setattr(images, "load_image", spy(images.load_image))
+    monkeypatch.setattr(safa, "load_image", spy(safa.load_image))
+    return seen
+
+
+@pytest.mark.parametrize("tiny", [TINY, LITE], ids=["images", "trunk-maps"])
+def test_train_safa_keeps_the_epoch_best_on_validation_and_never_reads_the_test_split(cvusa, tmp_path,
+                                                                                      monkeypatch, tiny):
+    from geolib.checkpoint import read_checkpoint
+    from geolib.training import safa
+
+    scores = iter([10.0, 90.0, 20.0])  # validation prefers epoch 2
+    monkeypatch.setattr(safa, "evaluate_pairs", lambda m, ds, sizes, split, **k: {"R@1": next(scores), "split": split})
+    monkeypatch.setattr(safa, "_recall1", lambda *a, **k: next(scores))
+    seen = _reads(monkeypatch)
+    m = SAFAModel(polar=True, pretrained=False, **tiny)
+    res = train_safa(m, cvusa, TrainConfig(epochs=3, batch_size=3, lr=1e-3), tmp_path / "ck", progress=False,
+                     val_share=0.25)
+    assert [r["val R@1"] for r in res.history] == [10.0, 90.0, 20.0]
+    assert res.extra["kept_epoch"] == 2 and read_checkpoint(res.best_path)[0]["meta"]["epoch"] == 2
+    assert res.extra["trained_on"] == ("images" if tiny is TINY else "trunk maps")
+    test_images = {str(it.path) for it in cvusa.select(split="val")}
+    assert seen and not test_images & set(seen)  # the evaluation split (CVUSA's val) is never decoded
+
+
+def test_carve_validation_takes_the_last_train_pairs_whole():
+    from geolib.data.datasets import GeoDataset, ImageItem
+    from geolib.training.safa import VAL_SPLIT, carve_validation
+
+    items = [ImageItem(f"{v}{i}.jpg", v, "train" if i < 16 else "val", "query", i)
+             for i in range(20) for v in ("panorama", "satellite")]
+    carved, n = carve_validation(GeoDataset("cvusa", "root", items), share=0.25)
+    assert n == 4
+    assert {it.label for it in carved.items if it.split == VAL_SPLIT} == {12, 13, 14, 15}
+    assert len([it for it in carved.items if it.split == VAL_SPLIT]) == 8  # both views of each pair
+    assert [it for it in carved.items if it.split == "val"] == [it for it in items if it.split == "val"]
+    assert carve_validation(GeoDataset("cvusa", "root", items[:6]), share=0.25)[1] == 0  # too few: no carve
+
+
+def test_lite0_branch_stops_at_its_stage_and_keeps_its_trunk_frozen():
+    torch.manual_seed(0)
+    m = SAFAModel(polar=True, pretrained=False, **LITE)
+    b = m.branches["panorama"]
+    assert len(b.backbone.blocks) == 5 and b.split == 3  # stride-8 stage ends at block 4; stem + blocks 0-2 frozen
+    assert b.grid == (4, 8) and b.channels == 40
+    trunk = [p for mod in b.trunk_modules() for p in mod.parameters()]
+    assert trunk and not any(p.requires_grad for p in trunk)
+    assert all(p.requires_grad for p in b.backbone.blocks[3].parameters())
+    m.train()
+    assert not b.backbone.stem.training and b.backbone.blocks[3].training
+    before = {k: v.clone() for k, v in b.backbone.stem.state_dict().items()}
+    x = torch.randn(2, 3, 32, 64)
+    m(x, "panorama")  # a training-mode forward leaves the frozen BatchNorm statistics alone
+    assert all(torch.equal(before[k], v) for k, v in b.backbone.stem.state_dict().items())
+    m.eval()
+    for view, inp in (("panorama", x), ("satellite", torch.randn(2, 3, 32, 32))):
+        assert torch.allclose(m.head(m.trunk(inp, view), view), m(inp, view), atol=1e-6)
+    with pytest.raises(ValueError, match="frozen_stages"):
+        SAFAModel(pretrained=False, frozen_stages=1, **TINY)
+
+
+def test_train_safa_on_trunk_maps_trains_the_tail_only_and_reloads(cvusa, tmp_path):
+    from geolib.models import load_model
+
+    torch.manual_seed(0)
+    m = SAFAModel(polar=True, pretrained=False, **LITE)
+    frozen = {k: v.clone() for k, v in m.state_dict().items() if ".blocks.0." in k or ".stem." in k}
+    tail = {k: v.clone() for k, v in m.state_dict().items() if ".blocks.4." in k}
+    res = train_safa(m, cvusa, TrainConfig(epochs=2, batch_size=3, lr=1e-2), tmp_path / "ck", progress=False,
+                     val_share=0.25)
+    state = m.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    assert any(not torch.equal(state[k], v) for k, v in tail.items())
+    rebuilt = load_model(res.best_path)  # the kept epoch, rebuilt from its files through the registry
+    assert rebuilt.config == m.config and rebuilt.config["frozen_stages"] == 1
+    x, t = torch.randn(1, 3, 32, 64), torch.randn(1, 3, 32, 32)
+    m.eval()
+    assert torch.allclose(rebuilt(x, "panorama"), m(x, "panorama"), atol=1e-5)
+    assert torch.allclose(rebuilt(t, "satellite"), m(t, "satellite"), atol=1e-5)
 
 
 @pytest.fixture
@@ -166,17 +251,32 @@ def cvact(tmp_path):
 
 @pytest.mark.parametrize("layout", ["cvusa", "cvact"])
 def test_safa_row_runs_on_the_cvusa_and_cvact_release_layouts(layout, request, tmp_path):
-    from geolib.apps import ablation as ab
+    from geolib.apps import safa_rows
+    from geolib.records import read_records
     from geolib.training.distill4geo import RowRunner
 
     ds = request.getfixturevalue(layout)
-    cfg = {"safa_backbone": "resnet10t", "pano_hw": [32, 64], "sat_size": 32, "safa_heads": 2, "epochs": 1,
-           "batch_size": 4, "safa_lr": 1e-3, "minutes_per_row": None, "seed": 0, "device": "cpu", "cost_runs": 1,
-           "profile": "smoke", "safa_pretrained": False}
-    row = ab.run_safa_row("C/safa-polar", {"polar": True}, ds, cfg, tmp_path / "out", RowRunner(tmp_path / "rows"), layout)
+    cfg = {"safa_backbone": "resnet10t", "pano_hw": [32, 64], "sat_size": 32, "safa_heads": 2, "safa_stage": -1,
+           "safa_frozen_stages": 0, "safa_epochs": 1, "safa_batch_size": 4, "safa_lr": 1e-3,
+           "minutes_per_row": None, "seed": 0, "device": "cpu", "cost_runs": 1, "profile": "smoke",
+           "safa_pretrained": False}
+    row = safa_rows.run_safa_row("C/safa-polar", {"polar": True}, ds, cfg, tmp_path / "out",
+                                 RowRunner(tmp_path / "rows"), layout)
     got = row["results"]["directions"]["panorama→satellite"]
     assert got["queries"] == 4 and 0 <= got["R@1"] <= 100 and "hit_rate" not in got
-    assert row["config"]["weights"] == "random-init" and row["config"]["select"] == "last"
+    assert row["config"]["weights"] == "random-init" and row["config"]["select"] == "val R@1"
+    facts = row["results"]
+    assert facts["kept_epoch"] == 1 and facts["train_pairs"] == 8 and facts["select"] == "last"  # too few to carve
+    rec = [r for r in read_records("smoke", safa_rows.SOURCE) if r["model"] == "safa-safa-polar"][-1]
+    assert rec["protocol"] == "cvusa" and rec["split"] == "val" and rec["config"]["kept_epoch"] == 1
+
+
+def test_part_c_rows_are_polar_raw_gem_and_one_per_head_count():
+    from geolib.apps.safa_rows import part_c_rows
+
+    rows = part_c_rows([1, 4])
+    assert rows["C/safa-raw"] == {"polar": False} and rows["C/gem-polar"]["aggregation"] == "gem"
+    assert {k: v.get("heads") for k, v in rows.items() if "-k" in k} == {"C/safa-polar-k1": 1, "C/safa-polar-k4": 4}
 
 
 class MeanColour(torch.nn.Module):

@@ -2,14 +2,19 @@
 
 The model keeps two branches that share no weight (panorama, satellite). The satellite branch
 polar-transforms its square input inside `forward`, so any aerial tile can be passed as is, and the
-polar switch is a model option that the ablation can turn off. Training goes through `multiview.fit`
-(`geolib.training.loop`, the same loop as Phase 1) on a CVUSA- or CVACT-layout dataset; evaluation uses the `cvusa`
+polar switch is a model option that the ablation can turn off. Evaluation uses the `cvusa`
 protocol, and on VIGOR also reports the hit rate (`vigor-hit`).
 
 As published: ImageNet-initialised backbones (where the weights are found), no augmentation that
 moves pixels (a panorama's columns are its bearings, aligned with the polar-transformed tile: a
-crop, flip or rotation would break that), and the last epoch is the model (never the epoch that
-scored best on the evaluation split, which is the split every CVUSA/CVACT number is reported on).
+crop, flip or rotation would break that), SA weights initialised so every head starts as a plain
+spatial mean. CVUSA's and CVACT's evaluation split is the split results are reported on, so the
+kept epoch is chosen on a validation split carved from the train pairs (`carve_validation`).
+
+A CPU budget: on EfficientNet-Lite0 the branch can stop at a stage (`stage`, the SA map) and keep
+its first stages frozen (`frozen_stages`). Their maps do not change during training, so
+`train_safa` computes them once per image (`trunk_maps`) and trains only the rest on them: the same
+model and loss, several times faster per epoch.
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 
 PROTOCOL_CVUSA = "cvusa"
 SAFA_VIEWS = ("panorama", "satellite")
+VAL_SPLIT = "safa-val"        # the split name of the validation pairs carved from the train pairs
+SELECT_METRIC = "val R@1"     # what the kept epoch is chosen on (panorama→satellite, validation pairs)
 
 
 class SpatialAwareAggregation(nn.Module):
@@ -42,6 +49,8 @@ class SpatialAwareAggregation(nn.Module):
 
     The descriptor of head k is Σ_space weights_k · features (C values); the K descriptors are
     concatenated (K·C) and L2-normalised. There is no activation between the two linears (SAFA).
+    SAFA's initialisation (weights N(0, 0.005), biases 0.1) makes every head start as a near-uniform
+    spatial mean, so a pretrained backbone's descriptor is usable from the first step.
     """
 
     def __init__(self, grid: tuple[int, int], heads: int = 8) -> None:
@@ -50,6 +59,9 @@ class SpatialAwareAggregation(nn.Module):
         self.heads = heads
         self.down = nn.ModuleList(nn.Linear(hw, max(1, hw // 2)) for _ in range(heads))
         self.up = nn.ModuleList(nn.Linear(max(1, hw // 2), hw) for _ in range(heads))
+        for lin in [*self.down, *self.up]:
+            nn.init.trunc_normal_(lin.weight, std=0.005, a=-0.01, b=0.01)
+            nn.init.constant_(lin.bias, 0.1)
 
     def weights(self, x: Tensor) -> Tensor:
         """(B, K, HW) spatial weights of a (B, C, H, W) map."""
@@ -73,38 +85,103 @@ class GeMAggregation(nn.Module):
         return F.normalize(self.gem(x.permute(0, 2, 3, 1)), dim=-1)
 
 
+def _blockwise(backbone: nn.Module) -> bool:
+    """Whether `backbone` is a stem + blocks network with known stage ends (EfficientNet-Lite0),
+    which a branch can cut at a stage and split into a frozen trunk and a trained tail."""
+    return all(hasattr(backbone, a) for a in ("stem", "blocks", "STAGE_ENDS"))
+
+
 class SAFABranch(nn.Module):
     """Backbone feature map (last stage, or `stage`) → aggregation; input size fixed at build time
     because the SA linears are sized by the map's HW. `backbone`: a name (built with `pretrained`,
-    see `distill4geo.pretrained_backbone`) or an already built multi-stage backbone."""
+    see `distill4geo.pretrained_backbone`) or an already built multi-stage backbone.
+
+    On a blockwise backbone (EfficientNet-Lite0) the blocks after `stage` are dropped (they would
+    cost time and feed nothing), and the stem and the first `frozen_stages` stages form the frozen
+    `trunk`, always in eval mode; `tail` is the rest. Other backbones have no trunk.
+    """
 
     def __init__(self, backbone: str | nn.Module, input_hw: tuple[int, int], heads: int = 8, aggregation: str = "sa",
-                 stage: int = -1, pretrained: bool | str = False) -> None:
+                 stage: int = -1, pretrained: bool | str = False, frozen_stages: int = 0) -> None:
         super().__init__()
         from .distill4geo import pretrained_backbone
 
         self.backbone = backbone if isinstance(backbone, nn.Module) else \
             pretrained_backbone(backbone, pretrained, log=lambda _: None)[0]
-        self.stage = stage
+        self.stage, self.split, self.depth = stage, 0, 0
+        if _blockwise(self.backbone):
+            ends = tuple(self.backbone.STAGE_ENDS)
+            if not -len(ends) <= stage < len(ends):
+                raise ValueError(f"stage {stage}: this backbone has stages 0..{len(ends) - 1} (or -1, the last)")
+            self.stage = stage % len(ends)
+            if not 0 <= frozen_stages <= self.stage + 1:
+                raise ValueError(f"frozen_stages {frozen_stages}: between 0 and {self.stage + 1} (the SA map's stage + 1)")
+            self.depth = len(self.backbone.blocks)  # the drop-connect schedule of the whole network
+            self.backbone.blocks = self.backbone.blocks[:ends[self.stage] + 1]
+            self.split = ends[frozen_stages - 1] + 1 if frozen_stages else 0
+            self.frozen_stages = frozen_stages
+            for m in self.trunk_modules():
+                m.requires_grad_(False)
+        elif frozen_stages:
+            raise ValueError(f"frozen_stages {frozen_stages} needs a backbone made of stem + blocks "
+                             "(efficientnet-lite0); this one has no trunk to freeze: use frozen_stages 0")
+        else:
+            self.frozen_stages = 0
         with torch.no_grad():
-            was = self.backbone.training
-            self.backbone.eval()
+            was = self.training
+            self.eval()
             fmap = self.feature_map(torch.zeros(1, 3, *input_hw))
-            self.backbone.train(was)
-        self.channels, grid = int(fmap.shape[1]), (int(fmap.shape[2]), int(fmap.shape[3]))
+            self.train(was)
+        self.channels, self.grid = int(fmap.shape[1]), (int(fmap.shape[2]), int(fmap.shape[3]))
         if aggregation == "sa":
-            self.pool: nn.Module = SpatialAwareAggregation(grid, heads)
+            self.pool: nn.Module = SpatialAwareAggregation(self.grid, heads)
             self.out_dim = heads * self.channels
         elif aggregation == "gem":
             self.pool, self.out_dim = GeMAggregation(), self.channels
         else:
             raise ValueError(f"unknown aggregation {aggregation!r}; choose sa or gem")
 
+    def trunk_modules(self) -> list[nn.Module]:
+        if not self.split:
+            return []
+        return [self.backbone.stem, *self.backbone.blocks[:self.split]]
+
+    def train(self, mode: bool = True) -> "SAFABranch":
+        """Frozen stages stay in eval mode: their BatchNorm statistics are ImageNet's, as cached."""
+        super().train(mode)
+        for m in self.trunk_modules():
+            m.eval()
+        return self
+
+    def _blocks(self, x: Tensor, start: int, stop: int) -> Tensor:
+        rate = float(getattr(self.backbone, "drop_connect_rate", 0.0) or 0.0)
+        for idx in range(start, stop):
+            x = self.backbone.blocks[idx](x, drop_connect_rate=rate * idx / max(1, self.depth))
+        return x
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """The frozen stages' map of an input batch (the input itself when nothing is frozen)."""
+        if not self.split:
+            return x
+        with torch.no_grad():
+            return self._blocks(self.backbone.stem(x), 0, self.split)
+
+    def tail(self, t: Tensor) -> Tensor:
+        """The SA map of a `trunk` map: the trained stages."""
+        if not _blockwise(self.backbone):
+            return self.backbone(t)[self.stage]
+        x = t if self.split else self.backbone.stem(t)
+        return self._blocks(x, self.split, len(self.backbone.blocks))
+
     def feature_map(self, x: Tensor) -> Tensor:
-        return self.backbone(x)[self.stage]
+        return self.tail(self.trunk(x))
+
+    def head(self, t: Tensor) -> Tensor:
+        """The embedding of a `trunk` map."""
+        return self.pool(self.tail(t))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.feature_map(x))
+        return self.head(self.trunk(x))
 
 
 class SAFAModel(nn.Module):
@@ -112,12 +189,13 @@ class SAFAModel(nn.Module):
 
     `pretrained` (default "available": ImageNet weights where found offline, else random init and
     one line saying so; True: they must load) is looked up once for both branches;
-    `config["weights"]` records where they came from.
+    `config["weights"]` records where they came from. `stage` and `frozen_stages`: see `SAFABranch`.
     """
 
     def __init__(self, backbone: str = "resnet10t", pano_hw: tuple[int, int] = (112, 616), sat_size: int = 256,
                  polar: bool = True, heads: int = 8, aggregation: str = "sa", stage: int = -1,
-                 pretrained: bool | str = "available", log: Callable[[str], None] = print) -> None:
+                 frozen_stages: int = 0, pretrained: bool | str = "available",
+                 log: Callable[[str], None] = print) -> None:
         super().__init__()
         from .distill4geo import loaded_weights, pretrained_backbone
 
@@ -126,19 +204,34 @@ class SAFAModel(nn.Module):
         pano_net, self.weights = pretrained_backbone(backbone, pretrained, log=log)
         sat_net = pretrained_backbone(backbone, loaded_weights(pretrained, self.weights))[0]
         self.branches = nn.ModuleDict({
-            "panorama": SAFABranch(pano_net, self.pano_hw, heads, aggregation, stage),
-            "satellite": SAFABranch(sat_net, sat_hw, heads, aggregation, stage)})
+            "panorama": SAFABranch(pano_net, self.pano_hw, heads, aggregation, stage, frozen_stages=frozen_stages),
+            "satellite": SAFABranch(sat_net, sat_hw, heads, aggregation, stage, frozen_stages=frozen_stages)})
         self.embed_dim = self.branches["panorama"].out_dim
+        self.frozen_stages = int(frozen_stages)
         self.config = {"name": "safa", "backbone": backbone, "pano_hw": list(self.pano_hw), "sat_size": self.sat_size,
                        "polar": self.polar, "heads": heads, "aggregation": aggregation, "stage": stage,
-                       "weights": self.weights}
+                       "frozen_stages": self.frozen_stages, "weights": self.weights}
 
-    def forward(self, x: Tensor, view: str) -> Tensor:
+    def _branch(self, view: str) -> SAFABranch:
         if view not in self.branches:
             raise KeyError(f"unknown view {view!r}; SAFA has {', '.join(self.branches)}")
-        if view == "satellite" and self.polar:
-            x = polar_transform(x, *self.pano_hw)
-        return self.branches[view](x)
+        return self.branches[view]  # type: ignore[return-value]
+
+    def _input(self, x: Tensor, view: str) -> Tensor:
+        return polar_transform(x, *self.pano_hw) if view == "satellite" and self.polar else x
+
+    def forward(self, x: Tensor, view: str) -> Tensor:
+        branch = self._branch(view)
+        return branch(self._input(x, view))
+
+    def trunk(self, x: Tensor, view: str) -> Tensor:
+        """The frozen stages' map of a view's images (after the polar transform): what
+        `train_safa` caches once per image."""
+        return self._branch(view).trunk(self._input(x, view))
+
+    def head(self, t: Tensor, view: str) -> Tensor:
+        """The embedding of a `trunk` map; `head(trunk(x, v), v)` is `forward(x, v)`."""
+        return self._branch(view).head(t)
 
     def input_sizes(self) -> dict[str, tuple[int, int]]:
         """What each view's transform should resize to (the satellite stays square)."""
@@ -209,6 +302,28 @@ def cvusa_splits(ds: GeoDataset) -> tuple[str, str]:
     return "train", ("val" if "val" in splits else "test")
 
 
+def paired_labels(items: Sequence[ImageItem], views: Sequence[str] = SAFA_VIEWS) -> list[int]:
+    """Labels that have an image in every view, sorted."""
+    return sorted(set.intersection(*({it.label for it in items if it.view == v} for v in views)))
+
+
+def carve_validation(ds: GeoDataset, share: float = 0.125, train_split: str = "train") -> tuple[GeoDataset, int]:
+    """`ds` with the last `share` of its train pairs (by label) moved to split `VAL_SPLIT`, and how
+    many pairs moved (0, `ds` unchanged, when fewer than 2 would, or fewer than 2 would stay).
+
+    The last pairs by label, not a random draw: a CVUSA-layout export numbers its pairs region by
+    region, so the validation pairs are whole regions apart from the training ones, as the test
+    pairs are; a random draw would put each beside training pairs whose tiles overlap it.
+    """
+    labels = paired_labels([it for it in ds.items if it.split == train_split])
+    n_val = int(round(share * len(labels))) if share > 0 else 0
+    if n_val < 2 or len(labels) - n_val < 2:
+        return ds, 0
+    val = set(labels[-n_val:])
+    items = [replace(it, split=VAL_SPLIT) if it.split == train_split and it.label in val else it for it in ds.items]
+    return replace(ds, items=items), n_val
+
+
 def _capped_pairs(items: Sequence[ImageItem]) -> list[ImageItem]:
     """A dry run's share of a pair split: every view of the first `dryrun.STEPS · BATCH` pairs."""
     from .. import dryrun
@@ -261,29 +376,151 @@ def vigor_truth(queries: Sequence[ImageItem], gallery: Sequence[ImageItem]) -> t
     return pos, semi
 
 
+class _Trunk(nn.Module):
+    """`model.trunk` as a view model, so trunk maps go through the one embedding path (`embed`)."""
+
+    def __init__(self, model: SAFAModel) -> None:
+        super().__init__()
+        self.model = model
+        self.training = model.training  # `embed` restores this mode on the model when it is done
+
+    def forward(self, x: Tensor, view: str) -> Tensor:
+        return self.model.trunk(x, view).flatten(1)
+
+
+def trunk_maps(model: SAFAModel, items: Sequence[ImageItem], view: str, batch_size: int = 64,
+               device: str = "cpu", num_workers: int = 0) -> Tensor:
+    """(N, C, h, w) frozen-stage maps of `items` seen as `view`, at the model's input size: computed
+    once, since the frozen stages (in eval mode) give every epoch the same map."""
+    from ..evaluation.embedding import embed
+
+    h, w = model.input_sizes()[view]
+    with torch.no_grad():
+        shape = model.trunk(torch.zeros(1, 3, h, w, device=device), view).shape[1:]
+    flat = embed(_Trunk(model), list(items), view=view, preprocess=model.preprocess, batch_size=batch_size,
+                 device=device, l2=False, num_workers=num_workers)
+    return torch.from_numpy(flat).reshape(len(items), *shape)
+
+
+def embed_maps(model: SAFAModel, maps: Tensor, view: str, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+    """(N, D) embeddings of trunk maps, in eval mode; the model's mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = [model.head(maps[i:i + batch_size].to(device), view).float().cpu()
+                   for i in range(0, len(maps), batch_size)]
+    finally:
+        model.train(was)
+    return torch.cat(out).numpy() if out else np.zeros((0, model.embed_dim), np.float32)
+
+
+def _recall1(model: SAFAModel, maps: Mapping[str, Tensor], labels: Sequence[int], device: str) -> float:
+    """Panorama→satellite R@1 of pairs given by their trunk maps (label i of both views at row i)."""
+    from ..evaluation.metrics import label_ranks, recall_at
+
+    q = embed_maps(model, maps["panorama"], "panorama", device=device)
+    g = embed_maps(model, maps["satellite"], "satellite", device=device)
+    return recall_at(label_ranks(q, labels, g, labels), 1)
+
+
 def train_safa(model: SAFAModel, ds: GeoDataset, cfg: "TrainConfig", out_dir: str | Path, *, alpha: float = 10.0,
-               max_minutes: float | None = None, progress: bool = True, jitter: float = 0.0,
-               on_epoch: Callable[[dict[str, Any]], None] | None = None) -> "LoopResult":
-    """SAFA's weighted soft-margin triplet (α=10) through `multiview.fit` (`geolib.training.loop`), on un-augmented
-    pairs (`jitter`: optional photometric jitter). The kept (`best`) checkpoint is the last epoch's:
-    the CVUSA/CVACT/VIGOR releases here have no validation split, so R@1 on the evaluation split (a
-    test set) each `eval_every` epochs is only a curve to watch. `max_minutes` is an opt-in cap (the
-    schedule stays over `cfg.epochs`). `cfg` is not modified. A dry run trains `dryrun` capped
-    epochs, batches and pairs."""
+               val_share: float = 0.125, max_minutes: float | None = None, progress: bool = True,
+               jitter: float = 0.0, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> "LoopResult":
+    """SAFA's weighted soft-margin triplet (α=10) through the shared loop (`geolib.training.loop`), on
+    un-augmented pairs (`jitter`: optional photometric jitter); on return `model` holds the kept epoch.
+
+    The kept epoch is the one with the best panorama→satellite R@1 (`SELECT_METRIC`) on the
+    validation pairs `carve_validation` takes from the train pairs (`val_share`); the evaluation
+    split (`cvusa_splits`, a test set) is never read. Without enough train pairs to carve from (a
+    dry run, a toy set), the last epoch is kept. `result.extra` says which epoch was kept, on what,
+    and how many pairs trained and validated.
+
+    A model with frozen stages and no jitter trains on their maps, computed once (`trunk_maps`), by
+    `loop.run`; any other trains on images through `multiview.fit`. `max_minutes` is an opt-in cap
+    (the schedule stays over `cfg.epochs`). `cfg` is not modified. A dry run trains `dryrun` capped
+    epochs, batches and pairs.
+    """
     from .. import dryrun
+    from ..checkpoint import load_weights
     from .losses import SoftMarginTriplet
-    from .multiview import fit
 
     cfg = replace(cfg, views=SAFA_VIEWS, epochs=dryrun.epochs(cfg.epochs), batch_size=dryrun.batch(cfg.batch_size))
-    train_split, eval_split = cvusa_splits(ds)
+    train_split = cvusa_splits(ds)[0]
+    capped = replace(ds, items=_capped_pairs(ds.select(split=train_split)))
+    carved, n_val = carve_validation(capped, val_share, train_split)
+    train_items = carved.select(split=train_split)
+    n_train = len(paired_labels(train_items))
+    select = SELECT_METRIC if n_val else "last"
+    cached = bool(getattr(model, "frozen_stages", 0)) and not jitter
+    extra = {"select": select, "train_pairs": n_train, "val_pairs": n_val, "val_share": val_share,
+             "trained_on": "trunk maps" if cached else "images"}
+    if cached:
+        res = _train_on_maps(model, carved, train_split, cfg, out_dir, SoftMarginTriplet(alpha), select,
+                             max_minutes, progress, on_epoch, {"alpha": alpha, "val_share": val_share})
+    else:
+        res = _train_on_images(model, carved, train_split, cfg, out_dir, SoftMarginTriplet(alpha), select,
+                               max_minutes, progress, jitter, on_epoch)
+    if res.best_path is not None:
+        kept = load_weights(res.best_path, model)
+        extra["kept_epoch"] = int(kept["epoch"])
+    else:  # a rank > 0 or an interrupted run: the model holds the last epoch trained
+        extra["kept_epoch"] = res.epochs_done
+    res.extra.update(extra)
+    return res
+
+
+def _train_on_images(model: SAFAModel, ds: GeoDataset, train_split: str, cfg: "TrainConfig", out_dir: str | Path,
+                     loss: nn.Module, select: str, max_minutes: float | None, progress: bool, jitter: float,
+                     on_epoch: Callable[[dict[str, Any]], None] | None) -> "LoopResult":
+    from .multiview import fit
+
     sizes = model.input_sizes()
-    places = PairedViews(_capped_pairs(ds.select(split=train_split)), view_transforms(sizes, train=True, jitter=jitter))
+    places = PairedViews(ds.select(split=train_split), view_transforms(sizes, train=True, jitter=jitter))
 
-    def watch(m: nn.Module, epoch: int) -> dict[str, float]:
-        return {"panorama→satellite R@1": evaluate_pairs(m, ds, sizes, eval_split, device=cfg.device)["R@1"]}
+    def validate(m: nn.Module, epoch: int) -> dict[str, float]:
+        return {SELECT_METRIC: evaluate_pairs(m, ds, sizes, VAL_SPLIT, device=cfg.device)["R@1"]}
 
-    return fit(model, places, cfg, out_dir, SoftMarginTriplet(alpha), watch=watch,
-               select_metric="last", progress=progress, max_minutes=max_minutes, on_epoch=on_epoch)
+    return fit(model, places, cfg, out_dir, loss, evaluate=validate if select != "last" else None,
+               select_metric=select, progress=progress, max_minutes=max_minutes, on_epoch=on_epoch)
+
+
+def _train_on_maps(model: SAFAModel, ds: GeoDataset, train_split: str, cfg: "TrainConfig", out_dir: str | Path,
+                   loss: nn.Module, select: str, max_minutes: float | None, progress: bool,
+                   on_epoch: Callable[[dict[str, Any]], None] | None, settings: Mapping[str, Any]) -> "LoopResult":
+    from .loop import LoopConfig, run
+    from .multiview import TrainConfig
+
+    def maps_of(split: str) -> tuple[list[int], dict[str, Tensor]]:
+        items = ds.select(split=split)
+        labels = paired_labels(items)
+        by_view = {v: {it.label: it for it in items if it.view == v} for v in SAFA_VIEWS}
+        return labels, {v: trunk_maps(model, [by_view[v][lab] for lab in labels], v, device=cfg.device,
+                                      num_workers=cfg.num_workers) for v in SAFA_VIEWS}
+
+    model.to(cfg.device)
+    train_labels, train_maps = maps_of(train_split)
+    val_labels, val_maps = maps_of(VAL_SPLIT) if select != "last" else ([], {})
+    n, batch = len(train_labels), min(cfg.batch_size, len(train_labels))
+    if batch < 2:
+        raise ValueError(f"{ds.root}: {n} training pair(s); the triplet loss needs at least 2 per batch")
+    bundle = nn.ModuleDict({"model": model})
+
+    def plan(epoch: int, rng: np.random.Generator) -> list[np.ndarray]:
+        order = rng.permutation(n)
+        return [order[i:i + batch] for i in range(0, n - batch + 1, batch)]
+
+    def step(idx: np.ndarray, epoch: int) -> Tensor:
+        rows = torch.as_tensor(idx, dtype=torch.long)
+        emb = [model.head(train_maps[v][rows].to(cfg.device), v) for v in SAFA_VIEWS]
+        return loss(*emb)
+
+    def validate(_bundle: nn.Module, epoch: int) -> dict[str, float]:
+        return {SELECT_METRIC: _recall1(model, val_maps, val_labels, cfg.device)}
+
+    return run(bundle, step, plan, LoopConfig.of(cfg, select=select, max_minutes=max_minutes), out_dir,
+               evaluate=validate if select != "last" else None, settings={**cfg.to_dict(), **settings},
+               settings_defaults=TrainConfig().to_dict(), on_epoch=on_epoch, progress=progress)
 
 
 @register_model("safa")
