@@ -327,7 +327,7 @@ class Distill(Common):
     threads: int | None  # torch CPU threads (None: torch's default)
     teacher_checkpoint: str | None  # Phase 1 checkpoint used as the teacher (None: notebook 02's)
     views: list[str]  # views the students learn
-    students: list[str]  # student backbones (timm names)
+    students: list[str]  # student backbones (timm names, efficientnet_lite0-b<N> for Lite0 cut after block N), each optionally <name>@<px> for its own input size
     perturb: list[bool]  # with/without marginal perturbation, one student row each
     copies: int  # augmented copies per image the students see
     student_image_size: int  # student input side in pixels
@@ -335,6 +335,11 @@ class Distill(Common):
     student_batch_size: int  # student images per batch
     student_lr: float  # student learning rate
     student_pretrained: bool | str  # ImageNet-initialised students: True, False or "available"
+    student_init: str = "pretrained"  # student weights: "pretrained" (as student_pretrained says) | "teacher" (the teacher's own backbone, for efficientnet_lite0-b<N> students of a Lite0 teacher)
+    student_scheduler: str = "cosine"  # student lr schedule: "cosine" (warm-up, then cosine to 0) | "none"
+    student_warmup: float = 0.05  # share of the student's steps spent warming up
+    student_contrast: float = 0.0  # weight of an in-batch InfoNCE term beside the dual cosine loss (0: Distill4Geo's loss alone)
+    teacher_image_size: int | None = None  # side the Part B teacher sees (None: the size it was trained at); larger than the students' is Distill4Geo's resolution split
     safa_backbone: str  # SAFA backbone (timm name or "vgg16")
     pano_hw: list[int]  # SAFA panorama height, width
     sat_size: int  # SAFA aerial image side

@@ -68,3 +68,48 @@ def test_pairs_rows_are_named_apart_from_part_b():
     rows = ab.part_b_rows(["m"], [False], part="B2")
     assert list(rows) == ["B2/student-m-plain"]
     assert ab.selected({"B/teacher": 1, **ab.part_b_rows(["m"], [False])}, ["B2"]) == []
+
+
+def _row(name: str, r1: float, gflops: float, params: int, direction: str = "street→drone") -> dict:
+    return {"name": name, "results": {"directions": {direction: {"R@1": r1, "R@5": r1 + 5, "queries": 200}},
+                                      "cost": {"params": params, "gflops": gflops, "ms_per_image": 1.0}}}
+
+
+def test_notebook_steps_draw_both_figures_and_write_findings_from_the_records(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+
+    table_a = ab.results_table([_row("A/full", 40.0, 0.04, 9_000_000), _row("A/no-l2l", 30.0, 0.03, 8_000_000)])
+    part_b = {"B/teacher": _row("B/teacher", 43.0, 0.04, 9_000_000),
+              "B/student-efficientnet_lite0-b5@32-plain": _row("B/student-efficientnet_lite0-b5@32-plain", 41.0, 0.004, 300_000)}
+    table_b = ab.results_table(list(part_b.values()), reference=part_b["B/teacher"])
+    assert table_b.gflops_ratio.iloc[1] == pytest.approx(10.0)
+    empty = ab.results_table([])
+    fig, bars = ab.cost_figures(table_a, table_b, empty, empty, tmp_path)
+    assert (tmp_path / "03_pareto.png").stat().st_size > 0 and (tmp_path / "03_parts.png").stat().st_size > 0
+    assert len(fig.axes[0].collections) == 4  # one series per part, empty ones kept for the legend
+    labels = {t.get_text() for t in fig.axes[0].texts}
+    assert labels == {"full", "no-l2l", "teacher", "student-efficientnet_lite0-b5@32-plain"}
+
+    def record(row: str, model: str, r1: float, gflops: float, params: int) -> dict:
+        return {"task": "distillation", "dataset": "w", "model": model, "query_view": "street", "gallery_view": "drone",
+                "metrics": {"R@1": r1, "gflops": gflops, "params": params}, "config": {"row": row, "n_queries": 200},
+                "created": "2026-12-01T00:00:00"}
+
+    records = [record("B/teacher", "teacher", 43.0, 0.04, 9_000_000),
+               record("B/student-efficientnet_lite0-b5@32-plain", "student-efficientnet_lite0-b5@32", 41.0, 0.004, 300_000)]
+    text = ab.findings_text(records, RowRunner(tmp_path / "rows"), "default", "gem", True, table_a, part_b, {},
+                            empty, "w", "pairs")
+    assert "**Part A**" in text and "no-l2l" in text and "-10.0 points" in text
+    assert "**Part B (Distill4Geo, street→drone)**" in text and "Part B on the pairs" not in text
+    assert "R@1 points lost" in text and "2.0 points" in text
+
+
+def test_student_specs_carry_their_own_input_size():
+    assert ab.student_spec("efficientnet_lite0-b11@32") == ("efficientnet_lite0-b11", 32)
+    assert ab.student_spec("mobilenetv3_small_050") == ("mobilenetv3_small_050", None)
+    rows = ab.part_b_rows(["efficientnet_lite0-b5@24"], [True])
+    assert rows == {"B/student-efficientnet_lite0-b5@24-mp": {"backbone": "efficientnet_lite0-b5", "image_size": 24,
+                                                             "perturb": True}}
+    with pytest.raises(ValueError, match="<backbone>@<pixels>"):
+        ab.student_spec("efficientnet_lite0@big")

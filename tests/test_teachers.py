@@ -178,3 +178,31 @@ def test_tiny_released_layout_teachers_load_through_the_real_code(tiny_dirs):
     x = torch.randn(2, 3, 48, 48)
     bare = create_teacher(clip_spec.split(":", 1)[1])  # a bare local dir: its config says CLIP
     assert torch.allclose(bare(x), clip(x), atol=1e-5) and clip(x).shape == (2, 16)
+
+
+def test_imagenet_lite0_teaches_phase1_one_target_per_image(tmp_path):
+    """The one real pretrained teacher offline, at its own 224 px, distilled per image into Phase 1:
+    two drone photos of one place get two targets (their own embeddings), not one per place."""
+    from conftest import build_crossview_tree, make_image
+
+    from geolib.data.datasets import load_dataset
+    from geolib.evaluation.embedding import embed
+    from geolib.models import create_model
+    from geolib.training.crossview import phase1_distillation
+
+    root = build_crossview_tree(tmp_path / "u", distractors=0)
+    second = make_image(root / "train" / "drone" / "0001" / "b.jpg", seed=99, size=(32, 32))
+    ds = load_dataset("university1652", root)
+    model = create_model("phase1-cpu", img_size=32, embed_dim=16, fusion_dim=16, pooling="gem",
+                         backbone_options={"window_size": 2, "embed_dim": 8, "depths": [1, 1, 1, 1],
+                                           "num_heads": [1, 1, 1, 1]})
+    cfg = {"teachers": ["efficientnet-lite0"], "device": "cpu", "distill_loss": "cosine", "distill_weight": 1.0}
+    term, status = phase1_distillation(cfg, ds, model, tmp_path / "cache", log=lambda _: None)
+    assert status == {"efficientnet-lite0": "used"}
+    first = str(root / "train" / "drone" / "0001" / "a.jpg")
+    rows = term.targets("efficientnet-lite0", [first, str(second)], torch.device("cpu"))
+    assert rows.shape == (2, 1280) and not torch.allclose(rows[0], rows[1])
+    teacher = efficientnet_lite0_teacher()
+    assert teacher.image_size == 224
+    want = embed(teacher, [first], preprocess=teacher.preprocess, l2=False, progress=False)
+    assert np.allclose(rows[0].numpy(), want[0], atol=1e-4)

@@ -42,9 +42,21 @@ def part_c_rows(heads: Sequence[int]) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def student_spec(entry: str) -> tuple[str, int | None]:
+    """`<backbone>[@<px>]` → (backbone, its own input side or None for `student_image_size`).
+
+    Distill4Geo's resolution split: the student may see smaller images than its teacher, which
+    cuts its GFLOPs by the square of the ratio; one profile list then holds the trade-off curve."""
+    backbone, _, px = str(entry).partition("@")
+    if px and not px.isdigit():
+        raise ValueError(f"student {entry!r}: write <backbone>@<pixels>, e.g. efficientnet_lite0-b11@32")
+    return backbone, (int(px) if px else None)
+
+
 def part_b_rows(students: Sequence[str], perturb: Sequence[bool], part: str = "B") -> dict[str, dict[str, Any]]:
-    """`<part>/student-<backbone>-plain|mp`; `part="B2"` names the rows on the pairs dataset."""
-    return {f"{part}/student-{s}-{'mp' if p else 'plain'}": {"backbone": s, "perturb": bool(p)}
+    """`<part>/student-<backbone>[@<px>]-plain|mp`; `part="B2"` names the rows on the pairs dataset."""
+    return {f"{part}/student-{s}-{'mp' if p else 'plain'}": {"backbone": student_spec(s)[0],
+                                                            "image_size": student_spec(s)[1], "perturb": bool(p)}
             for s in students for p in perturb}
 
 
@@ -156,13 +168,19 @@ def load_backbone(model: torch.nn.Module, checkpoint: str | Path) -> int:
 
 # --------------------------------------------------------------------------- part B
 
+def teacher_size(teacher: torch.nn.Module, cfg: Mapping[str, Any]) -> int:
+    """The side the teacher sees: `teacher_image_size`, else the size it was trained at. Distill4Geo's
+    teacher may see larger images than its students; a size that lowers its recall weakens it."""
+    return int(cfg.get("teacher_image_size") or teacher.img_size)
+
+
 def run_teacher_row(teacher: torch.nn.Module, ds: Any, cfg: Mapping[str, Any], runner: RowRunner,
                     dataset: str, teacher_id: str) -> dict[str, Any]:
     """The teacher's own R@1 and cost, the reference every student is compared to."""
     from ..evaluation.crossview import record_evaluation
 
-    size = int(teacher.img_size)
-    row_cfg = {"row": "B/teacher", "teacher": teacher_id, "dataset": dataset}
+    size = teacher_size(teacher, cfg)
+    row_cfg = {"row": "B/teacher", "teacher": teacher_id, "dataset": dataset, "image_size": size}
 
     def run() -> dict[str, Any]:
         ev = _evaluate(teacher, ds, size, PART_A_DIRECTIONS, cfg["device"])
@@ -181,43 +199,55 @@ def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module
                     split: str = "test") -> dict[str, Any]:
     """Distil one student; teacher embeddings come from `caches` (filled once per perturb setting).
 
-    `views` (default `cfg["views"]`), `directions` and the evaluation `split` make the same row run
-    on a pairs dataset: `("panorama", "satellite")`, panorama→satellite on `cvusa_splits(ds)[1]`,
-    recorded under protocol `cvusa` (`vigor-hit` with the hit rate on VIGOR).
+    The student sees `spec["image_size"]` pixels (else `student_image_size`), the teacher its own
+    size. `student_init` "teacher" starts a student cut from the teacher's backbone
+    (`efficientnet_lite0-b<N>` of a Lite0 teacher) from the teacher's weights, "pretrained" from
+    ImageNet's as `student_pretrained` says. The schedule is `student_scheduler` with
+    `student_warmup`. `views` (default `cfg["views"]`), `directions` and the evaluation `split`
+    make the same row run on a pairs dataset: `("panorama", "satellite")`, panorama→satellite on
+    `cvusa_splits(ds)[1]`, recorded under protocol `cvusa` (`vigor-hit` with the hit rate on VIGOR).
     """
     from ..evaluation.crossview import record_evaluation
-    from ..training.distill4geo import (DistillConfig, StudentModel, cache_teacher, fit_student, loaded_weights, save_student,
-                          train_items, weights_status)
     from ..models import config_hash
+    from ..training.distill4geo import (TEACHER_INIT, DistillConfig, StudentModel, cache_teacher, fit_student,
+                                        init_from_teacher, loaded_weights, save_student, train_items,
+                                        weights_status)
 
     views = tuple(views or cfg["views"])
-    size = int(cfg["student_image_size"])
+    size = int(spec.get("image_size") or cfg["student_image_size"])
     pretrained = cfg.get("student_pretrained", "available")
-    weights = weights_status(spec["backbone"], pretrained)
+    from_teacher = cfg.get("student_init", "pretrained") == "teacher"
+    weights = f"{TEACHER_INIT}{teacher_id}" if from_teacher else weights_status(spec["backbone"], pretrained)
+    schedule = {"scheduler": cfg.get("student_scheduler", "none"), "warmup": float(cfg.get("student_warmup", 0.0)),
+                "contrast": float(cfg.get("student_contrast", 0.0))}
     row_cfg = {"row": name, "teacher": teacher_id, "backbone": spec["backbone"], "perturb": spec["perturb"],
                "image_size": size, "epochs": cfg["student_epochs"], "batch_size": cfg["student_batch_size"],
                "lr": cfg["student_lr"], "copies": cfg["copies"], "dataset": dataset, "seed": cfg["seed"],
-               "weights": weights}
+               "weights": weights, "teacher_image_size": teacher_size(teacher, cfg), **schedule}
+    model_name = f"student-{spec['backbone']}" + (f"@{spec['image_size']}" if spec.get("image_size") else "")
 
     def run() -> dict[str, Any]:
         perturb = bool(spec["perturb"])
         if perturb not in caches:
-            caches[perturb] = cache_teacher(teacher, train_items(ds, views), int(teacher.img_size), perturb,
+            caches[perturb] = cache_teacher(teacher, train_items(ds, views), teacher_size(teacher, cfg), perturb,
                                             cfg["copies"], cfg["seed"], device=cfg["device"])
         torch.manual_seed(cfg["seed"])
         student = StudentModel(spec["backbone"], views, caches[perturb].dim, size,
-                               pretrained=loaded_weights(pretrained, weights),
+                               pretrained=False if from_teacher else loaded_weights(pretrained, weights),
                                gray_world=bool(getattr(teacher, "config", {}).get("gray_world", False)))
+        if from_teacher:
+            init_from_teacher(student, teacher, teacher_id)
         dc = DistillConfig(backbone=spec["backbone"], views=views, image_size=size, epochs=cfg["student_epochs"],
                            batch_size=cfg["student_batch_size"], lr=cfg["student_lr"], perturb=perturb,
                            copies=cfg["copies"], seed=cfg["seed"], device=cfg["device"],
-                           minutes=cfg["minutes_per_row"])
+                           minutes=cfg["minutes_per_row"], **schedule)
         ckpt = out / "runs" / f"{name.replace('/', '_')}-{config_hash(row_cfg)}"  # one folder per row settings
-        res = fit_student(student, caches[perturb], dc, ckpt)
+        preload = bool((cfg.get("phase1") or {}).get("preload", False))  # the profile holds its images in memory
+        res = fit_student(student, caches[perturb], dc, ckpt, preload=preload)
         path = save_student(student, out / name.replace("/", "_"))
         ev = _evaluate(student, ds, size, directions, cfg["device"], split)
         cost = _cost(student, size, directions[0][0], cfg["cost_runs"])
-        record_evaluation(ev, source=SOURCE, model=f"student-{spec['backbone']}" + ("-mp" if perturb else ""),
+        record_evaluation(ev, source=SOURCE, model=model_name + ("-mp" if perturb else ""),
                           dataset=dataset, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg,
                           task="distillation", extra_metrics=cost, protocol=_protocol(ds), split=split)
         return {"directions": _directions(ev), "cost": cost, **_training(res), "checkpoint": str(path)}
@@ -417,3 +447,143 @@ def effect_sentences(table: Any, baseline: str, metric: str = "R@1") -> list[str
             verdict = "no measurable effect" if abs(d) <= res + 1e-9 else f"{d:+.1f} points"
             lines.append(f"- {direction}, **{r['row']}**: {metric} {r[metric]:.1f} vs {b:.1f} for {baseline} ({verdict}).")
     return lines
+
+
+# --------------------------------------------------------------------------- notebook steps
+
+def frozen_teacher(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, str]:
+    """A trained checkpoint as a frozen teacher, and its id (path + weights hash: a retrained teacher
+    reruns every row keyed on it)."""
+    from ..training.crossview import load_trained_model
+
+    teacher, _ = load_trained_model(path, device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval(), checkpoint_id(path)
+
+
+def run_part_b(ds: Any, cfg: Mapping[str, Any], out: Path, runner: RowRunner, dataset: str,
+               teacher_path: str | Path | None, part_a: Mapping[str, Any] | None = None,
+               log: Any = print) -> tuple[dict[str, Any], Any]:
+    """Notebook 03's Part B: the teacher row and every selected student row; (rows, table).
+
+    `teacher_path` is `teacher_checkpoint` or notebook 02's checkpoint; without one, this run's
+    `A/full` row (trained here if Part A did not) teaches, so Part B never depends on notebook 02.
+    """
+    student_rows = part_b_rows(cfg["students"], cfg["perturb"])
+    rows: dict[str, Any] = {}
+    if not selected({"B/teacher": 1, **student_rows}, cfg["rows"]):
+        return rows, results_table([])
+    if teacher_path is None:
+        full = (part_a or {}).get("A/full") or run_phase1_row("A/full", {}, ds, cfg, out, runner, dataset)
+        teacher_path = Path(full["results"]["checkpoint"])
+    teacher, teacher_id = frozen_teacher(teacher_path, cfg["device"])
+    if selected({"B/teacher": 1}, cfg["rows"]):
+        rows["B/teacher"] = run_teacher_row(teacher, ds, cfg, runner, dataset, teacher_id)
+    caches: dict[Any, Any] = {}
+    for name in selected(student_rows, cfg["rows"]):
+        rows[name] = run_student_row(name, student_rows[name], teacher, ds, cfg, out, runner, dataset,
+                                     teacher_id, caches)
+        log(name, "skipped (done)" if name in runner.skipped else f"trained in {rows[name]['seconds']} s")
+    return rows, results_table(list(rows.values()), reference=rows.get("B/teacher"))
+
+
+def run_part_b2(ds: Any, cfg: Mapping[str, Any], out: Path, runner: RowRunner, dataset: str,
+                enabled: bool = True, log: Any = print) -> tuple[dict[str, Any], Any]:
+    """Notebook 03's Part B on the pairs: the Sample4Geo-style teacher (trained or reused whenever
+    any B2 row runs, since the students need it) and the selected students; (rows, table)."""
+    from ..training.safa import cvusa_splits
+
+    b2_rows = part_b_rows(cfg["students"], cfg["perturb"], part="B2")
+    rows: dict[str, Any] = {}
+    if not enabled or not selected({"B2/teacher": 1, **b2_rows}, cfg["rows"]):
+        return rows, results_table([])
+    split = cvusa_splits(ds)[1]
+    path = run_pairs_teacher_row(ds, cfg, out, runner, dataset)
+    rows["B2/teacher"] = runner.load("B2/teacher")
+    log("B2/teacher", "skipped (done)" if "B2/teacher" in runner.skipped
+        else f"trained in {rows['B2/teacher']['seconds']} s")
+    teacher, teacher_id = frozen_teacher(path, cfg["device"])
+    caches: dict[Any, Any] = {}
+    for name in selected(b2_rows, cfg["rows"]):
+        rows[name] = run_student_row(name, b2_rows[name], teacher, ds, cfg, out, runner, dataset, teacher_id,
+                                     caches, views=PAIRS_VIEWS, directions=PAIRS_DIRECTIONS, split=split)
+        log(name, "skipped (done)" if name in runner.skipped else f"trained in {rows[name]['seconds']} s")
+    return rows, results_table(list(rows.values()), reference=rows.get("B2/teacher"))
+
+
+FIGURE_PARTS = (("A", "A/", "o"), ("B", "B/", "s"), ("B2", "B2/", "D"), ("C", "C/", "^"))
+FIGURE_TITLES = {"A": "A · street→drone", "B": "B · street→drone", "B2": "B2 · panorama→satellite",
+                 "C": "C · panorama→satellite"}
+
+
+def headline_table(table_a: Any, table_b: Any, table_b2: Any, table_c: Any):
+    """One line per model: street→drone for parts A and B, panorama→satellite for B2 and C (their only direction)."""
+    import pandas as pd
+
+    def street_drone(t: Any) -> Any:
+        return t[t.direction == "street→drone"] if len(t) else t
+
+    return pd.concat([street_drone(table_a), street_drone(table_b), table_b2, table_c], ignore_index=True)
+
+
+def cost_figures(table_a: Any, table_b: Any, table_b2: Any, table_c: Any, figures: str | Path | None = None):
+    """Notebook 03's two figures, R@1 against GFLOPs (every model, labelled) and R@1 per part;
+    saved as `03_pareto.png` and `03_parts.png` under `figures` when given. Returns both figures."""
+    import matplotlib.pyplot as plt
+
+    main = headline_table(table_a, table_b, table_b2, table_c)
+    rows = main.row if len(main) else main.get("row", [])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for part, prefix, marker in FIGURE_PARTS:
+        sub = main[rows.str.startswith(prefix)] if len(main) else main
+        if not len(sub):
+            ax.scatter([], [], marker=marker, label=f"part {part}")
+            continue
+        ax.scatter(sub.gflops, sub["R@1"], marker=marker, label=f"part {part}")
+        for _, r in sub.iterrows():
+            ax.annotate(r.row.split("/", 1)[1], (r.gflops, r["R@1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log"); ax.set_xlabel("GFLOPs per image (log)"); ax.set_ylabel("R@1 (%)"); ax.legend()
+    ax.set_title("Accuracy against cost")
+    fig.tight_layout()
+    bars, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    for ax, (part, prefix, _) in zip(axes, FIGURE_PARTS):
+        t = main[rows.str.startswith(prefix)] if len(main) else main
+        ax.barh([r.split("/", 1)[1] for r in t.row] if len(t) else [], t["R@1"] if len(t) else [])
+        ax.set_title(FIGURE_TITLES[part]); ax.set_xlabel("R@1 (%)")
+    bars.tight_layout()
+    if figures is not None:
+        fig.savefig(Path(figures) / "03_pareto.png", dpi=120)
+        bars.savefig(Path(figures) / "03_parts.png", dpi=120)
+    return fig, bars
+
+
+def findings_text(records: Sequence[Mapping[str, Any]], runner: RowRunner, profile: str, pooling: str,
+                  frozen_backbone: bool, table_a: Any, part_b: Mapping[str, Any], part_b2: Mapping[str, Any],
+                  table_c: Any, dataset: str, pairs_dataset: str) -> str:
+    """Notebook 03's findings (Markdown), built from this run's rows and the metrics records.
+
+    `pooling`: Phase 1's pooling (`A/full`'s); `frozen_backbone`: whether Part A's rows trained on
+    notebook 02's frozen backbone, which decides what a small difference between rows can mean."""
+    from . import findings
+
+    lines = [f"Profile `{profile}`, rows: {len(runner.ran)} trained now, {len(runner.skipped)} reused from an earlier run.", ""]
+    if len(table_a):
+        lines += ["With few test queries one query moves recall by 100/queries points; a change no larger than "
+                  "that (or than 1 point) is reported as no measurable effect.", "",
+                  f"**Part A** (each change against `A/full`, whose pooling is `{pooling}`; "
+                  + ("every row on notebook 02's frozen backbone, training its own neck, pooling and loss):" if frozen_backbone
+                     else "every row trained from ImageNet weights within its budget, so small rows mostly show cost):")]
+        lines += effect_sentences(table_a, "A/full") or ["- only one row ran."]
+    for title, part, rows, on, direction in (("Part B (Distill4Geo, street→drone)", "B", part_b, dataset, ("street", "drone")),
+                                             (f"Part B on the pairs ({pairs_dataset}, panorama→satellite; the panorama is resized "
+                                              "to a square for teacher and students, geolocal's simplification)", "B2", part_b2,
+                                              pairs_dataset, PAIRS_DIRECTIONS[0])):
+        found = (findings.distillation(records, on, direction, rows=rows)
+                 + findings.perturbation(records, on, direction, part=part, rows=rows))
+        if found:
+            lines += ["", f"**{title}** (teacher/student ratios above 1: the student is smaller):", findings.markdown(found)]
+    if len(table_c):
+        base = "C/safa-polar" if "C/safa-polar" in set(table_c.row) else table_c.row.iloc[0]
+        lines += ["", f"**Part C** (panorama→satellite, against `{base}`):"] + effect_sentences(table_c, base)
+    return "\n".join(lines)

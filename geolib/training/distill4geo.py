@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.datasets import ImageDataset, ImageItem, default_transform
+from ..data.datasets import ImageItem, default_transform
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD
 from ..models import register_loader, register_model
 
@@ -34,6 +34,19 @@ def dual_cosine_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor
         raise ValueError("no views to distil")
     return torch.stack([(1 - F.cosine_similarity(student[v], teacher[v].to(student[v]), dim=-1)).mean()
                         for v in student]).mean()
+
+
+def batch_contrast_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor],
+                        temperature: float = 0.05) -> Tensor:
+    """Mean over views of InfoNCE: each student embedding must pick its own image's teacher embedding
+    among the batch's. Not in Distill4Geo (an option, `contrast`): the dual cosine loss spends the
+    student's capacity on every direction of the teacher's space alike, this on the ones that tell
+    images apart, which is what retrieval ranks by."""
+    parts = []
+    for v, s in student.items():
+        s, t = F.normalize(s, dim=-1), F.normalize(teacher[v].to(s), dim=-1)
+        parts.append(F.cross_entropy(s @ t.T / temperature, torch.arange(len(s), device=s.device)))
+    return torch.stack(parts).mean()
 
 
 def perturbation_transform(size: int, strength: float = 1.0):
@@ -55,6 +68,54 @@ def perturbation_transform(size: int, strength: float = 1.0):
 BACKBONE_ALIASES = {"efficientnet_lite0": "efficientnet-lite0"}
 RANDOM_INIT = "random-init"
 
+LITE0_TRUNCATED = "efficientnet_lite0-b"  # + N: the stem and the first N of Lite0's 16 blocks
+
+
+def lite0_blocks(name: str) -> int | None:
+    """How many Lite0 blocks `efficientnet_lite0-b<N>` keeps; None for any other backbone name.
+
+    A truncated Lite0 keeps the ImageNet weights of the blocks it keeps, the one way a bare CPU
+    machine gets a pretrained network an order of magnitude cheaper than the Lite0 teacher.
+    Block 5 ends the stride-8 stage (40 channels), block 11 the stride-16 stage (112), 16 the network.
+    """
+    if not name.startswith(LITE0_TRUNCATED):
+        return None
+    tail = name[len(LITE0_TRUNCATED):]
+    if not tail.isdigit() or not 1 <= int(tail) <= 16:
+        raise ValueError(f"student backbone {name!r}: write efficientnet_lite0-b<N> with N from 1 to 16 "
+                         "(5 ends the stride-8 stage, 11 the stride-16 stage, 16 is the whole network)")
+    return int(tail)
+
+
+class TruncatedLite0(nn.Module):
+    """The stem and first `blocks` blocks of an `EfficientNetLite0Features`, same weights and
+    state-dict keys (so ImageNet or a Lite0 teacher's weights load by name); one output map."""
+
+    output_fmt = "NCHW"
+
+    def __init__(self, full: nn.Module, blocks: int) -> None:
+        super().__init__()
+        self.stem = full.stem
+        self.blocks = full.blocks[:blocks]
+        self.drop_connect_rate = full.drop_connect_rate
+        self.depth = len(full.blocks)  # each kept block drops paths at its rate in the whole network
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.stem(x)
+        for idx, block in enumerate(self.blocks):
+            x = block(x, drop_connect_rate=self.drop_connect_rate * idx / self.depth)
+        return [x]
+
+
+def _build_backbone(name: str, pretrained: bool | str, img_size: int | None) -> nn.Module:
+    from ..models import create_backbone
+    from ..models.phase1 import LITE0
+
+    blocks = lite0_blocks(name)
+    if blocks is None:
+        return create_backbone(BACKBONE_ALIASES.get(name, name), pretrained, img_size)
+    return TruncatedLite0(create_backbone(LITE0, pretrained, img_size), blocks)
+
 
 def pretrained_backbone(name: str, pretrained: bool | str = "available", img_size: int | None = None,
                         log: Callable[[str], None] = print) -> tuple[nn.Module, str]:
@@ -64,15 +125,16 @@ def pretrained_backbone(name: str, pretrained: bool | str = "available", img_siz
     (those weights when found, else random init, said in one line), False, or a weights file.
     A published setting starts from ImageNet; "available" lets a bare CPU machine still run it,
     and the returned status goes into the row's config, so a table never hides the difference.
+    `efficientnet_lite0-b<N>` is Lite0 cut after block N (`lite0_blocks`).
     """
-    from ..models import create_backbone
+    from ..models.phase1 import LITE0
 
-    impl = BACKBONE_ALIASES.get(name, name)
+    impl = LITE0 if lite0_blocks(name) is not None else BACKBONE_ALIASES.get(name, name)
     if pretrained in (False, None, "none", ""):
-        return create_backbone(impl, False, img_size), RANDOM_INIT
+        return _build_backbone(name, False, img_size), RANDOM_INIT
     want: bool | str = True if pretrained in (True, "available") else str(pretrained)
     try:
-        net = create_backbone(impl, want, img_size)
+        net = _build_backbone(name, want, img_size)
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if pretrained != "available":
@@ -80,7 +142,7 @@ def pretrained_backbone(name: str, pretrained: bool | str = "available", img_siz
                                "cache, pass a weights file, or ask for pretrained='available' to start "
                                "from random weights") from None
         log(f"{name}: ImageNet weights not found offline; starting from random weights")
-        return create_backbone(impl, False, img_size), f"{RANDOM_INIT} (ImageNet weights not found offline)"
+        return _build_backbone(name, False, img_size), f"{RANDOM_INIT} (ImageNet weights not found offline)"
     from ..models.phase1 import _DRY_RUN_RANDOM
 
     if impl in _DRY_RUN_RANDOM:  # a dry run went on without the weights: say so in the status too
@@ -176,6 +238,34 @@ class StudentModel(nn.Module):
         if view not in self.branches:
             raise KeyError(f"unknown view {view!r}; this student has {', '.join(self.branches)}")
         return self.branches[view](x if self.gray_world is None else self.gray_world(x))
+
+
+TEACHER_INIT = "teacher:"  # weights status of a student started from its teacher's backbone
+
+
+def init_from_teacher(student: StudentModel, teacher: nn.Module, teacher_id: str) -> int:
+    """Start each view's student from its teacher's backbone for that view, for the blocks it keeps
+    (a truncated Lite0 student of a Lite0 teacher); returns how many tensors were copied.
+
+    The teacher's first blocks were fine-tuned on these very views, so the student starts where
+    ImageNet's weights would have to be led; `config["weights"]` says `teacher:<teacher_id>`.
+    """
+    if not hasattr(teacher, "branch"):
+        raise ValueError(f"teacher {teacher_id}: a cross-view model with one branch per view is needed to start "
+                         "students from its backbone (student_init 'teacher'); use student_init 'pretrained'")
+    copied = 0
+    for view, branch in student.branches.items():
+        source = teacher.branch(view).backbone.state_dict()
+        own = branch.backbone.state_dict()
+        wrong = [k for k, v in own.items() if k not in source or source[k].shape != v.shape]
+        if wrong:
+            raise ValueError(f"teacher {teacher_id}: its {view} backbone does not hold the student's {wrong[0]} "
+                             f"(and {len(wrong) - 1} more); student_init 'teacher' needs a student cut from the "
+                             f"teacher's own backbone (efficientnet_lite0-b<N> for a Lite0 teacher)")
+        branch.backbone.load_state_dict({k: source[k] for k in own})
+        copied += len(own)
+    student.weights = student.config["weights"] = f"{TEACHER_INIT}{teacher_id}"
+    return copied
 
 
 def save_student(model: StudentModel, path: str | Path) -> Path:
@@ -274,6 +364,8 @@ class DistillConfig:
     scheduler: str = "none"       # "none" (as published here) or "cosine" (warm-up + cosine)
     warmup: float = 0.0
     grad_clip: float = 0.0
+    contrast: float = 0.0         # weight of `batch_contrast_loss` beside the dual cosine loss (0: Distill4Geo's loss alone)
+    temperature: float = 0.05     # its temperature
     resume: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -283,11 +375,39 @@ class DistillConfig:
         return d
 
 
+class ViewImages(torch.utils.data.Dataset):
+    """One view's training images as uint8 tensors through `transform`; `preload` decodes each once.
+
+    Always tensors, never PIL images, so a preloaded run and a decoding one see the same pixels
+    (PIL's and torch's resizes differ); a student step is cheap enough that decoding again each
+    time would cost it as much as the step itself."""
+
+    def __init__(self, items: Sequence[ImageItem], transform: Callable, preload: bool = False) -> None:
+        self.paths = [it.path for it in items]
+        self.transform = transform
+        self.memory = [self._decode(p) for p in self.paths] if preload else None
+
+    @staticmethod
+    def _decode(path: Any) -> Tensor:
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        from ..data.images import load_image
+
+        return pil_to_tensor(load_image(path))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        img = self.memory[i] if self.memory is not None else self._decode(self.paths[i])
+        return self.transform(img), i
+
+
 class _StudentBatches:
     """One epoch's steps: per view, the images of a planned index batch and the teacher copy each
     is matched to. Planned up front from the (seed, epoch) generator, so a resumed run replays them."""
 
-    def __init__(self, images: Mapping[str, ImageDataset], index: Mapping[str, list[np.ndarray]],
+    def __init__(self, images: Mapping[str, ViewImages], index: Mapping[str, list[np.ndarray]],
                  copies: Mapping[str, list[np.ndarray]]) -> None:
         self.images, self.index, self.copies = images, index, copies
         self.steps = min(len(b) for b in index.values())
@@ -302,22 +422,27 @@ class _StudentBatches:
             yield {v: (next(loaders[v])[0], self.index[v][k], self.copies[v][k]) for v in self.index}
 
 
-def student_plan(cache: TeacherEmbeddings, views: Sequence[str], transform: Callable, batch_size: int
-                 ) -> Callable[[int, np.random.Generator], _StudentBatches]:
+def student_plan(cache: TeacherEmbeddings, views: Sequence[str], transform: Callable, batch_size: int,
+                 preload: bool = False) -> Callable[[int, np.random.Generator], _StudentBatches]:
     """`plan(epoch, rng)` for `geolib.training.loop`: each step one batch per view (a view smaller than a batch
-    gives all its images), every image of the view at most once per epoch, and per image a random
-    cached teacher copy."""
-    images = {v: ImageDataset(cache.items[v], transform) for v in views}
+    gives all its images), and per image a random cached teacher copy.
+
+    An epoch is one pass over the largest view; smaller views go round again, a fresh permutation
+    each time, so every view's student takes the same number of steps and none waits on the
+    smallest view (satellite: one tile per place, a twelfth of the drone images)."""
+    images = {v: ViewImages(cache.items[v], transform, preload) for v in views}
     sizes = {v: len(cache.items[v]) for v in views}
     if not all(sizes.values()):
         raise ValueError(f"the teacher cache has no image for some view ({sizes}); check the views and the train split")
-    steps = min(n // batch_size if n > batch_size else 1 for n in sizes.values())
+    steps = max(n // batch_size if n > batch_size else 1 for n in sizes.values())
 
     def plan(epoch: int, rng: np.random.Generator) -> _StudentBatches:
         index, copies = {}, {}
         for v in views:
-            order = rng.permutation(sizes[v])
-            index[v] = [order[k * batch_size:(k + 1) * batch_size] for k in range(steps)]
+            size = min(batch_size, sizes[v])
+            rounds = -(-steps * size // sizes[v])
+            order = np.concatenate([rng.permutation(sizes[v]) for _ in range(rounds)])
+            index[v] = [order[k * size:(k + 1) * size] for k in range(steps)]
             copies[v] = [rng.integers(cache.emb[v].shape[0], size=len(ix)) for ix in index[v]]
         return _StudentBatches(images, index, copies)
     return plan
@@ -325,24 +450,28 @@ def student_plan(cache: TeacherEmbeddings, views: Sequence[str], transform: Call
 
 def fit_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillConfig,
                 out_dir: str | Path | None = None, progress: bool = False,
-                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> "LoopResult":
+                on_epoch: Callable[[dict[str, Any]], None] | None = None, preload: bool = False) -> "LoopResult":
     """Distil `student` through `geolib.training.loop`: each step matches one batch per view to the cached
     teacher embeddings (dual cosine loss). With `out_dir`, `best`/`last` checkpoints (the last epoch
-    is the model) and resume under the same settings; `cfg.minutes` is an opt-in cap."""
+    is the model) and resume under the same settings; `cfg.minutes` is an opt-in cap. `preload`
+    decodes the training images once into memory (same pixels, so not a setting of the run)."""
     from .. import dryrun
     from .loop import LoopConfig, run
 
     batch_size = dryrun.batch(cfg.batch_size)
     tf = perturbation_transform(cfg.image_size) if cfg.perturb else default_transform(cfg.image_size)
-    plan = student_plan(cache, cfg.views, tf, batch_size)
+    plan = student_plan(cache, cfg.views, tf, batch_size, preload)
     device = cfg.device
+    student.to(device)
+    targets = {v: torch.from_numpy(e) for v, e in cache.emb.items()}
 
     def step(batch: Mapping[str, tuple[Tensor, np.ndarray, np.ndarray]], epoch: int) -> Tensor:
         s_emb, t_emb = {}, {}
         for v, (x, idx, copy) in batch.items():
-            t_emb[v] = torch.from_numpy(cache.emb[v][copy, idx])
+            t_emb[v] = targets[v][torch.as_tensor(copy), torch.as_tensor(idx)].to(device)
             s_emb[v] = student(x.to(device), v)
-        return dual_cosine_loss(s_emb, t_emb)
+        loss = dual_cosine_loss(s_emb, t_emb)
+        return loss + cfg.contrast * batch_contrast_loss(s_emb, t_emb, cfg.temperature) if cfg.contrast else loss
 
     loop_cfg = LoopConfig.of(cfg, max_minutes=cfg.minutes)
     settings = {**cfg.to_dict(), "batch_size": batch_size, "teacher_copies": int(next(iter(cache.emb.values())).shape[0]),
