@@ -1,6 +1,6 @@
 """Typed run settings, and from a resolved profile section to the objects a run builds.
 
-Each profile section (`common`, `world`, `phase1`, `phase2`, `distill`, `explorer`) is one dataclass
+Each profile section (`common`, `world`, `phase1`, `phase2`, `distill`, `explorer`, `studies`) is one dataclass
 here; `geolib.profiles` holds the three profiles' values and validates them against these classes
 at import. The trailing comment on each field is its documentation: `geolib train --help` shows it,
 so the notebook parameters cell, the CLI flags and the library cannot disagree about a setting.
@@ -360,4 +360,24 @@ class Explorer(Common):
     fallback_epochs: int  # epochs of a fallback Phase 1 model when notebook 02 has not run (0: none)
 
 
-SECTIONS: dict[str, type[Settings]] = {c.SECTION: c for c in (Common, World, Phase1, Phase2, Distill, Explorer)}
+@dataclass(kw_only=True, eq=False)
+class Studies(Common):
+    SECTION: ClassVar[str] = "studies"
+    studies: list[str]  # studies to run: "augmentation", "backbone", "aggregation", "vicreg", "adaptation", "optimizer"
+    seeds: list[int]  # training seeds of every variant: tables give mean ± std over them
+    seeded_studies: list[str] | None = None  # studies trained on every seed (None: all); the others on the first seed only
+    base: dict[str, Any]  # the base CosPlace settings every variant changes one thing of (CosPlaceConfig keys)
+    finetune: dict[str, Any] = field(default_factory=dict)  # settings of the variants that train their backbone (backbone study)
+    backbone_pretrained: bool = False  # ImageNet weights for the backbone study's timm backbones (none offline)
+    transformer: str = "vit_tiny_patch16_224"  # the backbone study's transformer (timm name; built for its input size)
+    vicreg_weights: list[float]  # VICReg loss weights swept
+    align_weight: float = 0.1  # weight of the CORAL / DANN alignment loss
+    lr_grid: list[float]  # backbone_lr values of the optimizer study's AdamW grid (with a frozen backbone: the aggregation's lr)
+    wd_grid: list[float]  # weight decays of that grid
+    heldout_share: float = 0.5  # share of each condition's test queries held out from adaptation (reported apart)
+    num_preds_to_save: int  # predictions per query in the base-vs-best prediction strips
+    threads: int | None  # torch CPU threads (None: torch's default)
+
+
+SECTIONS: dict[str, type[Settings]] = {c.SECTION: c for c in (Common, World, Phase1, Phase2, Distill, Explorer,
+                                                               Studies)}

@@ -48,6 +48,17 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                     "safa_head_rows": [1], "safa_lr": 1e-3,
                     "safa_pretrained": "available", "student_pretrained": "available"},
         "explorer": {"k": 10, "n_examples": 3, "grid_k": 5, "interactive": "auto", "fallback_epochs": 1},
+        # Notebook 06 (issue 18): every study on a frozen random ResNet-10t's cached maps, two seeds.
+        "studies": {"studies": ["augmentation", "backbone", "aggregation", "vicreg", "adaptation", "optimizer"],
+                    "seeds": [0, 1], "seeded_studies": ["adaptation"],
+                    "base": {"backbone": "resnet10t", "pretrained": False, "stage": -1, "freeze_backbone": True,
+                             "augment_copies": 2, "image_size": 32, "aggregation": "gem", "out_dim": 16,
+                             "out_channels": 8, "out_rows": 2, "mix_depth": 1, "M": 10, "alpha": 360, "N": 1, "L": 1,
+                             "groups_num": 1, "min_images_per_class": 1, "epochs": 1, "iterations_per_epoch": 2,
+                             "batch_size": 8, "backbone_lr": 1e-3, "classifier_lr": 1e-2, "hue": 0.0},
+                    "finetune": {"iterations_per_epoch": 2}, "transformer": "vit_tiny_patch16_224",
+                    "vicreg_weights": [0.01, 0.1], "lr_grid": [3e-4, 3e-3], "wd_grid": [0.0, 1e-4],
+                    "num_preds_to_save": 2, "threads": 2},
     },
     "default": {
         "common": {"seed": 0, "device": "auto", "amp": False, "num_workers": 0},
@@ -107,6 +118,19 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                     "pano_hw": [32, 128], "sat_size": 64, "safa_heads": 8, "safa_head_rows": [1, 4], "safa_lr": 1e-3,
                     "safa_pretrained": "available", "student_pretrained": "available"},
         "explorer": {"k": 10, "n_examples": 6, "grid_k": 5, "interactive": "auto", "fallback_epochs": 2},
+        # Notebook 06: notebook 04's CPU recipe as the base (the offline ImageNet Lite0, frozen, its
+        # stride-16 map cached for augmented copies, only aggregation and heads train), so most variants
+        # cost seconds; the backbone study fine-tunes briefly (no other ImageNet weights are offline).
+        "studies": {"studies": ["augmentation", "backbone", "aggregation", "vicreg", "adaptation", "optimizer"],
+                    "seeds": [0, 1, 2], "seeded_studies": None,
+                    "base": {"backbone": "efficientnet-lite0", "pretrained": True, "stage": 2, "freeze_backbone": True,
+                             "augment_copies": 4, "image_size": 64, "aggregation": "gem", "out_dim": 128,
+                             "out_channels": 64, "out_rows": 4, "mix_depth": 2, "M": 25, "alpha": 360, "N": 1, "L": 1,
+                             "groups_num": 1, "min_images_per_class": 3, "epochs": 1, "iterations_per_epoch": 1000,
+                             "batch_size": 32, "backbone_lr": 1e-3, "classifier_lr": 1e-2, "hue": 0.0},
+                    "finetune": {"iterations_per_epoch": 200, "backbone_lr": 1e-4}, "transformer": "vit_tiny_patch16_224",
+                    "vicreg_weights": [0.01, 0.1], "lr_grid": [3e-4, 3e-3], "wd_grid": [0.0, 1e-4],
+                    "num_preds_to_save": 3, "threads": 2},
     },
     "full": {
         "common": {"seed": 0, "device": "auto", "amp": True, "num_workers": 8},
@@ -138,6 +162,18 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                     "pano_hw": [112, 616], "sat_size": 256, "safa_heads": 8, "safa_head_rows": [1, 4], "safa_lr": 1e-5,
                     "safa_pretrained": True, "student_pretrained": True},
         "explorer": {"k": 20, "n_examples": 8, "grid_k": 5, "interactive": "auto", "fallback_epochs": 0},
+        # Notebook 06, the course project's setting: ResNet-18 + GeM (ImageNet), 512 px, SF-XS train,
+        # tested on SF-XS val/test and Tokyo-XS (-p vpr_root, -p vpr_test_roots), on a GPU.
+        "studies": {"studies": ["augmentation", "backbone", "aggregation", "vicreg", "adaptation", "optimizer"],
+                    "seeds": [0, 1, 2], "seeded_studies": None,
+                    "base": {"backbone": "resnet18", "pretrained": True, "stage": -1, "freeze_backbone": False,
+                             "augment_copies": 0, "image_size": 512, "aggregation": "gem", "out_dim": 512,
+                             "out_channels": 1024, "out_rows": 4, "mix_depth": 4, "M": 10, "alpha": 30, "N": 5, "L": 2,
+                             "groups_num": 8, "min_images_per_class": 10, "epochs": 3, "iterations_per_epoch": 10000,
+                             "batch_size": 32, "backbone_lr": 1e-5, "classifier_lr": 1e-2},
+                    "finetune": {}, "backbone_pretrained": True, "transformer": "swin_tiny_patch4_window7_224",
+                    "vicreg_weights": [0.01, 0.1, 1.0], "lr_grid": [3e-6, 3e-5], "wd_grid": [0.0, 1e-4],
+                    "num_preds_to_save": 3, "threads": None},
     },
 }
 
@@ -160,8 +196,10 @@ NOTEBOOK_EXTRAS: dict[str, tuple[str, ...]] = {
     "03": ("profile", "u1652_root", "u1652_coordinates", "pairs_root", "pairs_format", "force"),
     "04": ("profile", "u1652_root", "u1652_regions", "vpr_root", "vpr_test_roots", "query_folder", "splits"),
     "05": ("profile", "u1652_root", "u1652_coordinates", "vpr_root", "query_folder", "localize_view"),
+    "06": ("profile", "vpr_root", "vpr_test_roots", "query_folder"),
 }
-NOTEBOOK_SECTIONS = {"01": "world", "02": "phase1", "03": "distill", "04": "phase2", "05": "explorer"}
+NOTEBOOK_SECTIONS = {"01": "world", "02": "phase1", "03": "distill", "04": "phase2", "05": "explorer",
+                     "06": "studies"}
 
 
 def section_keys(section: str) -> list[str]:

@@ -18,9 +18,10 @@ Differences from the reference code, each on purpose:
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,13 +35,27 @@ from ..data.datasets import ImageItem, load_dataset, utm_of
 from ..evaluation.metrics import PROTOCOL_VPR, vpr_positives, vpr_recalls
 from ..models import register_loader, register_model
 from ..results import Result, per_query_field
-from .groups import (PREPROCESSING, Augment, Batches, ClassHead, ImageTensors, LoopOptions, class_batches,
-                     data_fingerprint, embed_paths, preprocess_spec, loaded_result, part, rank_rows, read_model_files,
-                     run_training, save_model_files, saved_model_state, training_settings)
+from .groups import (PREPROCESSING, Augment, Batches, ClassHead, ImageTensors, LoopOptions, StudyOptions,
+                     class_batches, data_fingerprint, embed_paths, normalize, preprocess_spec, loaded_result, part,
+                     rank_rows, read_model_files, run_training, save_model_files, saved_model_state, training_settings)
 from .loop import LoopResult
 
 log = logging.getLogger(__name__)
-AGGREGATIONS = ("gem", "mixvpr", "attention")
+AGGREGATIONS = ("gem", "mixvpr", "attention", "netvlad")
+# transformers fix their token grid when built: the input sides they accept (a multiple of the patch,
+# and for Swin of patch × window × 8, its last stage's grid); CNNs take any size
+_TRANSFORMER_SIDES = {"swin": 224, "vit": 16, "deit": 16, "eva": 14, "beit": 16}
+
+
+def backbone_input_size(backbone: str, wanted: int) -> int:
+    """The input side `backbone` is built for, nearest to `wanted`: a CNN takes `wanted` itself; a
+    ViT/DeiT the nearest multiple of its patch (16); Swin a multiple of 224 (its window grid).
+    Building a transformer for the size it is fed is what lets one run at a study's small size."""
+    name = backbone.lower()
+    step = next((v for k, v in _TRANSFORMER_SIDES.items() if name.startswith(k)), None)
+    if step is None:
+        return int(wanted)
+    return int(max(step, round(wanted / step) * step))
 
 
 # --------------------------------------------------------------------------- classes and groups
@@ -191,7 +206,8 @@ class PlaceNet(nn.Module):
 
     `gem` is CosPlace's head (L2 over channels, GeM, Linear to `out_dim`, L2); `mixvpr` is
     docs/reference.md's MixVPR (descriptor `out_channels · out_rows`); `attention` a learned query over
-    the spatial tokens, then Linear to `out_dim`. Layers come from `geolib.models.layers`.
+    the spatial tokens, then Linear to `out_dim`; `netvlad` NetVLAD's soft-assigned residuals to
+    `clusters` learnt centres, then Linear to `out_dim`. Layers come from `geolib.models.layers`.
 
     `stage` picks the backbone feature map that is aggregated (timm's `out_indices` numbering; for
     the Lite0, 0–3 at strides 4–32; −1: the last, as CosPlace);
@@ -201,7 +217,7 @@ class PlaceNet(nn.Module):
     def __init__(self, backbone: str = "resnet18", aggregation: str = "gem", out_dim: int = 512,
                  image_size: int = 224, pretrained: bool | str = False, mix_depth: int = 4,
                  out_channels: int = 1024, out_rows: int = 4, attention_heads: int = 4,
-                 stage: int = -1, freeze_backbone: bool = False) -> None:
+                 stage: int = -1, freeze_backbone: bool = False, clusters: int = 16) -> None:
         super().__init__()
         from ..models.layers import GeM, AttentionPool, MixVPRPool
         from ..models import create_backbone
@@ -211,13 +227,16 @@ class PlaceNet(nn.Module):
             "backbone": backbone, "aggregation": aggregation, "out_dim": out_dim, "image_size": image_size,
             "pretrained": pretrained, "mix_depth": mix_depth, "out_channels": out_channels, "out_rows": out_rows,
             "attention_heads": attention_heads, "stage": stage, "freeze_backbone": bool(freeze_backbone)}
+        if aggregation == "netvlad":  # only where it applies: other saved networks keep their options
+            self.options["clusters"] = clusters
         # the registry's form of the same: `geolib.models.create_model(**config)` rebuilds it
         self.config: dict[str, Any] = {"name": "placenet", **self.options}
 
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
-        # geolib.models' factory: any timm CNN, or the offline ImageNet EfficientNet-Lite0.
-        self.backbone = create_backbone(backbone, pretrained, out_indices=[stage])
+        # geolib.models' factory: any timm CNN or transformer (built for `image_size`, see
+        # `backbone_input_size`), or the offline ImageNet EfficientNet-Lite0.
+        self.backbone = create_backbone(backbone, pretrained, img_size=image_size, out_indices=[stage])
         ends = getattr(self.backbone, "STAGE_ENDS", None)
         if ends is not None and hasattr(self.backbone, "blocks"):
             # geolib's Lite0 runs all its blocks whatever the stage asked: keep those up to it
@@ -233,6 +252,8 @@ class PlaceNet(nn.Module):
             self.pool, self.fc = GeM(), nn.Linear(channels, out_dim)
         elif aggregation == "attention":
             self.pool, self.fc = AttentionPool(channels, attention_heads), nn.Linear(channels, out_dim)
+        elif aggregation == "netvlad":
+            self.pool, self.fc = NetVLAD(channels, clusters), nn.Linear(channels * clusters, out_dim)
         else:
             self.pool = MixVPRPool(channels, h, w, out_channels=out_channels, mix_depth=mix_depth,
                                    out_rows=out_rows)
@@ -261,7 +282,7 @@ class PlaceNet(nn.Module):
 
     def aggregate(self, maps: Tensor) -> Tensor:
         """Descriptor of channels-last maps (what `features` returns)."""
-        if self.aggregation_name == "gem":
+        if self.aggregation_name in ("gem", "netvlad"):
             maps = F.normalize(maps, dim=-1)
         return F.normalize(self.fc(self.pool(maps)), dim=-1)
 
@@ -276,6 +297,26 @@ class PlaceNet(nn.Module):
         return self
 
 
+class NetVLAD(nn.Module):
+    """NetVLAD (Arandjelović et al., CVPR 2016) on channels-last maps: each local feature is
+    soft-assigned to `clusters` learnt centres, the assigned residuals are summed per centre,
+    normalised per centre (intra-normalisation) and as a whole: `(B, H, W, C)` → `(B, clusters·C)`."""
+
+    def __init__(self, dim: int, clusters: int = 16, alpha: float = 10.0) -> None:
+        super().__init__()
+        self.centres = nn.Parameter(F.normalize(torch.randn(clusters, dim), dim=-1))
+        self.assign = nn.Linear(dim, clusters)
+        with torch.no_grad():  # the paper's initialisation: assignment by scaled similarity to the centres
+            self.assign.weight.copy_(2 * alpha * self.centres)
+            self.assign.bias.copy_(-alpha * self.centres.norm(dim=-1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1, 2)                                   # (B, N, C)
+        a = self.assign(x).softmax(dim=-1)                    # (B, N, K)
+        vlad = a.transpose(1, 2) @ x - a.sum(1).unsqueeze(-1) * self.centres  # (B, K, C)
+        return F.normalize(F.normalize(vlad, dim=-1).flatten(1), dim=-1)
+
+
 @register_model("placenet")
 def placenet(**options: Any) -> PlaceNet:
     """CosPlace's and D&C's descriptor network, by name, so `geolib.models.load_model` rebuilds it."""
@@ -285,9 +326,10 @@ def placenet(**options: Any) -> PlaceNet:
 # --------------------------------------------------------------------------- training
 
 @dataclass
-class CosPlaceConfig(LoopOptions):
+class CosPlaceConfig(LoopOptions, StudyOptions):
     """CosPlace's defaults (docs/reference.md and its parser); a notebook shrinks sizes and counts.
-    The loop's optimisation fields come from `LoopOptions` (CosPlace's: Adam, no schedule).
+    The loop's optimisation fields come from `LoopOptions` (CosPlace's: Adam, no schedule), the
+    studies' augmentation, VICReg and alignment fields from `StudyOptions` (off by default).
 
     `augment_copies` > 0 (with `freeze_backbone`) runs the frozen backbone once per image and
     copy on augmented images before training, and each batch then picks one stored copy per image:
@@ -381,58 +423,146 @@ def build_heads(division: Division, groups_num: int, dim: int, kind: str, scale:
 
 def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, paths: Sequence[str | Path],
                  cfg: CosPlaceConfig, out_dir: str | Path | None = None, progress: bool = True,
-                 desc: str = "cosplace", settings: dict[str, Any] | None = None) -> LoopResult:
+                 desc: str = "cosplace", settings: dict[str, Any] | None = None,
+                 target: Sequence[str | Path] | None = None, map_cache: dict[Any, Tensor] | None = None) -> LoopResult:
     """Epoch k trains group k mod len(heads): class-balanced batches, per-image augmentation,
     backbone and aggregation at `backbone_lr`, classifiers at `classifier_lr`, through `geolib.training.loop`
     (Adam and no schedule unless `cfg` says otherwise). With `out_dir`, `last` and `best` are kept
     there and a rerun resumes after the last finished epoch; `settings` (default: the config's,
     `training_settings`) are recorded, and a resume under other settings is refused naming them.
 
+    The studies' options (`StudyOptions`): `cfg.augment` names the augmentation
+    (`geolib.training.augment`); `cfg.vicreg_weight` > 0 adds pytorch-metric-learning's VICRegLoss
+    between the descriptors of two augmented views of each image (the second view augmented by
+    `cfg.vicreg_pair`); `cfg.align` ("coral", "dann") adds an alignment loss between the batch's
+    descriptors and those of a batch of `target` images (unlabelled: only their pixels are read).
+    `map_cache` (a dict the caller keeps) shares frozen-backbone map caches between trainings
+    that would compute the same ones.
+
     A dry run (`geolib.dryrun`) keeps the model and image size but trains on a few classes of each
     group with a few images each (so the backbone-map cache holds tens of images, not the whole
     train set), one cached copy, small batches and `dryrun.STEPS` steps."""
+    from .adaptation import Alignment
+    from .augment import make_augment
+
     device = cfg.device
-    bundle = nn.ModuleDict({"model": model, "heads": heads}).to(device)
+    aligner = Alignment(cfg.align, model.out_dim) if cfg.align != "none" else None
+    if aligner is not None and not target:
+        raise ValueError(f"align={cfg.align!r} needs target images (the unlabelled target-domain queries); "
+                         "pass target=[paths]")
+    parts: dict[str, nn.Module] = {"model": model, "heads": heads}
+    if aligner is not None:
+        parts["align"] = aligner
+    bundle = nn.ModuleDict(parts).to(device)
     per_group = [division.group_images(g) for g in range(len(heads))]
     paths = list(paths)
     copies, batch_size = cfg.augment_copies, dryrun.batch(cfg.batch_size)
     iterations = dryrun.steps(cfg.iterations_per_epoch)
     if dryrun.active():
         per_group, paths = dry_run_subset(per_group, paths, dryrun.STEPS * dryrun.BATCH, dryrun.BATCH)
-        copies = min(copies, 1)
+        copies = min(copies, 2 if cfg.vicreg_weight > 0 else 1)
     images = ImageTensors(paths, cfg.image_size)
-    augment = Augment(cfg.image_size, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue,
-                      cfg.random_resized_crop)
+    target = dryrun.items([str(p) for p in target]) if target else None
+    augment = make_augment(cfg)
+    vicreg = _vicreg(cfg)
+    target_u8 = (torch.stack([ImageTensors(list(target), cfg.image_size)[i] for i in range(len(target))])
+                 if aligner is not None and target else None)
     if copies > 0:
         if not model.freeze_backbone:
             raise ValueError("augment_copies caches backbone maps: it needs freeze_backbone=True")
-        maps = cache_maps(model, images, augment, copies, device, cfg.seed)
+        maps = _shared_maps(map_cache, model, images, augment, cfg.augment, copies, device, cfg.seed)
+        pair = cfg.vicreg_pair
+        maps2 = maps if vicreg is None or pair == cfg.augment else \
+            _shared_maps(map_cache, model, images, make_augment(cfg, pair), pair, copies, device, cfg.seed)
+        if vicreg is not None and maps2 is maps and copies < 2:
+            raise ValueError("VICReg on cached maps needs two views of each image: augment_copies >= 2, "
+                             "or a vicreg_pair other than the augmentation")
+        target_maps = None
+        if target_u8 is not None:
+            target_maps = _shared_maps(map_cache, model, ImageTensors(list(target), cfg.image_size), normalize,
+                                       "target", 1, device, cfg.seed)[0]
 
-        def plan_cached(epoch: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        def plan_cached(epoch: int, rng: np.random.Generator) -> list[tuple[np.ndarray, ...]]:
             batches = class_batches(per_group[epoch % len(heads)], iterations, batch_size, rng)
             drawn = [(idx, labels, rng.integers(copies, size=len(idx))) for idx, labels in batches]
+            if vicreg is not None:  # a second view: another stored copy, or a copy of the pair's cache
+                drawn = [(*b, (b[2] + 1 + rng.integers(copies - 1, size=len(b[0]))) % copies if maps2 is maps
+                          else rng.integers(copies, size=len(b[0]))) for b in drawn]
+            if target_maps is not None:
+                drawn = [(*b, rng.integers(len(target_maps), size=len(b[0]))) for b in drawn]
             return [tuple(rank_rows(a) for a in batch) for batch in drawn]
 
-        def step_cached(batch: tuple[np.ndarray, np.ndarray, np.ndarray], epoch: int) -> Tensor:
-            idx, labels, copies = batch
-            x = maps[torch.as_tensor(copies), torch.as_tensor(idx)].to(device)
-            return heads[epoch % len(heads)](model.aggregate(x), torch.as_tensor(labels, device=device))
+        def step_cached(batch: tuple[np.ndarray, ...], epoch: int) -> Tensor:
+            idx, labels, copy1 = batch[:3]
+            emb = model.aggregate(maps[torch.as_tensor(copy1), torch.as_tensor(idx)].to(device))
+            loss = heads[epoch % len(heads)](emb, torch.as_tensor(labels, device=device))
+            rest = list(batch[3:])
+            if vicreg is not None:
+                view2 = model.aggregate(maps2[torch.as_tensor(rest.pop(0)), torch.as_tensor(idx)].to(device))
+                loss = loss + cfg.vicreg_weight * vicreg(emb, ref_emb=view2)
+            if aligner is not None:
+                target_emb = model.aggregate(target_maps[torch.as_tensor(rest.pop(0))].to(device))
+                loss = loss + cfg.align_weight * aligner(emb, target_emb)
+            return loss
 
         plan, step = plan_cached, step_cached
     else:
+        augment2 = make_augment(cfg, cfg.vicreg_pair) if vicreg is not None else None
+
         def plan(epoch: int, rng: np.random.Generator) -> Batches:
             batches = class_batches(per_group[epoch % len(heads)], iterations, batch_size, rng)
-            return Batches(images, [(rank_rows(i), rank_rows(c)) for i, c in batches], cfg.num_workers)
+            if target_u8 is None:
+                return Batches(images, [(rank_rows(i), rank_rows(c)) for i, c in batches], cfg.num_workers)
+            return Batches(images, [(rank_rows(i), (rank_rows(c), rng.integers(len(target_u8), size=len(i))))
+                                    for i, c in batches], cfg.num_workers)
 
-        def step(batch: tuple[Tensor, np.ndarray], epoch: int) -> Tensor:
-            images_u8, labels = batch
-            x = augment(images_u8.to(device))
-            return heads[epoch % len(heads)](model(x), torch.as_tensor(labels, device=device))
+        def step(batch: tuple[Tensor, Any], epoch: int) -> Tensor:
+            images_u8, payload = batch
+            labels, target_idx = payload if target_u8 is not None else (payload, None)
+            images_u8 = images_u8.to(device)
+            emb = model(augment(images_u8))
+            loss = heads[epoch % len(heads)](emb, torch.as_tensor(labels, device=device))
+            if vicreg is not None:
+                loss = loss + cfg.vicreg_weight * vicreg(emb, ref_emb=model(augment2(images_u8)))
+            if aligner is not None:
+                target_emb = model(normalize(target_u8[torch.as_tensor(target_idx)].to(device)))
+                loss = loss + cfg.align_weight * aligner(emb, target_emb)
+            return loss
 
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.backbone_lr},
-              {"params": list(heads.parameters()), "lr": cfg.classifier_lr}]
+              {"params": list(heads.parameters()) + (list(aligner.parameters()) if aligner is not None else []),
+               "lr": cfg.classifier_lr}]
     settings = settings if settings is not None else training_settings(cfg.to_dict())
     return run_training(bundle, groups, step, plan, cfg, settings, out_dir, desc=desc, progress=progress)
+
+
+def _vicreg(cfg: CosPlaceConfig) -> nn.Module | None:
+    """pytorch-metric-learning's VICRegLoss (its published weights 25/25/1) when the config asks for it."""
+    if cfg.vicreg_weight <= 0:
+        return None
+    from pytorch_metric_learning.losses import VICRegLoss
+
+    return VICRegLoss()
+
+
+def _shared_maps(map_cache: dict[Any, Tensor] | None, model: PlaceNet, images: ImageTensors,
+                 augment: Callable[[Tensor], Tensor], augment_name: str, copies: int, device: str,
+                 seed: int) -> Tensor:
+    """`cache_maps`, memoised in `map_cache` under everything that decides the maps: the backbone
+    (its options and weights' identity), the images, the augmentation's name, copies and seed."""
+    if map_cache is None:
+        return cache_maps(model, images, augment, copies, device, seed)
+    backbone = {k: model.options[k] for k in ("backbone", "pretrained", "image_size", "stage")}
+    weights = None  # pretrained weights are the same file every time; a random init differs by seed
+    if not model.options["pretrained"]:
+        with torch.no_grad():
+            weights = float(sum(t.double().sum() for t in model.backbone.state_dict().values() if t.is_floating_point()))
+    how = repr(augment) if is_dataclass(augment) else augment_name  # every setting of an `Augment`
+    key = (json.dumps(backbone, sort_keys=True, default=str), weights, tuple(str(p) for p in images.paths),
+           images.image_size, how, copies, seed)
+    if key not in map_cache:
+        map_cache[key] = cache_maps(model, images, augment, copies, device, seed)
+    return map_cache[key]
 
 
 def dry_run_subset(per_group: list[list[np.ndarray]], paths: Sequence[str | Path], classes: int,
@@ -466,18 +596,25 @@ def cache_maps(model: PlaceNet, images: ImageTensors, augment: Augment, copies: 
 
 
 def train_cosplace(items: Sequence[ImageItem], cfg: CosPlaceConfig | None = None,
-                   out_dir: str | Path | None = None, progress: bool = True) -> GroupTraining:
+                   out_dir: str | Path | None = None, progress: bool = True,
+                   target: Sequence[ImageItem] | None = None, map_cache: dict[Any, Tensor] | None = None
+                   ) -> GroupTraining:
     """Divide `items` (train split only), build the model and one CosFace head per group, train.
 
     With `out_dir`, training resumes from `out_dir/last` and the trained model is saved there
     (`save_cosplace`); a folder holding a model of other settings is refused, not overwritten.
+    `target` (unlabelled target-domain images) and `map_cache` are `train_groups`'.
     """
-    return group_model(items, cfg or CosPlaceConfig(), out_dir, progress, "cosplace", reuse=False)
+    return group_model(items, cfg or CosPlaceConfig(), out_dir, progress, "cosplace", reuse=False,
+                       target=target, map_cache=map_cache)
 
 
-def group_settings(items: Sequence[ImageItem], cfg: CosPlaceConfig) -> dict[str, Any]:
-    """What decides a CosPlace / D&C model: its config (not device or workers) and its data."""
-    return training_settings(cfg.to_dict(), data=data_fingerprint([it.path for it in items]))
+def group_settings(items: Sequence[ImageItem], cfg: CosPlaceConfig,
+                   target: Sequence[ImageItem] | None = None) -> dict[str, Any]:
+    """What decides a CosPlace / D&C model: its config (not device or workers) and its data (and the
+    unlabelled target images an aligned training saw)."""
+    extra = {"target": data_fingerprint([it.path for it in target])} if target else {}
+    return training_settings(cfg.to_dict(), data=data_fingerprint([it.path for it in items]), **extra)
 
 
 def _division(items: Sequence[ImageItem], cfg: CosPlaceConfig, kind: str) -> Division:
@@ -494,7 +631,8 @@ def _label(kind: str) -> str:
 
 def _train_group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: str | Path | None,
                        progress: bool, settings: dict[str, Any], kind: str,
-                       save: GroupSaver | None = None) -> GroupTraining:
+                       save: GroupSaver | None = None, target: Sequence[ImageItem] | None = None,
+                       map_cache: dict[Any, Tensor] | None = None) -> GroupTraining:
     """The training CosPlace and D&C share: divide, build, train, save when `out_dir` is given.
 
     `save` (default `save_cosplace`) is passed in by the recipe that owns the file format, so
@@ -506,7 +644,8 @@ def _train_group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir:
     heads = build_heads(division, groups, model.out_dim, cfg.head, cfg.scale, cfg.margin)
     start = time.perf_counter()
     result = train_groups(model, heads, division, [it.path for it in items], cfg, out_dir, progress,
-                          desc=_label(kind), settings=settings)
+                          desc=_label(kind), settings=settings,
+                          target=[it.path for it in target] if target else None, map_cache=map_cache)
     result.extra["train_s"] = time.perf_counter() - start
     training = GroupTraining(model, heads, division, result, {**cfg.to_dict(), "groups_used": groups})
     if out_dir is not None:
@@ -515,24 +654,28 @@ def _train_group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir:
 
 
 def load_or_train_cosplace(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: str | Path,
-                           progress: bool = True) -> GroupTraining:
+                           progress: bool = True, target: Sequence[ImageItem] | None = None,
+                           map_cache: dict[Any, Tensor] | None = None) -> GroupTraining:
     """The model saved in `out_dir` when it was trained with these settings and data (no training,
     one printed line), else `train_cosplace(items, cfg, out_dir)`; a folder of other settings is
     refused with the settings that differ."""
-    return group_model(items, cfg, out_dir, progress, "cosplace")
+    return group_model(items, cfg, out_dir, progress, "cosplace", target=target, map_cache=map_cache)
 
 
 def group_model(items: Sequence[ImageItem], cfg: CosPlaceConfig, out_dir: str | Path | None, progress: bool,
-                kind: str, save: GroupSaver | None = None, reuse: bool = True) -> GroupTraining:
+                kind: str, save: GroupSaver | None = None, reuse: bool = True,
+                target: Sequence[ImageItem] | None = None, map_cache: dict[Any, Tensor] | None = None
+                ) -> GroupTraining:
     """What the CosPlace and D&C entry points share (`kind`: cosplace, dc): `out_dir` checked against
     these settings once (`saved_model_state`: other settings are refused); with `reuse`, a model saved
     there with these settings is loaded (one printed line), else one is trained and saved there."""
-    settings = group_settings(items, cfg)
+    settings = group_settings(items, cfg, target)
     state = saved_model_state(out_dir, kind, settings)
     if reuse and state == "load":
         print(f"{_label(kind)}: loading {out_dir} (trained with these settings); delete it to retrain")
         return _load_group_training(out_dir, items, cfg, kind)
-    return _train_group_model(items, cfg, None if state == "nosave" else out_dir, progress, settings, kind, save)
+    return _train_group_model(items, cfg, None if state == "nosave" else out_dir, progress, settings, kind, save,
+                              target, map_cache)
 
 
 def _load_group_training(out_dir: str | Path, items: Sequence[ImageItem], cfg: CosPlaceConfig,

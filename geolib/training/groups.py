@@ -250,6 +250,25 @@ class LoopOptions:
 LOOP_DEFAULTS: dict[str, Any] = asdict(LoopOptions())
 
 
+@dataclass
+class StudyOptions:
+    """What notebook 06's studies vary beyond CosPlace's own settings (`CosPlaceConfig` inherits them):
+    the training augmentation by name (`geolib.training.augment`), VICReg as an auxiliary loss on two
+    augmented views, and feature alignment (CORAL, DANN) with unlabelled target images
+    (`geolib.training.adaptation`). At their defaults a training is CosPlace's, and they stay out of
+    its settings, so models saved before these fields existed keep their settings hash."""
+
+    augment: str = "base"
+    vicreg_weight: float = 0.0
+    vicreg_pair: str = "base"
+    align: str = "none"
+    align_weight: float = 0.0
+
+
+# fields left out of a model's settings while at these values (`training_settings`)
+OPTIONAL_DEFAULTS: dict[str, Any] = {**LOOP_DEFAULTS, **asdict(StudyOptions())}
+
+
 def loop_config(cfg: Any) -> LoopConfig:
     """The loop settings of a Phase 2 config (`CosPlaceConfig`, `HierarchicalConfig`): its epochs,
     seed, device and optimisation fields. Learning rates are not among them: every parameter group
@@ -359,10 +378,11 @@ def data_fingerprint(paths: Sequence[str | Path]) -> dict[str, Any]:
 
 def training_settings(config: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     """The settings that decide a trained model: the config without device and loader workers,
-    plus `extra` (the data fingerprint, the encoder...). Optimisation fields at their `LOOP_DEFAULTS`
-    are left out, so the settings (and hash) of a model saved before those fields existed still match."""
+    plus `extra` (the data fingerprint, the encoder...). Optimisation and study fields at their
+    defaults (`OPTIONAL_DEFAULTS`) are left out, so the settings (and hash) of a model saved before
+    those fields existed still match."""
     out = {k: v for k, v in dict(config).items()
-           if k not in _NOT_SETTINGS and not (k in LOOP_DEFAULTS and v == LOOP_DEFAULTS[k])}
+           if k not in _NOT_SETTINGS and not (k in OPTIONAL_DEFAULTS and v == OPTIONAL_DEFAULTS[k])}
     out.update(extra)
     return json.loads(json.dumps(out, default=str))  # tuples → lists, as the JSON will read back
 
@@ -443,7 +463,7 @@ def _fill_loop_defaults(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[dic
     """Both settings with the optimisation defaults one of them leaves out (`training_settings`)
     written in, so a changed one compares (and is shown) as "saved 0.0, now 1.0", not as absent."""
     a, b = dict(a), dict(b)
-    for k, v in LOOP_DEFAULTS.items():
+    for k, v in OPTIONAL_DEFAULTS.items():
         if k in a or k in b:
             a.setdefault(k, v)
             b.setdefault(k, v)

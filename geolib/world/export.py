@@ -118,32 +118,37 @@ def vpr_regions(world: World) -> dict[str, list[int]]:
 
 def plan_vpr(world: World) -> list[Shot]:
     """A day database along every street; day, night and fog queries taken elsewhere on them."""
+    return [shot for split, indices in vpr_regions(world).items() for ri in indices
+            for shot in plan_vpr_region(world, ri, f"{VPR}/{split}")]
+
+
+def plan_vpr_region(world: World, ri: int, folder: str) -> list[Shot]:
+    """One region's VPR shots under `folder/` (`database/`, `queries/`, `queries_night/`, `queries_fog/`):
+    a day database along every street, then day, night and fog queries elsewhere on them."""
     p = world.params
     shots: list[Shot] = []
-    for split, indices in vpr_regions(world).items():
-        for ri in indices:
-            region = world.regions[ri]
-            rng = np.random.default_rng([world.seed, ri, 7])
-            for k, (x, y, direction) in enumerate(vpr_database_points(region, p)):
-                for turn in (0.0, 180.0):
-                    head = (direction + turn) % 360
-                    # drive on the right: 2 m to the right of the heading
-                    cx = x + 2.0 * math.cos(math.radians(head))
-                    cy = y - 2.0 * math.sin(math.radians(head))
-                    name = vpr_name(world, ri, cx, cy, f"r{ri:02d}d{k:05d}", head, "day")
-                    shots.append(Shot(ri, "vpr", {"x": cx, "y": cy, "z": R.EYE_HEIGHT, "heading": head,
-                                                  "pitch": 0.0, "fov": p.street_fov,
-                                                  "light": camera_light(rng, p)}, "day",
-                                      [f"{VPR}/{split}/database/{name}"]))
-            for cond, folder in (("day", "queries"), ("night", "queries_night"), ("fog", "queries_fog")):
-                for k, (x, y, direction) in enumerate(road_points(region, p.vpr_queries, p, rng)):
-                    head = (direction + rng.choice([0.0, 180.0]) + rng.uniform(-25, 25)) % 360
-                    pitch = float(rng.uniform(-3, 6))
-                    name = vpr_name(world, ri, x, y, f"r{ri:02d}{cond[0]}{k:05d}", None, cond)
-                    shots.append(Shot(ri, "vpr", {"x": x, "y": y, "z": R.EYE_HEIGHT, "heading": head,
-                                                  "pitch": pitch, "fov": p.street_fov,
-                                                  "light": camera_light(rng, p)}, cond,
-                                      [f"{VPR}/{split}/{folder}/{name}"]))
+    region = world.regions[ri]
+    rng = np.random.default_rng([world.seed, ri, 7])
+    for k, (x, y, direction) in enumerate(vpr_database_points(region, p)):
+        for turn in (0.0, 180.0):
+            head = (direction + turn) % 360
+            # drive on the right: 2 m to the right of the heading
+            cx = x + 2.0 * math.cos(math.radians(head))
+            cy = y - 2.0 * math.sin(math.radians(head))
+            name = vpr_name(world, ri, cx, cy, f"r{ri:02d}d{k:05d}", head, "day")
+            shots.append(Shot(ri, "vpr", {"x": cx, "y": cy, "z": R.EYE_HEIGHT, "heading": head,
+                                          "pitch": 0.0, "fov": p.street_fov,
+                                          "light": camera_light(rng, p)}, "day",
+                              [f"{folder}/database/{name}"]))
+    for cond, sub in (("day", "queries"), ("night", "queries_night"), ("fog", "queries_fog")):
+        for k, (x, y, direction) in enumerate(road_points(region, p.vpr_queries, p, rng)):
+            head = (direction + rng.choice([0.0, 180.0]) + rng.uniform(-25, 25)) % 360
+            pitch = float(rng.uniform(-3, 6))
+            name = vpr_name(world, ri, x, y, f"r{ri:02d}{cond[0]}{k:05d}", None, cond)
+            shots.append(Shot(ri, "vpr", {"x": x, "y": y, "z": R.EYE_HEIGHT, "heading": head,
+                                          "pitch": pitch, "fov": p.street_fov,
+                                          "light": camera_light(rng, p)}, cond,
+                              [f"{folder}/{sub}/{name}"]))
     return shots
 
 

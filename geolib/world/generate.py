@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage
@@ -334,9 +334,12 @@ def _albedo(rng, st, kind, bid, u, v, dist, table, n) -> np.ndarray:
     return np.clip(alb, 0, 1)
 
 
-def generate_region(index: int, seed: int, params: WorldParams, split: str) -> Region:
+def generate_region(index: int, seed: int, params: WorldParams, split: str,
+                    style: Callable[[np.random.Generator], dict[str, Any]] | None = None) -> Region:
+    """Region `index`: its style (`style`, default `region_style`, drawn from the region's own seed),
+    street grid, buildings and trees, rasterised."""
     rng = np.random.default_rng([seed, index])
-    st = region_style(rng)
+    st = (style or region_style)(rng)
     extent = params.region_size / 2 + params.margin
     n = int(round(2 * extent / params.res))
     st["_ox"], st["_oy"] = _grid_offsets(seed, index, st)
