@@ -345,3 +345,22 @@ def test_train_safa_resumes_to_the_uninterrupted_run_refuses_other_settings_and_
     assert rebuilt.config == straight.config
     x = torch.randn(1, 3, 32, 64)
     assert torch.allclose(rebuilt(x, "panorama"), straight.eval()(x, "panorama"), atol=1e-6)
+
+
+def test_kept_trunk_maps_give_the_evaluation_of_the_images_and_are_computed_once(cvusa, monkeypatch):
+    from geolib.training import safa
+
+    torch.manual_seed(0)
+    m = SAFAModel(polar=True, pretrained=False, **LITE).eval()
+    maps = safa.TrunkMaps()
+    plain = evaluate_pairs(m, cvusa, m.input_sizes())
+    kept = evaluate_pairs(m, cvusa, m.input_sizes(), maps=maps)
+    assert kept.metrics == plain.metrics
+    assert np.array_equal(kept.per_query["first_rank"], plain.per_query["first_rank"])
+    calls = []
+    monkeypatch.setattr(safa, "trunk_maps", lambda *a, **k: calls.append(a) or [])
+    again = evaluate_pairs(m, cvusa, m.input_sizes(), maps=maps)
+    assert again.metrics == plain.metrics and calls == []  # every map was kept
+    raw = SAFAModel(polar=False, pretrained=False, **LITE).eval()
+    assert maps.key(raw, "satellite") != maps.key(m, "satellite")  # another input: another map
+    assert maps.key(raw, "panorama") != maps.key(m, "panorama")  # another random trunk: another map

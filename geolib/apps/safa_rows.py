@@ -18,6 +18,7 @@ import torch
 from ..training.distill4geo import RowRunner
 
 SOURCE = "03_distillation_ablation"
+_MAPS: dict[str, Any] = {}  # the session's `TrunkMaps`: rows on one frozen trunk compute each image's map once
 
 
 def part_c_rows(heads: Sequence[int]) -> dict[str, dict[str, Any]]:
@@ -62,7 +63,7 @@ def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[st
     from ..evaluation.metrics import PROTOCOL_VIGOR
     from ..results import record
     from ..training.distill4geo import loaded_weights, weights_status
-    from ..training.safa import PROTOCOL_CVUSA, SAFAModel, cvusa_splits, evaluate_pairs, train_safa
+    from ..training.safa import PROTOCOL_CVUSA, SAFAModel, TrunkMaps, cvusa_splits, evaluate_pairs, train_safa
 
     pretrained = cfg.get("safa_pretrained", "available")
     opts = safa_options(cfg, changes)
@@ -76,14 +77,15 @@ def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[st
                "dataset": dataset, "seed": tc.seed, "weights": weights, "select": "val R@1", "jitter": jitter}
 
     def run() -> dict[str, Any]:
+        maps = _MAPS.setdefault("maps", TrunkMaps())
         torch.manual_seed(tc.seed)
         model = SAFAModel(**opts, pretrained=loaded_weights(pretrained, weights))
         t0 = time.perf_counter()
         res = train_safa(model, ds, tc, out / name.replace("/", "_"), max_minutes=cfg.get("minutes_per_row"),
-                         progress=False, jitter=jitter)
+                         progress=False, jitter=jitter, maps=maps)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        result = evaluate_pairs(model, ds, model.input_sizes(), eval_split, device=tc.device)
+        result = evaluate_pairs(model, ds, model.input_sizes(), eval_split, device=tc.device, maps=maps)
         eval_s = time.perf_counter() - t0
         metrics = dict(result.metrics)
         cost = model_cost(model, tuple(opts["pano_hw"]), runs=int(cfg["cost_runs"]), view="panorama")

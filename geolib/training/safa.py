@@ -334,12 +334,14 @@ def _capped_pairs(items: Sequence[ImageItem]) -> list[ImageItem]:
 
 def evaluate_pairs(model: nn.Module, ds: GeoDataset, sizes: Mapping[str, tuple[int, int]],
                    split: str | None = None, query_view: str = "panorama", gallery_view: str = "satellite",
-                   batch_size: int = 64, device: str = "cpu") -> "Result":
+                   batch_size: int = 64, device: str = "cpu", maps: "TrunkMaps | None" = None) -> "Result":
     """R@1/5/10/1% of panorama→satellite under the `cvusa` protocol (one true tile per query); on a
     VIGOR dataset, `hit_rate` too (`vigor-hit`: top-1 is the positive or a semi-positive).
 
     A `geolib.results.Result` (`result["R@1"]` reads a metric, as the older dict did); each view is
-    embedded by `geolib.evaluation.embedding.embed` at its own size in `sizes` (`pair_transform`'s eval path)."""
+    embedded by `geolib.evaluation.embedding.embed` at its own size in `sizes` (`pair_transform`'s eval path).
+    With `maps`, a SAFA model with frozen stages at its own sizes embeds their kept maps instead
+    (the same numbers: `head(trunk(x))` is `forward(x)`), computing only the missing ones."""
     from .. import dryrun
     from ..data.transforms import Preprocess
     from ..evaluation.embedding import embed
@@ -352,8 +354,12 @@ def evaluate_pairs(model: nn.Module, ds: GeoDataset, sizes: Mapping[str, tuple[i
     g = dryrun.items(ds.select(view=gallery_view, split=split))
     if not q or not g:
         raise ValueError(f"split {split!r} has {len(q)} {query_view} and {len(g)} {gallery_view} images")
-    qe = embed(model, q, view=query_view, preprocess=spec, batch_size=batch_size, device=device)
-    ge = embed(model, g, view=gallery_view, preprocess=spec, batch_size=batch_size, device=device)
+    if maps is not None and getattr(model, "frozen_stages", 0) and spec == model.preprocess:
+        qe, ge = (embed_maps(model, maps.get(model, items, v, device), v, device=device)
+                  for items, v in ((q, query_view), (g, gallery_view)))
+    else:
+        qe = embed(model, q, view=query_view, preprocess=spec, batch_size=batch_size, device=device)
+        ge = embed(model, g, view=gallery_view, preprocess=spec, batch_size=batch_size, device=device)
     common = dict(split=split, query_view=query_view, gallery_view=gallery_view, task="crossview",
                   preprocess=spec.to_dict(), info={"n_queries": len(q), "gallery_size": len(g)})
     if ds.format == "vigor":
@@ -402,6 +408,36 @@ def trunk_maps(model: SAFAModel, items: Sequence[ImageItem], view: str, batch_si
     return torch.from_numpy(flat).reshape(len(items), *shape)
 
 
+class TrunkMaps:
+    """Frozen-stage maps kept by (trunk, view input, image): rows that share a frozen trunk (ImageNet
+    weights, the same input size; every polar row, and every row's panoramas) compute each image's
+    map once per session, for training, validation and the evaluation split alike."""
+
+    def __init__(self) -> None:
+        self.maps: dict[tuple[str, str], Tensor] = {}
+
+    @staticmethod
+    def key(model: SAFAModel, view: str) -> str:
+        """What decides a trunk map besides the image: the view's input and the trunk's weights."""
+        import hashlib
+
+        h = hashlib.sha1(f"{view}|{model.input_sizes()[view]}|{model.polar and view == 'satellite'}".encode())
+        for mod in model.branches[view].trunk_modules():  # type: ignore[union-attr]
+            for name, t in mod.state_dict().items():
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def get(self, model: SAFAModel, items: Sequence[ImageItem], view: str, device: str = "cpu",
+            num_workers: int = 0) -> Tensor:
+        key = self.key(model, view)
+        missing = list({str(it.path): it for it in items if (key, str(it.path)) not in self.maps}.values())
+        if missing:
+            for it, m in zip(missing, trunk_maps(model, missing, view, device=device, num_workers=num_workers)):
+                self.maps[(key, str(it.path))] = m
+        return torch.stack([self.maps[(key, str(it.path))] for it in items])
+
+
 def embed_maps(model: SAFAModel, maps: Tensor, view: str, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
     """(N, D) embeddings of trunk maps, in eval mode; the model's mode is restored."""
     was = model.training
@@ -426,7 +462,8 @@ def _recall1(model: SAFAModel, maps: Mapping[str, Tensor], labels: Sequence[int]
 
 def train_safa(model: SAFAModel, ds: GeoDataset, cfg: "TrainConfig", out_dir: str | Path, *, alpha: float = 10.0,
                val_share: float = 0.125, max_minutes: float | None = None, progress: bool = True,
-               jitter: float = 0.0, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> "LoopResult":
+               jitter: float = 0.0, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+               maps: TrunkMaps | None = None) -> "LoopResult":
     """SAFA's weighted soft-margin triplet (α=10) through the shared loop (`geolib.training.loop`), on
     un-augmented pairs (`jitter`: optional photometric jitter); on return `model` holds the kept epoch.
 
@@ -437,7 +474,8 @@ def train_safa(model: SAFAModel, ds: GeoDataset, cfg: "TrainConfig", out_dir: st
     and how many pairs trained and validated.
 
     A model with frozen stages and no jitter trains on their maps, computed once (`trunk_maps`), by
-    `loop.run`; any other trains on images through `multiview.fit`. `max_minutes` is an opt-in cap
+    `loop.run` (`maps`: a `TrunkMaps` shared with other rows); any other trains on images through
+    `multiview.fit`. `max_minutes` is an opt-in cap
     (the schedule stays over `cfg.epochs`). `cfg` is not modified. A dry run trains `dryrun` capped
     epochs, batches and pairs.
     """
@@ -457,7 +495,8 @@ def train_safa(model: SAFAModel, ds: GeoDataset, cfg: "TrainConfig", out_dir: st
              "trained_on": "trunk maps" if cached else "images"}
     if cached:
         res = _train_on_maps(model, carved, train_split, cfg, out_dir, SoftMarginTriplet(alpha), select,
-                             max_minutes, progress, on_epoch, {"alpha": alpha, "val_share": val_share})
+                             max_minutes, progress, on_epoch, {"alpha": alpha, "val_share": val_share},
+                             maps if maps is not None else TrunkMaps())
     else:
         res = _train_on_images(model, carved, train_split, cfg, out_dir, SoftMarginTriplet(alpha), select,
                                max_minutes, progress, jitter, on_epoch)
@@ -487,7 +526,8 @@ def _train_on_images(model: SAFAModel, ds: GeoDataset, train_split: str, cfg: "T
 
 def _train_on_maps(model: SAFAModel, ds: GeoDataset, train_split: str, cfg: "TrainConfig", out_dir: str | Path,
                    loss: nn.Module, select: str, max_minutes: float | None, progress: bool,
-                   on_epoch: Callable[[dict[str, Any]], None] | None, settings: Mapping[str, Any]) -> "LoopResult":
+                   on_epoch: Callable[[dict[str, Any]], None] | None, settings: Mapping[str, Any],
+                   maps: TrunkMaps) -> "LoopResult":
     from .loop import LoopConfig, run
     from .multiview import TrainConfig
 
@@ -495,8 +535,8 @@ def _train_on_maps(model: SAFAModel, ds: GeoDataset, train_split: str, cfg: "Tra
         items = ds.select(split=split)
         labels = paired_labels(items)
         by_view = {v: {it.label: it for it in items if it.view == v} for v in SAFA_VIEWS}
-        return labels, {v: trunk_maps(model, [by_view[v][lab] for lab in labels], v, device=cfg.device,
-                                      num_workers=cfg.num_workers) for v in SAFA_VIEWS}
+        return labels, {v: maps.get(model, [by_view[v][lab] for lab in labels], v, device=cfg.device,
+                                    num_workers=cfg.num_workers) for v in SAFA_VIEWS}
 
     model.to(cfg.device)
     train_labels, train_maps = maps_of(train_split)
