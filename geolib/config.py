@@ -347,6 +347,10 @@ class Distill(Common):
     safa_head_rows: list[int]  # extra SAFA rows with these head counts
     safa_lr: float  # SAFA learning rate
     safa_pretrained: bool | str  # ImageNet-initialised SAFA backbone: True, False or "available"
+    safa_stage: int = -1  # backbone stage whose map SA aggregates (-1: the last); efficientnet-lite0 stops there
+    safa_frozen_stages: int = 0  # leading efficientnet-lite0 stages kept frozen, their maps computed once per image
+    safa_epochs: int = 1  # epochs of each SAFA row (the kept one chosen on validation pairs from the train split)
+    safa_batch_size: int = 32  # pairs per SAFA batch (the in-batch negatives of the triplet loss)
     phase1: Phase1 | None = field(default=None, metadata=DERIVED)  # the resolved phase1 section the Part A rows vary
 
 
