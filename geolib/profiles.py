@@ -49,9 +49,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                     "safa_epochs": 1, "safa_batch_size": 4,
                     "safa_pretrained": "available", "student_pretrained": "available"},
         "explorer": {"k": 10, "n_examples": 3, "grid_k": 5, "interactive": "auto", "fallback_epochs": 1},
-        # Notebook 06 (issue 18): every study on a frozen random ResNet-10t's cached maps, two seeds.
+        # Notebook 06 (issue 18): every study on a frozen random ResNet-10t's cached maps, one seed.
         "studies": {"studies": ["augmentation", "backbone", "aggregation", "vicreg", "adaptation", "optimizer"],
-                    "seeds": [0, 1], "seeded_studies": ["adaptation"],
+                    "seeds": [0], "seeded_studies": None,
                     "base": {"backbone": "resnet10t", "pretrained": False, "stage": -1, "freeze_backbone": True,
                              "augment_copies": 2, "image_size": 32, "aggregation": "gem", "out_dim": 16,
                              "out_channels": 8, "out_rows": 2, "mix_depth": 1, "M": 10, "alpha": 360, "N": 1, "L": 1,
@@ -126,10 +126,14 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # Notebook 06: notebook 04's CPU recipe as the base (the offline ImageNet Lite0, frozen, its
         # stride-16 map cached for augmented copies, only aggregation and heads train), so most variants
         # cost seconds; the backbone study fine-tunes briefly (no other ImageNet weights are offline).
+        # The base is notebook 04's GeM row (with its 4 cached copies the course base reproduced that row's
+        # test R@1 exactly: day/fog/night 23.8/12.5/2.5 %), here with 2 copies (the cache is most of a
+        # variant's cost); the research goal's studies (augmentation, adaptation) run on 3 seeds, the
+        # others on the first.
         "studies": {"studies": ["augmentation", "backbone", "aggregation", "vicreg", "adaptation", "optimizer"],
-                    "seeds": [0, 1, 2], "seeded_studies": None,
+                    "seeds": [0, 1, 2], "seeded_studies": ["augmentation", "adaptation"],
                     "base": {"backbone": "efficientnet-lite0", "pretrained": True, "stage": 2, "freeze_backbone": True,
-                             "augment_copies": 4, "image_size": 64, "aggregation": "gem", "out_dim": 128,
+                             "augment_copies": 2, "image_size": 64, "aggregation": "gem", "out_dim": 128,
                              "out_channels": 64, "out_rows": 4, "mix_depth": 2, "M": 25, "alpha": 360, "N": 1, "L": 1,
                              "groups_num": 1, "min_images_per_class": 3, "epochs": 1, "iterations_per_epoch": 1000,
                              "batch_size": 32, "backbone_lr": 1e-3, "classifier_lr": 1e-2, "hue": 0.0},
