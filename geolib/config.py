@@ -335,7 +335,7 @@ class Distill(Common):
     student_batch_size: int  # student images per batch
     student_lr: float  # student learning rate
     student_pretrained: bool | str  # ImageNet-initialised students: True, False or "available"
-    student_init: str = "pretrained"  # student weights: "pretrained" (as student_pretrained says) | "teacher" (the teacher's own backbone, for efficientnet_lite0-b<N> students of a Lite0 teacher)
+    student_init: str = "pretrained"  # student weights: "pretrained" (as student_pretrained says) | "teacher" (efficientnet_lite0-b<N> students start from their Lite0 teacher's own blocks, the others as "pretrained")
     student_scheduler: str = "cosine"  # student lr schedule: "cosine" (warm-up, then cosine to 0) | "none"
     student_warmup: float = 0.05  # share of the student's steps spent warming up
     student_contrast: float = 0.0  # weight of an in-batch InfoNCE term beside the dual cosine loss (0: Distill4Geo's loss alone)

@@ -206,3 +206,11 @@ def test_imagenet_lite0_teaches_phase1_one_target_per_image(tmp_path):
     assert teacher.image_size == 224
     want = embed(teacher, [first], preprocess=teacher.preprocess, l2=False, progress=False)
     assert np.allclose(rows[0].numpy(), want[0], atol=1e-4)
+
+
+def test_lite0_teacher_at_another_input_size():
+    teacher = create_teacher("efficientnet-lite0@96")
+    assert teacher.image_size == 96 and teacher.name == "efficientnet-lite0@96"
+    assert teacher(torch.zeros(1, 3, 40, 40)).shape == (1, 1280)  # any student size, resized to 96
+    with pytest.raises(ValueError, match="efficientnet-lite0@<pixels>"):
+        create_teacher("efficientnet-lite0@big")

@@ -200,23 +200,24 @@ def run_student_row(name: str, spec: Mapping[str, Any], teacher: torch.nn.Module
     """Distil one student; teacher embeddings come from `caches` (filled once per perturb setting).
 
     The student sees `spec["image_size"]` pixels (else `student_image_size`), the teacher its own
-    size. `student_init` "teacher" starts a student cut from the teacher's backbone
-    (`efficientnet_lite0-b<N>` of a Lite0 teacher) from the teacher's weights, "pretrained" from
-    ImageNet's as `student_pretrained` says. The schedule is `student_scheduler` with
-    `student_warmup`. `views` (default `cfg["views"]`), `directions` and the evaluation `split`
-    make the same row run on a pairs dataset: `("panorama", "satellite")`, panorama→satellite on
-    `cvusa_splits(ds)[1]`, recorded under protocol `cvusa` (`vigor-hit` with the hit rate on VIGOR).
+    size. `student_init` "teacher" starts a student cut from a Lite0 (`efficientnet_lite0-b<N>`) from
+    the teacher's own blocks; other students, and "pretrained", from ImageNet as `student_pretrained`
+    says. The schedule is `student_scheduler` with `student_warmup`. `views` (default
+    `cfg["views"]`), `directions` and the evaluation `split` make the same row run on a pairs dataset:
+    `("panorama", "satellite")`, panorama→satellite on `cvusa_splits(ds)[1]`, recorded under protocol
+    `cvusa` (`vigor-hit` with the hit rate on VIGOR).
     """
     from ..evaluation.crossview import record_evaluation
     from ..models import config_hash
     from ..training.distill4geo import (TEACHER_INIT, DistillConfig, StudentModel, cache_teacher, fit_student,
-                                        init_from_teacher, loaded_weights, save_student, train_items,
-                                        weights_status)
+                                        init_from_teacher, loaded_weights, lite0_blocks, save_student,
+                                        train_items, weights_status)
 
     views = tuple(views or cfg["views"])
     size = int(spec.get("image_size") or cfg["student_image_size"])
     pretrained = cfg.get("student_pretrained", "available")
-    from_teacher = cfg.get("student_init", "pretrained") == "teacher"
+    # "teacher" applies to students cut from a Lite0 (the teacher's own blocks); the others start from ImageNet
+    from_teacher = cfg.get("student_init", "pretrained") == "teacher" and lite0_blocks(spec["backbone"]) is not None
     weights = f"{TEACHER_INIT}{teacher_id}" if from_teacher else weights_status(spec["backbone"], pretrained)
     schedule = {"scheduler": cfg.get("student_scheduler", "none"), "warmup": float(cfg.get("student_warmup", 0.0)),
                 "contrast": float(cfg.get("student_contrast", 0.0))}
