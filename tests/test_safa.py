@@ -213,6 +213,12 @@ def test_lite0_branch_stops_at_its_stage_and_keeps_its_trunk_frozen():
         assert torch.allclose(m.head(m.trunk(inp, view), view), m(inp, view), atol=1e-6)
     with pytest.raises(ValueError, match="frozen_stages"):
         SAFAModel(pretrained=False, frozen_stages=1, **TINY)
+    finer = SAFAModel(polar=True, pretrained=False, **{**LITE, "frozen_stages": 0, "frozen_blocks": 4})
+    fb = finer.branches["satellite"]
+    assert fb.split == 4
+    assert not any(p.requires_grad for p in fb.backbone.blocks[3].parameters())
+    assert all(p.requires_grad for p in fb.backbone.blocks[4].parameters())
+    assert finer.config["frozen_blocks"] == 4 and finer.frozen_stages  # a trunk to cache
 
 
 def test_train_safa_on_trunk_maps_trains_the_tail_only_and_reloads(cvusa, tmp_path):

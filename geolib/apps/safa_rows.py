@@ -34,7 +34,8 @@ def safa_options(cfg: Mapping[str, Any], changes: Mapping[str, Any] | None = Non
     """The `SAFAModel` options of a row: the profile's `safa_*` settings, then the row's changes."""
     return {"backbone": cfg["safa_backbone"], "pano_hw": tuple(cfg["pano_hw"]), "sat_size": int(cfg["sat_size"]),
             "heads": int(cfg["safa_heads"]), "aggregation": "sa", "stage": int(cfg["safa_stage"]),
-            "frozen_stages": int(cfg["safa_frozen_stages"]), **dict(changes or {})}
+            "frozen_stages": int(cfg["safa_frozen_stages"]), "frozen_blocks": cfg.get("safa_frozen_blocks"),
+            **dict(changes or {})}
 
 
 def safa_train_config(cfg: Mapping[str, Any]) -> Any:

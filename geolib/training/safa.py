@@ -102,7 +102,8 @@ class SAFABranch(nn.Module):
     """
 
     def __init__(self, backbone: str | nn.Module, input_hw: tuple[int, int], heads: int = 8, aggregation: str = "sa",
-                 stage: int = -1, pretrained: bool | str = False, frozen_stages: int = 0) -> None:
+                 stage: int = -1, pretrained: bool | str = False, frozen_stages: int = 0,
+                 frozen_blocks: int | None = None) -> None:
         super().__init__()
         from .distill4geo import pretrained_backbone
 
@@ -119,11 +120,15 @@ class SAFABranch(nn.Module):
             self.depth = len(self.backbone.blocks)  # the drop-connect schedule of the whole network
             self.backbone.blocks = self.backbone.blocks[:ends[self.stage] + 1]
             self.split = ends[frozen_stages - 1] + 1 if frozen_stages else 0
+            if frozen_blocks is not None:  # a finer cut: the stem and this many blocks
+                if not 1 <= frozen_blocks <= len(self.backbone.blocks):
+                    raise ValueError(f"frozen_blocks {frozen_blocks}: between 1 and {len(self.backbone.blocks)}")
+                self.split = int(frozen_blocks)
             self.frozen_stages = frozen_stages
             for m in self.trunk_modules():
                 m.requires_grad_(False)
-        elif frozen_stages:
-            raise ValueError(f"frozen_stages {frozen_stages} needs a backbone made of stem + blocks "
+        elif frozen_stages or frozen_blocks:
+            raise ValueError(f"frozen_stages {frozen_stages} / frozen_blocks {frozen_blocks} need a backbone made of stem + blocks "
                              "(efficientnet-lite0); this one has no trunk to freeze: use frozen_stages 0")
         else:
             self.frozen_stages = 0
@@ -195,7 +200,7 @@ class SAFAModel(nn.Module):
     def __init__(self, backbone: str = "resnet10t", pano_hw: tuple[int, int] = (112, 616), sat_size: int = 256,
                  polar: bool = True, heads: int = 8, aggregation: str = "sa", stage: int = -1,
                  frozen_stages: int = 0, pretrained: bool | str = "available",
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, frozen_blocks: int | None = None) -> None:
         super().__init__()
         from .distill4geo import loaded_weights, pretrained_backbone
 
@@ -204,13 +209,17 @@ class SAFAModel(nn.Module):
         pano_net, self.weights = pretrained_backbone(backbone, pretrained, log=log)
         sat_net = pretrained_backbone(backbone, loaded_weights(pretrained, self.weights))[0]
         self.branches = nn.ModuleDict({
-            "panorama": SAFABranch(pano_net, self.pano_hw, heads, aggregation, stage, frozen_stages=frozen_stages),
-            "satellite": SAFABranch(sat_net, sat_hw, heads, aggregation, stage, frozen_stages=frozen_stages)})
+            "panorama": SAFABranch(pano_net, self.pano_hw, heads, aggregation, stage, frozen_stages=frozen_stages,
+                                   frozen_blocks=frozen_blocks),
+            "satellite": SAFABranch(sat_net, sat_hw, heads, aggregation, stage, frozen_stages=frozen_stages,
+                                    frozen_blocks=frozen_blocks)})
         self.embed_dim = self.branches["panorama"].out_dim
-        self.frozen_stages = int(frozen_stages)
+        self.frozen_stages = int(frozen_stages) or int(bool(frozen_blocks))  # truthy: a trunk to cache
         self.config = {"name": "safa", "backbone": backbone, "pano_hw": list(self.pano_hw), "sat_size": self.sat_size,
                        "polar": self.polar, "heads": heads, "aggregation": aggregation, "stage": stage,
-                       "frozen_stages": self.frozen_stages, "weights": self.weights}
+                       "frozen_stages": int(frozen_stages), "weights": self.weights}
+        if frozen_blocks is not None:
+            self.config["frozen_blocks"] = int(frozen_blocks)
 
     def _branch(self, view: str) -> SAFABranch:
         if view not in self.branches:
