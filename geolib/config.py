@@ -351,6 +351,7 @@ class Distill(Common):
     safa_frozen_stages: int = 0  # leading efficientnet-lite0 stages kept frozen, their maps computed once per image
     safa_epochs: int = 1  # epochs of each SAFA row (the kept one chosen on validation pairs from the train split)
     safa_batch_size: int = 32  # pairs per SAFA batch (the in-batch negatives of the triplet loss)
+    safa_frozen_blocks: int | None = None  # a finer cut than safa_frozen_stages: the stem and this many Lite0 blocks
     phase1: Phase1 | None = field(default=None, metadata=DERIVED)  # the resolved phase1 section the Part A rows vary
 
 

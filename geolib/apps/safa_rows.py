@@ -45,7 +45,8 @@ def safa_train_config(cfg: Mapping[str, Any]) -> Any:
     epochs = int(cfg["safa_epochs"])
     return TrainConfig(views=("panorama", "satellite"), epochs=epochs, batch_size=int(cfg["safa_batch_size"]),
                        lr=float(cfg["safa_lr"]), weight_decay=float(cfg.get("safa_weight_decay", 0.0)),
-                       warmup=0.1, backbone_lr_scale=float(cfg.get("safa_backbone_lr_scale", 1.0)),
+                       # a pretrained block steps at a tenth of the lr of the freshly initialised SA heads
+                       warmup=0.1, backbone_lr_scale=float(cfg.get("safa_backbone_lr_scale", 0.1)),
                        device=cfg["device"], seed=int(cfg["seed"]), resume=False,
                        num_workers=int(cfg.get("num_workers") or 0))
 
