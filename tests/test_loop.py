@@ -155,3 +155,33 @@ def test_dry_run_checkpoint_is_never_resumed_by_a_real_run(tmp_path, monkeypatch
     _, dry2 = _train(tmp_path, CFG)
     assert dry2.last_path.name == "dry-run-last"  # the real run's checkpoints stay untouched
     assert json.loads((tmp_path / "last.json").read_text())["meta"]["dry_run"] is False
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "asgd"])
+def test_sgd_and_asgd_train(tmp_path, optimizer):
+    _, res = _train(tmp_path, LoopConfig(epochs=3, lr=5e-2, optimizer=optimizer, scheduler="none"))
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert json.loads((tmp_path / "last.json").read_text())["meta"]["config"]["optimizer"] == optimizer
+
+
+def test_plateau_halves_the_rate_after_an_epoch_without_progress_and_resumes_its_state(tmp_path):
+    cfg = LoopConfig(epochs=4, lr=1e-3, optimizer="sgd", scheduler="plateau")
+
+    def flat(out, **kw):  # a loss that never improves: every epoch after the first is a bad one
+        model = Net()
+        return run(model, lambda idx, epoch: (model(X[idx]) * 0).sum() + 1.0, _plan, cfg, out, progress=False, **kw)
+
+    straight = flat(tmp_path / "a")
+    # epoch 1 sets the best loss; epoch 2 does not beat it, so epoch 3 runs at half the rate, and so on
+    assert [r["lr"] for r in straight.history] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
+    with pytest.raises(KeyboardInterrupt):
+        flat(tmp_path / "b", on_epoch=_kill_after(2))
+    resumed = flat(tmp_path / "b")  # the plateau's count of bad epochs comes back with the checkpoint
+    assert resumed.resumed_from == 2 and [r["lr"] for r in resumed.history] == [r["lr"] for r in straight.history]
+
+
+def test_unknown_optimizer_and_scheduler_are_refused():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        LoopConfig(optimizer="lion")
+    with pytest.raises(ValueError, match="scheduler must be one of"):
+        LoopConfig(scheduler="step")

@@ -46,8 +46,11 @@ from tqdm.auto import tqdm
 from .. import dryrun
 from ..checkpoint import load_checkpoint, save_checkpoint
 
-OPTIMIZERS = ("adamw", "adam")
-SCHEDULERS = ("cosine", "none")
+OPTIMIZERS = ("adamw", "adam", "sgd", "asgd")
+SCHEDULERS = ("cosine", "none", "plateau")
+# "plateau": ReduceLROnPlateau on the mean training loss, stepped once per epoch (no validation split is
+# assumed); the rate halves after an epoch that did not improve on the best loss by 1 %.
+PLATEAU = {"mode": "min", "factor": 0.5, "patience": 0, "threshold": 0.01}
 # Settings that change neither the weights nor the data order, so a run may resume under new values.
 RESUME_FREE = ("epochs", "resume", "eval_every", "num_workers", "device", "channels_last", "max_minutes",
                "progress")
@@ -179,11 +182,16 @@ def adamw(params: Any, lr: float, weight_decay: float, device: str | torch.devic
 
 def make_optimizer(name: str, groups: Any, lr: float, weight_decay: float, device: str) -> torch.optim.Optimizer:
     """The optimizer `name` over `groups` (a group's own "lr"/"weight_decay" win over the defaults).
-    "adam" is torch's plain (unfused) Adam, what the Phase 2 classifiers were tuned with."""
+    "adam" is torch's plain (unfused) Adam, what the Phase 2 classifiers were tuned with; "sgd" has
+    momentum 0.9; "asgd" is torch's averaged SGD with its defaults."""
     if name == "adamw":
         return adamw(groups, lr, weight_decay, device)
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "asgd":
+        return torch.optim.ASGD(groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
@@ -314,6 +322,7 @@ def run(model: nn.Module, step: Callable[[Any, int], torch.Tensor],
         (steps_in(plan, cfg.seed) if cfg.scheduler == "cosine" else 0)
     total = max(1, cfg.epochs * per_epoch)
     scheduler = cosine_with_warmup(optimizer, int(cfg.warmup * total), total) if cfg.scheduler == "cosine" else None
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **PLATEAU) if cfg.scheduler == "plateau" else None
 
     mcfg = dict(model_config) if model_config is not None else _model_config(model)
     config: dict[str, Any] = {**cfg.to_dict(), **_plain(dict(settings or {}))}
@@ -339,7 +348,7 @@ def run(model: nn.Module, step: Callable[[Any, int], torch.Tensor],
             else:
                 defaults = {**LoopConfig().to_dict(), **dict(settings_defaults or {})}
                 saved = check_resumable(last_path, config, defaults)
-                meta = load_checkpoint(last_path, model, optimizer, scheduler, restore_rng=True)
+                meta = load_checkpoint(last_path, model, optimizer, scheduler or plateau, restore_rng=True)
                 start, history = int(meta["epoch"]), list(meta.get("history", []))
                 best = meta.get("best", -math.inf)
                 best = -math.inf if best is None else best
@@ -377,6 +386,8 @@ def run(model: nn.Module, step: Callable[[Any, int], torch.Tensor],
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         lr = scheduler.get_last_lr()[0] if scheduler is not None else optimizer.param_groups[0]["lr"]
+        if plateau is not None and losses:
+            plateau.step(float(np.mean(losses)))  # the next epoch's rate; this epoch ran at `lr`
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                                "lr": lr, "seconds": round(time.perf_counter() - t0, 2),
                                "minutes_total": round((time.perf_counter() - t_start) / 60, 3)}
@@ -400,7 +411,7 @@ def run(model: nn.Module, step: Callable[[Any, int], torch.Tensor],
                         epochs_planned=epochs)
             if keep:
                 save_checkpoint(best_path, model, epoch=epoch + 1, metrics=row, **meta)
-            save_checkpoint(last_path, model, optimizer, scheduler, epoch=epoch + 1, history=history,
+            save_checkpoint(last_path, model, optimizer, scheduler or plateau, epoch=epoch + 1, history=history,
                             best=best if math.isfinite(best) else None, complete=complete, **meta)
         if on_epoch is not None and rank == 0:
             on_epoch(row)
