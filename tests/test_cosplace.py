@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import make_image, vpr_name
+from geolib.apps import geoclass
 from geolib.training import cosplace
 from geolib.training.cosplace import CosPlaceConfig, PlaceNet, class_and_group, divide
 from geolib.data.datasets import utm_of
@@ -186,10 +187,10 @@ def test_train_cosplace_learns_toy_world(toy_root):
     assert training.division.summary()["classes"] == 6
     assert training.result.history[-1]["loss"] < training.result.history[0]["loss"]
 
-    db, queries = cosplace.load_test_items(toy_root)
-    assert {cosplace.query_condition(q) for q in queries} == {"day", "night"}
-    day = [q for q in queries if cosplace.query_condition(q) == "day"]
-    retrieval = cosplace.evaluate_retrieval(training.model, db, day, cfg.image_size)
+    db, queries = geoclass.split_sets(toy_root, "test", "queries")
+    assert {cosplace.query_condition(q) for q in queries["all"]} == {"day", "night"}
+    day = [q for q in queries["all"] if cosplace.query_condition(q) == "day"]
+    retrieval = geoclass.retrieve_conditions(training.model, db, {"day": day}, cfg.image_size)["day"][0]
     assert set(retrieval.metrics) == {"R@1", "R@5", "R@10", "R@20"}
     assert retrieval.metrics["R@1"] >= 80.0
     # retrieval on this toy is easy even untrained, so check that the group classifier learnt:
@@ -400,9 +401,9 @@ def test_dry_run_caps_steps_batch_and_cached_images(toy_root, monkeypatch):
     assert len(training.result.history) == dryrun.EPOCHS
     n_images = min(dryrun.STEPS * dryrun.BATCH, 6) * dryrun.BATCH  # 6 classes in one group, 4 images each
     assert seen == [(n_images, 1)]
-    db, queries = cosplace.load_test_items(toy_root)
-    res = cosplace.evaluate_retrieval(training.model, db, queries, 32)
-    assert len(res.predictions) == min(len(queries), dryrun.ITEMS)
+    db, queries = geoclass.split_sets(toy_root, "test", "queries")
+    res = geoclass.retrieve_conditions(training.model, db, queries, 32)["all"][0]
+    assert len(res.predictions) == min(len(queries["all"]), dryrun.ITEMS)
 
 
 def test_default_profile_network_reloads_without_its_pretrained_weights(tmp_path, monkeypatch):

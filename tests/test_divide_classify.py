@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from geolib.apps import geoclass
 from geolib.training import cosplace
 from geolib.training import dc as dc
 from geolib.training.cosplace import class_and_group, divide
@@ -79,8 +80,8 @@ def test_train_dc_beats_chance_without_a_database(tmp_path_factory, head):
                        iterations_per_epoch=12, backbone_lr=1e-3, min_images_per_class=5, N=1)
     training = dc.train_dc(items, cfg, progress=False)
     assert training.division.summary()["classes"] == 6
-    _, queries = cosplace.load_test_items(root)
-    day = [q for q in queries if cosplace.query_condition(q) == "day"]
+    _, queries = geoclass.split_sets(root, "test", "queries", database=False)
+    day = [q for q in queries["all"] if cosplace.query_condition(q) == "day"]
     result = dc.evaluate_dc(training, day)
     assert set(result.metrics) == {"LR@1", "LR@5", "LR@10", "LR@20"}
     # untrained heads score chance, 1/6 ≈ 16.7% (the night queries are a domain shift the toy
@@ -107,7 +108,7 @@ def test_saved_dc_localizes_with_no_train_data(tmp_path, capsys):
     training = dc.train_dc(items, cfg, out_dir=tmp_path / "dc", progress=False)
     assert len(training.heads) == 2 and training.config["groups_used"] == 2
     assert "groups_num 4 asked, the data has 2 group(s)" in capsys.readouterr().out
-    _, queries = cosplace.load_test_items(root)
+    queries = geoclass.split_sets(root, "test", "queries", database=False)[1]["all"]
     before = dc.evaluate_dc(training, queries)
     shutil.rmtree(root / "train")  # nothing of the training data is left
     loaded = dc.load_dc(tmp_path / "dc")

@@ -97,14 +97,15 @@ def test_evaluate_saved_models_on_a_test_only_root_and_on_val(tmp_path):
     res = phase2.evaluate_vpr(tmp_path / "cp", tokyo, "test")
     assert list(res) == ["all"] and set(res["all"][0].metrics) == {"R@1", "R@5", "R@10", "R@20"}
     model = C.load_cosplace(tmp_path / "cp")
-    db, q = C.load_test_items(tokyo, "test", "queries")
-    assert res["all"][0].metrics == C.evaluate_retrieval(model, db, q, 32).metrics and res["all"][1] > 0
+    db, q = phase2.split_sets(tokyo, "test", "queries")
+    direct = phase2.retrieve_conditions(model, db, q, 32)["all"][0]  # the loaded model, evaluated in memory
+    assert res["all"][0].metrics == direct.metrics and res["all"][1] > 0
     on_val = phase2.evaluate_vpr(model, val, "val")
     assert on_val["all"][0].metrics == res["all"][0].metrics  # the same images under another split name
 
     loc = phase2.evaluate_localization(tmp_path / "dc", val, "val")
     assert set(loc["all"][0].metrics) == {"LR@1", "LR@5", "LR@10", "LR@20"}
-    direct = D.evaluate_dc(D.load_dc(tmp_path / "dc"), q)
+    direct = D.evaluate_dc(D.load_dc(tmp_path / "dc"), q["all"])
     assert loc["all"][0].metrics == direct.metrics
     np.testing.assert_array_equal(loc["all"][0].classes, direct.classes)
     with pytest.raises(FileNotFoundError, match="-p query_folder"):

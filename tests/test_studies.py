@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from geolib.apps import studies as S
+from geolib.apps import geoclass, studies as S
 from geolib.data.datasets import utm_of
 from geolib.profiles import resolve
 from geolib.records import read_records
@@ -121,7 +121,7 @@ def test_netvlad_and_a_transformer_backbone_give_unit_descriptors():
                                      dict(align="coral", align_weight=1.0), dict(align="dann", align_weight=1.0)])
 def test_auxiliary_losses_train_through_the_loop_on_cached_maps(toy_root, changes):
     items = cosplace.load_train_items(toy_root)
-    _, queries = cosplace.load_test_items(toy_root)
+    queries = geoclass.split_sets(toy_root, "test", "queries", database=False)[1]["all"]
     target = [q for q in queries if cosplace.query_condition(q) == "night"]
     base = cosplace.train_cosplace(items, CosPlaceConfig(**TOY), progress=False)
     varied = cosplace.train_cosplace(items, CosPlaceConfig(**TOY, **changes), progress=False,

@@ -36,7 +36,7 @@ from ..evaluation.metrics import PROTOCOL_VPR, vpr_positives, vpr_recalls
 from ..models import register_loader, register_model
 from ..results import Result, per_query_field
 from .groups import (PREPROCESSING, Augment, Batches, ClassHead, ImageTensors, LoopOptions, StudyOptions,
-                     class_batches, data_fingerprint, embed_paths, normalize, preprocess_spec, loaded_result, part,
+                     class_batches, data_fingerprint, normalize, preprocess_spec, loaded_result, part,
                      rank_rows, read_model_files, run_training, save_model_files, saved_model_state, training_settings)
 from .loop import LoopResult
 
@@ -192,11 +192,6 @@ def load_train_items(root: str | Path, split: str = "train", check: str = "quick
     return ds.items
 
 
-def load_test_items(root: str | Path, split: str = "test", query_folder: str = "queries",
-                    database_folder: str = "database") -> tuple[list[ImageItem], list[ImageItem]]:
-    """(database, queries) of a VPR split; the query folder name is a parameter (queries_v1...)."""
-    ds = load_dataset("vpr", root, split=split, query_folder=query_folder, database_folder=database_folder)
-    return ds.select(role="gallery"), ds.select(role="query")
 
 
 # --------------------------------------------------------------------------- model
@@ -779,19 +774,6 @@ def retrieve(query_emb: np.ndarray, query_utm: np.ndarray, db_emb: np.ndarray, d
     return out
 
 
-def evaluate_retrieval(model: nn.Module, db_items: Sequence[ImageItem], query_items: Sequence[ImageItem],
-                       image_size: int, ks: Sequence[int] = (1, 5, 10, 20), radius: float = 25.0,
-                       device: str = "cpu", batch_size: int = 64, num_workers: int = 0,
-                       progress: bool = False) -> Retrieval:
-    """R@k of `query_items` against `db_items` (a dry run embeds `dryrun.ITEMS` of each)."""
-    db_items, query_items = dryrun.items(db_items), dryrun.items(query_items)
-    db = embed_paths(model, [it.path for it in db_items], image_size, batch_size, device, num_workers,
-                     progress, "embed database")
-    q = embed_paths(model, [it.path for it in query_items], image_size, batch_size, device, num_workers,
-                    progress, "embed queries")
-    out = retrieve(q, utm_of(query_items), db, utm_of(db_items), ks, radius)
-    out.preprocess = preprocess_spec(image_size).to_dict()
-    return out
 
 
 def query_condition(item: ImageItem) -> str:
