@@ -102,13 +102,13 @@ def test_row_runner_skips_finished_rows_and_reruns_changed_ones(tmp_path):
 def test_ablation_rows_selection_and_findings():
     import pandas as pd
 
-    from geolib.apps import ablation as ab
+    from geolib.apps import ablation as ab, safa_rows
 
     a = ab.part_a_rows({"l2l": True, "fusion": True, "pooling": "gem", "loss": "infonce"})
     assert "A/gem-pool" not in a and "A/attention-pool" in a and "A/full" in a  # no duplicate of the base
     assert ab.selected(a, ["A/no-l2l", "A/triplet"]) == ["A/no-l2l", "A/triplet"]
-    assert ab.selected(ab.part_c_rows([1, 4]), ["C/safa-polar-k"]) == ["C/safa-polar-k1", "C/safa-polar-k4"]
-    assert ab.selected(ab.part_c_rows([1, 4]), ["C/safa-polar"]) == ["C/safa-polar"]  # a row name is exact
+    assert ab.selected(safa_rows.part_c_rows([1, 4]), ["C/safa-polar-k"]) == ["C/safa-polar-k1", "C/safa-polar-k4"]
+    assert ab.selected(safa_rows.part_c_rows([1, 4]), ["C/safa-polar"]) == ["C/safa-polar"]  # a row name is exact
     assert list(ab.part_b_rows(["m"], [False, True])) == ["B/student-m-plain", "B/student-m-mp"]
     t = pd.DataFrame([{"row": "A/full", "direction": "s→d", "R@1": 50.0, "queries": 200},
                       {"row": "A/x", "direction": "s→d", "R@1": 50.4, "queries": 200},

@@ -35,11 +35,6 @@ def part_a_rows(phase1: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             if name == "A/full" or any(phase1.get(k) != v for k, v in ch.items())}
 
 
-def part_c_rows(heads: Sequence[int]) -> dict[str, dict[str, Any]]:
-    rows = {"C/safa-polar": {"polar": True}, "C/safa-raw": {"polar": False},
-            "C/gem-polar": {"polar": True, "aggregation": "gem"}}
-    rows.update({f"C/safa-polar-k{k}": {"polar": True, "heads": int(k)} for k in heads})
-    return rows
 
 
 def student_spec(entry: str) -> tuple[str, int | None]:
@@ -363,49 +358,6 @@ def run_pairs_teacher_row(ds: Any, cfg: Mapping[str, Any], out: Path, runner: Ro
 
 # --------------------------------------------------------------------------- part C
 
-def run_safa_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[str, Any], out: Path,
-                 runner: RowRunner, dataset: str) -> dict[str, Any]:
-    """Train one SAFA variant on a CVUSA- or CVACT-layout dataset (the same path for both); R@1/5/10/1%
-    (protocol `cvusa`, or `vigor-hit` with the hit rate on VIGOR) and cost.
-
-    `cfg["safa_pretrained"]` (default "available"): ImageNet-initialised backbones where the weights
-    are found; where they came from is part of the row's config.
-    """
-    from .. import dryrun
-    from ..training.distill4geo import loaded_weights, weights_status
-    from ..evaluation.metrics import PROTOCOL_VIGOR
-    from ..results import record
-    from ..training.safa import PROTOCOL_CVUSA, SAFAModel, cvusa_splits, evaluate_pairs, train_safa
-    from ..training.multiview import TrainConfig
-
-    pretrained = cfg.get("safa_pretrained", "available")
-    opts = {"backbone": cfg["safa_backbone"], "pano_hw": tuple(cfg["pano_hw"]), "sat_size": cfg["sat_size"],
-            "heads": cfg["safa_heads"], "aggregation": "sa", **changes}
-    weights = weights_status(opts["backbone"], pretrained)
-    eval_split = cvusa_splits(ds)[1]
-    row_cfg = {"row": name, **opts, "pano_hw": list(opts["pano_hw"]), "epochs": cfg["epochs"],
-               "batch_size": cfg["batch_size"], "lr": cfg["safa_lr"], "minutes": cfg["minutes_per_row"],
-               "dataset": dataset, "seed": cfg["seed"], "weights": weights, "select": "last",
-               "jitter": cfg.get("safa_jitter", 0.0)}
-
-    def run() -> dict[str, Any]:
-        torch.manual_seed(cfg["seed"])
-        model = SAFAModel(**opts, pretrained=loaded_weights(pretrained, weights))
-        tc = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["safa_lr"],
-                         device=cfg["device"], seed=cfg["seed"], resume=False, eval_every=max(1, cfg["epochs"]))
-        res = train_safa(model, ds, tc, out / name.replace("/", "_"), max_minutes=cfg["minutes_per_row"],
-                         progress=False, jitter=row_cfg["jitter"])
-        result = evaluate_pairs(model, ds, model.input_sizes(), eval_split, device=cfg["device"])
-        metrics = dict(result.metrics)
-        cost = _cost(model, tuple(opts["pano_hw"]), "panorama", cfg["cost_runs"])
-        protocol = PROTOCOL_VIGOR if ds.format == "vigor" else PROTOCOL_CVUSA
-        record(result, source=SOURCE, task="crossview", protocol=protocol, dataset=dataset, split=eval_split,
-               views=("panorama", "satellite"), model=f"safa-{name.split('/')[1]}",
-               metrics={**metrics, **cost}, profile=cfg["profile"], seed=cfg["seed"], config=row_cfg)
-        n = len(dryrun.items(ds.select(view="panorama", split=eval_split)))  # the queries evaluated
-        return {"directions": {"panorama→satellite": {**metrics, "queries": n}}, "cost": cost, **_training(res)}
-
-    return runner.run(name, row_cfg, run)
 
 
 # --------------------------------------------------------------------------- tables
