@@ -11,7 +11,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from contextlib import contextmanager
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -113,3 +113,52 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, **kwargs: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, **kwargs) + "\n")
 
 
+
+
+def build_once(out: str | os.PathLike, stamp: str, build: Callable[[Path], None], what: str) -> bool:
+    """Build the folder `out` once per `stamp` (its `.complete` file): `build(tmp)` fills a temporary
+    sibling, which is stamped and renamed into place, so a killed run never leaves a half folder that
+    looks finished. Returns False when `out` already holds this stamp, or another process finished the
+    same build first; a non-empty `out` without a stamp is refused (it is not `what`)."""
+    import shutil
+
+    out = Path(out)
+    marker = out / ".complete"
+
+    def done() -> bool:
+        return marker.is_file() and marker.read_text(encoding="utf-8").strip() == stamp
+
+    if done():
+        return False
+    if out.exists() and any(out.iterdir()) and not marker.exists():
+        raise FileExistsError(f"{out} exists and is not {what}; choose another out or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for old in out.parent.glob(f".{out.name}.building-*"):  # left by a run that was killed
+        if not _alive(old.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        (tmp / ".complete").write_text(stamp + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if done():
+            return False
+        raise
+    return True
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

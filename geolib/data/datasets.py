@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .images import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, is_image_file, load_image
+from .images import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, is_image_file
 
 FORMATS = ("university1652", "cvusa", "cvact", "vigor", "vpr", "folder")
 U1652_VIEWS = ("satellite", "drone", "street", "google")
@@ -848,21 +848,6 @@ def default_transform(size: int | tuple[int, int], train: bool = False,
         ops.append(GrayWorld())
     ops.append(v2.Normalize(mean, std))
     return v2.Compose(ops)
-
-
-class ImageDataset:
-    """A torch map-style dataset over `ImageItem`s: (image tensor, index in `items`)."""
-
-    def __init__(self, items: Sequence[ImageItem], transform: Callable | None = None):
-        self.items = list(items)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        img = load_image(self.items[i].path)
-        return (self.transform(img) if self.transform else img), i
 
 
 def labels_of(items: Iterable[ImageItem]) -> np.ndarray:

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..paths import build_once
 from .datasets import parse_vpr_name
 from .images import is_image_file
 
@@ -62,42 +63,8 @@ def write_release(world_root: str | os.PathLike, out: str | os.PathLike | None =
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     stamp = f"{meta['key']} release-{RELEASE_VERSION}"
     out = Path(out) if out is not None else world_root / "release"
-    marker = out / ".complete"
-    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == stamp:
-        return release_paths(out)
-    if out.exists() and any(out.iterdir()) and not marker.exists():
-        raise FileExistsError(f"{out} exists and is not a release written by write_release; choose "
-                              "another out or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for old in out.parent.glob(f".{out.name}.building-*"):  # left by a run that was killed
-        if not _alive(old.name.rsplit("-", 1)[-1]):
-            shutil.rmtree(old, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        _build(world_root, meta, tmp)
-        (tmp / ".complete").write_text(stamp + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if marker.is_file() and marker.read_text(encoding="utf-8").strip() == stamp:
-            return release_paths(out)  # another process finished the same release first
-        raise
+    build_once(out, stamp, lambda tmp: _build(world_root, meta, tmp), "a release written by write_release")
     return release_paths(out)
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _build(world_root: Path, meta: dict[str, Any], out: Path) -> None:

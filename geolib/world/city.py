@@ -15,14 +15,13 @@ a temporary name and renamed, and reused while its stamp (world key and `CITY_VE
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..paths import build_once
 from . import export
 from .generate import (REGION_SPACING, UTM_ORIGIN, World, WorldParams, _prepare, cache_key, generate_region,
                        preset_params, region_style)
@@ -87,32 +86,18 @@ def build_city(world_root: str | Path, out: str | Path | None = None, regions: i
     world, meta = city_world(world_root, regions)
     regions = len(world.regions)
     stamp = f"{meta['key']} city-{CITY_VERSION} regions-{regions}"
-    marker = out / ".complete"
-    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == stamp:
-        return out
-    if out.exists() and any(out.iterdir()) and not marker.exists():
-        raise FileExistsError(f"{out} exists and is not a city written by build_city; choose another out or remove it")
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        shots = [s for ri in range(len(world.regions)) for s in export.plan_vpr_region(world, ri, "test")]
+    shots = [s for ri in range(len(world.regions)) for s in export.plan_vpr_region(world, ri, "test")]
+
+    def build(tmp: Path) -> None:
         export.render_and_write(world, shots, tmp)
         (tmp / "city.json").write_text(json.dumps({
             "what": "second test-only city of the synthetic world (its own style and seeds)",
             "world_key": meta["key"], "version": CITY_VERSION, "regions": regions,
             "styles": [{k: v for k, v in r.style.items() if not k.startswith("_")} for r in world.regions]},
             indent=1, sort_keys=True, default=float) + "\n", encoding="utf-8")
-        (tmp / ".complete").write_text(stamp + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if marker.is_file() and marker.read_text(encoding="utf-8").strip() == stamp:
-            return out  # another process finished the same city first
-        raise
+
+    if not build_once(out, stamp, build, "a city written by build_city"):
+        return out
     if progress:
         print(f"second city: {len(shots)} images at {out}")
     return out
