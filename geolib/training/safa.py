@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.datasets import GeoDataset, ImageItem, labels_of, load_image
+from ..data.datasets import GeoDataset, ImageItem, labels_of
+from ..data.images import load_image
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD
 from ..models.layers import GeM
 from ..models import register_model
