@@ -380,7 +380,7 @@ class StudyRunner:
         frozen = bool(getattr(model, "freeze_backbone", False))
         size = model.options["image_size"]
         bkey = self._backbone_key(model) if frozen else ""
-        out = {}
+        out, adapted = {}, {}
         for s in sets or self.data.eval_sets:
             if frozen:
                 db = self._descriptors(model, bkey, s.database, None)
@@ -391,9 +391,10 @@ class StudyRunner:
                 if frozen:
                     q = self._descriptors(model, bkey, items, adapt)
                 elif adapt is not None:
+                    if adapt not in adapted:  # once per condition, not once per set
+                        adapted[adapt] = self._adapted_model(model, adapt)
                     with torch.no_grad():
-                        q = self._adapted_model(model, adapt)(
-                            self._tensors([it.path for it in items], size)).cpu().numpy()
+                        q = adapted[adapt](self._tensors([it.path for it in items], size)).cpu().numpy()
                 else:
                     q = embed_paths(model, [it.path for it in items], size, device=self.device)
                 res = retrieve(q, utm_of(items), db, utm_of(s.database))
@@ -475,12 +476,10 @@ class StudyRunner:
         found = self.retrievals.get((study, variant.name, seed), {}).get((*key, cond))
         if found is not None:
             return found
-        from ..training.cosplace import group_settings, load_cosplace
+        from ..training.cosplace import load_cosplace
         from ..training.groups import settings_hash
 
-        cp_cfg = self.config(variant, seed)
-        target = self.data.target_items() if cp_cfg.align != "none" else None
-        folder = self.saved / "studies" / settings_hash(group_settings(self.data.train_items, cp_cfg, target))
+        folder = self.saved / "studies" / settings_hash(self._run_hash(self.config(variant, seed), variant)[1])
         model = load_cosplace(folder, self.device)
         sets = [s for s in self.data.eval_sets if s.key == key]
         return self.evaluate(model, variant.adabn, sets)[(*key, cond)]
@@ -710,7 +709,7 @@ def augmentation_grid(items: Sequence[ImageItem], cfg: Mapping[str, Any], names:
     """What the network sees: `n` training images (columns) under each augmentation (rows), drawn
     with a fixed seed so the figure repeats."""
     import matplotlib.pyplot as plt
-    from ..training.augment import AUGMENTATIONS, make_augment
+    from ..training.augment import AUGMENTATIONS, StudyAugment, make_augment
     from ..training.cosplace import CosPlaceConfig
     from ..training.groups import ImageTensors
 
@@ -725,7 +724,9 @@ def augmentation_grid(items: Sequence[ImageItem], cfg: Mapping[str, Any], names:
         for row, name in enumerate(names):
             torch.manual_seed(seed)
             aug = make_augment(dataclasses.replace(base_cfg, image_size=images.image_size), name)
-            shown = aug.unnormalized(batch) if hasattr(aug, "unnormalized") else _base_unnormalized(aug, batch)
+            if not isinstance(aug, StudyAugment):  # the base: the same draws, shown before normalising
+                aug = StudyAugment(**dataclasses.asdict(aug))
+            shown = aug.unnormalized(batch)
             for col, img in enumerate(shown):
                 ax = axes[row][col]
                 ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
@@ -737,14 +738,6 @@ def augmentation_grid(items: Sequence[ImageItem], cfg: Mapping[str, Any], names:
     fig.suptitle("training augmentations (rows), one random draw per image", fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def _base_unnormalized(aug: Any, batch: Any) -> Any:
-    from ..training.groups import color_jitter, random_resized_crop
-
-    x = batch.float() / 255.0
-    x = color_jitter(x, aug.brightness, aug.contrast, aug.saturation, aug.hue)
-    return random_resized_crop(x, aug.image_size, aug.random_resized_crop, aug.ratio)
 
 
 def study_figure(summary: "Any", study: str, sets: Sequence[tuple[str, str]], metric: str = "R@1") -> "Any":
