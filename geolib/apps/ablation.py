@@ -356,10 +356,6 @@ def run_pairs_teacher_row(ds: Any, cfg: Mapping[str, Any], out: Path, runner: Ro
     return Path(runner.run(name, row_cfg, train)["results"]["checkpoint"])
 
 
-# --------------------------------------------------------------------------- part C
-
-
-
 # --------------------------------------------------------------------------- tables
 
 def results_table(rows: Sequence[Mapping[str, Any]], direction: str | None = None,

@@ -16,8 +16,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..training.distill4geo import RowRunner
+from .ablation import SOURCE
 
-SOURCE = "03_distillation_ablation"
 _MAPS: dict[str, Any] = {}  # the session's `TrunkMaps`: rows on one frozen trunk compute each image's map once
 
 

@@ -462,7 +462,6 @@ def fit_student(student: StudentModel, cache: TeacherEmbeddings, cfg: DistillCon
     tf = perturbation_transform(cfg.image_size) if cfg.perturb else default_transform(cfg.image_size)
     plan = student_plan(cache, cfg.views, tf, batch_size, preload)
     device = cfg.device
-    student.to(device)
     targets = {v: torch.from_numpy(e) for v, e in cache.emb.items()}
 
     def step(batch: Mapping[str, tuple[Tensor, np.ndarray, np.ndarray]], epoch: int) -> Tensor:

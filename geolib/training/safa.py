@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.datasets import GeoDataset, ImageItem, labels_of
-from ..data.images import load_image
-from ..data.images import IMAGENET_MEAN, IMAGENET_STD
+from ..data.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from ..models.layers import GeM
 from ..models import register_model
 from ..data.transforms import Preprocess, polar_transform
@@ -353,7 +352,6 @@ def evaluate_pairs(model: nn.Module, ds: GeoDataset, sizes: Mapping[str, tuple[i
     With `maps`, a SAFA model with frozen stages at its own sizes embeds their kept maps instead
     (the same numbers: `head(trunk(x))` is `forward(x)`), computing only the missing ones."""
     from .. import dryrun
-    from ..data.transforms import Preprocess
     from ..evaluation.embedding import embed
     from ..evaluation.metrics import PROTOCOL_VIGOR, label_ranks, metrics_from_ranks, vigor_metrics
     from ..results import Result
