@@ -192,8 +192,6 @@ def load_train_items(root: str | Path, split: str = "train", check: str = "quick
     return ds.items
 
 
-
-
 # --------------------------------------------------------------------------- model
 
 class PlaceNet(nn.Module):
@@ -256,12 +254,12 @@ class PlaceNet(nn.Module):
             out_dim = out_channels * out_rows
         self.out_dim = out_dim
 
-    @torch.no_grad()
     @property
     def preprocess(self) -> Any:
         """CosPlace's evaluation preprocessing: PIL bilinear resize to the size it trained at."""
         return preprocess_spec(self.options["image_size"])
 
+    @torch.no_grad()
     def _grid(self, image_size: int) -> tuple[int, int, int]:
         """(H, W, C) of the last map: MixVPR's Linear layers are sized by H·W, so probe it once."""
         was_training = self.backbone.training
@@ -460,8 +458,7 @@ def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, path
     target = dryrun.items([str(p) for p in target]) if target else None
     augment = make_augment(cfg)
     vicreg = _vicreg(cfg)
-    target_u8 = (torch.stack([ImageTensors(list(target), cfg.image_size)[i] for i in range(len(target))])
-                 if aligner is not None and target else None)
+    target_images = ImageTensors(list(target), cfg.image_size) if aligner is not None and target else None
     if copies > 0:
         if not model.freeze_backbone:
             raise ValueError("augment_copies caches backbone maps: it needs freeze_backbone=True")
@@ -473,9 +470,8 @@ def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, path
             raise ValueError("VICReg on cached maps needs two views of each image: augment_copies >= 2, "
                              "or a vicreg_pair other than the augmentation")
         target_maps = None
-        if target_u8 is not None:
-            target_maps = _shared_maps(map_cache, model, ImageTensors(list(target), cfg.image_size), normalize,
-                                       "target", 1, device, cfg.seed)[0]
+        if target_images is not None:
+            target_maps = _shared_maps(map_cache, model, target_images, normalize, "target", 1, device, cfg.seed)[0]
 
         def plan_cached(epoch: int, rng: np.random.Generator) -> list[tuple[np.ndarray, ...]]:
             batches = class_batches(per_group[epoch % len(heads)], iterations, batch_size, rng)
@@ -503,6 +499,9 @@ def train_groups(model: PlaceNet, heads: nn.ModuleList, division: Division, path
         plan, step = plan_cached, step_cached
     else:
         augment2 = make_augment(cfg, cfg.vicreg_pair) if vicreg is not None else None
+        # the target images decoded once, here only: the cached path reads them through their maps
+        target_u8 = (torch.stack([target_images[i] for i in range(len(target_images))])
+                     if target_images is not None else None)
 
         def plan(epoch: int, rng: np.random.Generator) -> Batches:
             batches = class_batches(per_group[epoch % len(heads)], iterations, batch_size, rng)
@@ -772,8 +771,6 @@ def retrieve(query_emb: np.ndarray, query_utm: np.ndarray, db_emb: np.ndarray, d
                     int(np.asarray(db_emb).nbytes))
     out.per_query["scores"] = scores
     return out
-
-
 
 
 def query_condition(item: ImageItem) -> str:
