@@ -224,6 +224,7 @@ def type_name(hint: Any) -> str:
 class Common(Settings):
     SECTION: ClassVar[str] = "common"
     seed: int  # random seed of data order, initialisation and sampling
+    seeds: list[int] | None = None  # seeds of the headline comparisons, mean ± std over them (None: [seed]); later notebooks build on the `seed` run
     device: str  # "auto" (CUDA when present, else CPU) | "cpu" | "cuda" | "cuda:N"
     amp: bool  # mixed precision; switched off on a CPU, where it does not pay
     num_workers: int  # data-loader worker processes (0: load in the training process)
@@ -321,6 +322,7 @@ class Distill(Common):
     SECTION: ClassVar[str] = "distill"
     rows: list[str] | None  # rows (or parts, "A") to run; None: every row
     epochs: int  # epochs of each Part A row and of the SAFA rows
+    ablation_image_size: int | None = None  # input side of the Part A rows (None: phase1's image_size); the backbone is notebook 02's either way
     batch_size: int  # places per batch of the Part A and SAFA rows
     minutes_per_row: float | None  # optional wall-clock cap per row (opt-in)
     cost_runs: int  # timed forward passes per model for the cost columns

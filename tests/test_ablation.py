@@ -113,3 +113,53 @@ def test_student_specs_carry_their_own_input_size():
                                                              "perturb": True}}
     with pytest.raises(ValueError, match="<backbone>@<pixels>"):
         ab.student_spec("efficientnet_lite0@big")
+
+
+# --------------------------------------------------------------------------- part A at its own input size
+
+LITE0_TINY = {"backbone": "efficientnet-lite0", "pretrained": True, "fusion_dim": 16, "embed_dim": 16}
+
+
+def _lite0_phase1(size: int) -> dict:
+    return {**resolve("smoke", "phase1", device="cpu"), "image_size": size, "model_options": LITE0_TINY,
+            "pooling": "gem"}
+
+
+def test_part_a_grids_are_read_from_the_rows_own_model():
+    at48 = {g["part"]: g for g in ab.part_a_grids(_lite0_phase1(48))}
+    # Lite0 at 48 px: strides 4..32 give 12, 6, 3 and a single stride-32 token
+    assert [at48[f"backbone stage {i}"]["grid"] for i in (1, 2, 3, 4)] == ["12x12", "6x6", "3x3", "1x1"]
+    assert at48["backbone stage 4"]["channels"] == 320 and at48["fusion output"]["grid"] == "3x3"
+    assert ab.single_token_parts(list(at48.values())) == ["L2L on stage 4 (keys: stage 3)"]
+
+    at96 = ab.part_a_grids(_lite0_phase1(96))
+    assert [g["grid"] for g in at96 if g["part"].startswith("L2L")] == ["12x12", "6x6", "3x3"]
+    assert ab.single_token_parts(at96) == []
+    # without fusion the pooling reads the last stage; without L2L no attention is reported
+    bare = {g["part"]: g for g in ab.part_a_grids(_lite0_phase1(96), {"fusion": False, "l2l": False,
+                                                                      "pooling": "attention"})}
+    assert bare["pooling (attention)"]["grid"] == "3x3" and bare["pooling (attention)"]["tokens"] == 9
+    assert not any(p.startswith(("L2L", "fusion")) for p in bare)
+
+
+def test_part_a_rows_take_the_ablation_image_size():
+    cfg = {"phase1": _lite0_phase1(48), "ablation_image_size": None}
+    assert ab.part_a_phase1(cfg)["image_size"] == 48
+    assert ab.part_a_phase1({**cfg, "ablation_image_size": 96})["image_size"] == 96
+    assert cfg["phase1"]["image_size"] == 48  # the profile's phase1 section is left as it was
+    # the default profile's rows: every part notebook 03 ablates sees more than one token
+    default = {**resolve("default", "distill", device="cpu"), "phase1": resolve("default", "phase1", device="cpu")}
+    assert default["ablation_image_size"] > default["phase1"]["image_size"]
+    for name, changes in ab.part_a_rows(default["phase1"]).items():
+        assert ab.single_token_parts(ab.part_a_grids(ab.part_a_phase1(default), changes)) == [], name
+
+
+def test_a_row_trains_and_evaluates_at_the_ablation_image_size(tmp_path):
+    from conftest import build_crossview_tree
+
+    ds = load_dataset("university1652", build_crossview_tree(tmp_path / "u", distractors=0))
+    cfg = {**_cfg(), "ablation_image_size": 64, "profile": "smoke"}
+    row = ab.run_phase1_row("A/full", {}, ds, cfg, tmp_path / "03", RowRunner(tmp_path / "rows"), "tiny-u1652")
+    assert row["config"]["image_size"] == 64
+    model, _ = load_trained_model(row["results"]["checkpoint"])
+    assert model.img_size == 64 and row["results"]["directions"]["street→drone"]["queries"] > 0

@@ -35,6 +35,68 @@ def part_a_rows(phase1: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             if name == "A/full" or any(phase1.get(k) != v for k, v in ch.items())}
 
 
+def part_a_phase1(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The Phase 1 settings every Part A row starts from: the profile's `phase1` section, at
+    `ablation_image_size` when the distill section sets one.
+
+    The parts ablated act on token grids: at 48 px Lite0's stride-32 stage is 2x2, so layer-to-layer
+    attention there mixes four tokens and attention pooling over it has little to choose from. A
+    larger side gives every part a grid to work on; the backbone is still notebook 02's (a CNN takes
+    any side), only the neck, pooling and head are trained at the new size.
+    """
+    p = dict(cfg["phase1"])
+    if cfg.get("ablation_image_size"):
+        p["image_size"] = int(cfg["ablation_image_size"])
+    return p
+
+
+def part_a_grids(phase1: Mapping[str, Any], changes: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The token grid each part of a Part A row sees at its input side: every backbone stage, each
+    layer-to-layer attention (queries and values on its stage's grid, keys from the stage before,
+    resampled to it), the fusion's output grid and the pooling's input.
+
+    Read from one forward pass of the row's own model (hooks on its modules, random weights), so it
+    is the grid the row uses, not one computed from strides. One dict per part: `part`, `grid`
+    (`"HxW"`), `tokens`, `channels`.
+    """
+    from ..training.crossview import phase1_model
+
+    p = {**phase1, **(changes or {})}
+    p["model_options"] = {**(p.get("model_options") or {}), "pretrained": False}  # shapes only: no weights read
+    size = int(p["image_size"])
+    model = phase1_model(p).eval()
+    branch = next(iter(model.branches.values()))  # every branch has the same backbone and input side
+    seen: list[dict[str, Any]] = []
+
+    def add(part: str, t: torch.Tensor) -> None:  # (B, H, W, C) maps, as the neck sees them
+        seen.append({"part": part, "grid": f"{t.shape[1]}x{t.shape[2]}", "tokens": int(t.shape[1] * t.shape[2]),
+                     "channels": int(t.shape[3])})
+
+    def on_stages(_m: Any, _inp: Any, out: Any) -> None:
+        for i, m in enumerate(out):
+            add(f"backbone stage {i + 1}", m if branch.nhwc else m.permute(0, 2, 3, 1))
+
+    hooks = [branch.backbone.register_forward_hook(on_stages)]
+    for i, attn in enumerate(branch.l2l or []):
+        hooks.append(attn.register_forward_pre_hook(
+            lambda _m, inp, i=i: add(f"L2L on stage {i + 2} (keys: stage {i + 1})", inp[0])))
+    if branch.fusion is not None:
+        hooks.append(branch.fusion.register_forward_hook(lambda _m, _inp, out: add("fusion output", out)))
+    hooks.append(branch.pool.register_forward_pre_hook(
+        lambda _m, inp: add(f"pooling ({p['pooling']})", inp[0])))
+    try:
+        with torch.no_grad():
+            branch(torch.zeros(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def single_token_parts(grids: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The parts of `part_a_grids` other than the backbone that see a single token (nothing to
+    attend over or pool): a row ablating such a part cannot show its effect."""
+    return [g["part"] for g in grids if g["tokens"] <= 1 and not g["part"].startswith("backbone")]
 
 
 def student_spec(entry: str) -> tuple[str, int | None]:
@@ -117,7 +179,7 @@ def run_phase1_row(name: str, changes: Mapping[str, Any], ds: Any, cfg: Mapping[
     from ..training.crossview import train_crossview
     from ..training.multiview import TrainConfig
 
-    p = {**cfg["phase1"], **changes}
+    p = {**part_a_phase1(cfg), **changes}
     row_cfg = {"row": name, **{k: p[k] for k in ("model", "image_size", "model_options", "l2l", "fusion",
                                                  "pooling", "loss")}, "epochs": cfg["epochs"],
                "batch_size": cfg["batch_size"], "lr": p["lr"], "minutes": cfg["minutes_per_row"],
