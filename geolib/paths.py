@@ -36,22 +36,26 @@ def profile_dir(profile: str, kind: str | None = None) -> Path:
     return path
 
 
-def phase1_checkpoint_dir(profile: str) -> Path:
+def _phase1_folder(seed: int | None) -> str:
+    return "phase1" if seed is None else f"phase1-seed{seed}"
+
+
+def phase1_checkpoint_dir(profile: str, seed: int | None = None) -> Path:
     """`outputs/<profile>/checkpoints/phase1`, created on demand: where notebook 02 (and
-    `python -m geolib train`) keep Phase 1."""
-    path = profile_dir(profile, "checkpoints") / "phase1"
+    `python -m geolib train`) keep Phase 1; `phase1-seed<N>` for notebook 02's extra seeds."""
+    path = profile_dir(profile, "checkpoints") / _phase1_folder(seed)
     path.mkdir(exist_ok=True)
     return path
 
 
-def phase1_checkpoint(profile: str) -> Path | None:
+def phase1_checkpoint(profile: str, seed: int | None = None) -> Path | None:
     """Notebook 02's Phase 1 checkpoint: `best`, else `last`, else None when 02 has not run.
 
     The one rule for every reader (notebooks 03-05, the explorer): a checkpoint counts only when both
     its tensors and its JSON exist, since the JSON is written last and a half-written pair must not
     be loaded.
     """
-    folder = outputs_root() / profile / "checkpoints" / "phase1"
+    folder = outputs_root() / profile / "checkpoints" / _phase1_folder(seed)
     for name in ("best", "last"):
         if (folder / f"{name}.json").is_file() and (folder / f"{name}.safetensors").is_file():
             return folder / name

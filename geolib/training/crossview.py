@@ -116,6 +116,20 @@ def phase1_distillation(cfg: dict[str, Any], ds: GeoDataset, model: nn.Module, c
     return module, status
 
 
+def train_phase1(cfg: Mapping[str, Any], ds: GeoDataset, net: nn.Module, out_dir: str | Path,
+                 cache: Any = None, progress: bool = True, log: Callable[[str], None] = print
+                 ) -> tuple["LoopResult", dict[str, str]]:
+    """Train `net` as a resolved `phase1` section says, with its teachers: notebook 02's run, and each
+    extra seed's. Returns the loop's result and the status of each teacher (used, or why not)."""
+    from ..paths import outputs_root
+
+    distill, status = phase1_distillation(dict(cfg), ds, net, outputs_root() / "cache" / "teachers", log=log)
+    result = train_crossview(net, ds, phase1_train_config(cfg), out_dir, **phase1_fit_options(cfg),
+                             extra_loss=distill, extra_modules=[distill] if distill else [], cache=cache,
+                             progress=progress)
+    return result, status
+
+
 # --------------------------------------------------------------------------- phase1 -> run objects
 
 def _phase1_value(cfg: Mapping[str, Any], name: str) -> Any:
