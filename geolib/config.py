@@ -300,6 +300,7 @@ class Phase2(Common):
     dc_N: int  # D&C cells per group side
     dc_heads: list[str]  # D&C classifier heads: "aamc" | "lmcc" | "ce"
     dc_train: str  # images D&C learns its cells on: "train" | "test-database"
+    dc_select: dict[str, list] | None = None  # {"dc_M": [...], "dc_heads": [...]} tried on the val split (LR@1), the best replaces dc_M / dc_heads; None: no selection
     dc_min_images_per_class: int | None = None  # D&C's min_images_per_class (None: min_images_per_class)
     dc_epochs: int | None = None  # D&C epochs (None: epochs)
     dc_iterations_per_epoch: int | None = None  # D&C iterations per epoch (None: iterations_per_epoch)

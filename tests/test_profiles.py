@@ -35,7 +35,7 @@ def test_every_profile_builds_every_section_and_the_classes_list_every_key():
             cfg = resolve(name, section, device="cpu")
             assert isinstance(cfg, SECTIONS[section]) and cfg.profile == name
             assert set(PROFILES[name][section]) <= set(section_keys(section))
-    assert section_keys("phase1")[:4] == ["seed", "device", "amp", "num_workers"]  # common's first
+    assert section_keys("phase1")[:5] == ["seed", "seeds", "device", "amp", "num_workers"]  # common's first
     assert "profile" not in section_keys("phase1") and "phase1" not in section_keys("distill")
 
 
@@ -157,7 +157,8 @@ def test_no_phase1_setting_is_silently_dropped(monkeypatch):
     from geolib.training.crossview import phase1_fit_options, phase1_model, phase1_train_config
 
     read_elsewhere = {"preset": "dataroots.u1652", "teachers": "crossview.phase1_distillation",
-                      "distill_loss": "crossview.phase1_distillation", "distill_weight": "crossview.phase1_distillation"}
+                      "distill_loss": "crossview.phase1_distillation", "distill_weight": "crossview.phase1_distillation",
+                      "seeds": "apps.seed_runs.phase1_seeds (the other seeds' runs)"}
     built: dict = {}
     monkeypatch.setattr(geolib.models, "create_model", lambda name, **kw: built.update(name=name, **kw))
 

@@ -164,3 +164,47 @@ def test_observations_from_records():
     assert "cosplace-mixvpr training loss change over the last epoch" not in found  # it rose
     assert not any(c.startswith("chance") for c in found) and all(f.target is None for f in found.values())
     assert V.observations(records, "other", ["day"]) == []
+
+
+def test_select_dc_chooses_cell_side_and_head_on_val_only(tmp_path, monkeypatch):
+    """Every (dc_M, head) of the grid trains on the val area's database and is scored on val queries;
+    the best val LR@1 wins; the test split is never read; no grid means no selection."""
+    from geolib.profiles import resolve
+    import geolib.training.dc as dc
+
+    root = tmp_path / "vpr"
+    (root / "val").mkdir(parents=True)
+    read: list[str] = []
+    db, qs = _items("gallery", [0, 50]), {"day": _items("query", [1]), "night": _items("query", [2])}
+
+    def split_sets(r, split, *a, **k):
+        read.append(split)
+        return db, qs
+
+    trained: list[tuple] = []
+
+    class _Training:
+        def __init__(self, cfg):
+            self.cfg = cfg
+            self.division = type("D", (), {"class_ids": [1, 2, 3]})()
+
+    def fake_train(items, cfg, out_dir, progress=True):
+        assert items is db  # test-database mode: the val area's database
+        trained.append((cfg.M, cfg.head))
+        return _Training(cfg)
+
+    score = {(15.0, "arcface"): 10.0, (15.0, "cosface"): 30.0, (30.0, "arcface"): 20.0, (30.0, "cosface"): 30.0}
+    monkeypatch.setattr(phase2, "split_sets", split_sets)
+    monkeypatch.setattr(dc, "load_or_train_dc", fake_train)
+    monkeypatch.setattr(phase2, "localize_conditions", lambda t, q, size, device: {
+        c: (_Res({"LR@1": score[(float(t.cfg.M), t.cfg.head)], "LR@5": 50.0}), 1.0) for c in q})
+    cfg = resolve("smoke", "phase2", device="cpu")
+    cfg["dc_select"] = {"dc_M": [15, 30], "dc_heads": ["aamc", "lmcc"]}
+    chosen, table = V.select_dc(cfg, root, None, tmp_path / "saved", _recorder("04_select"))
+    assert read == ["val"] and len(trained) == 4
+    assert chosen == {"dc_M": 15, "dc_heads": ["lmcc"]}  # the first of the tied best
+    assert table.chosen.sum() == 1 and list(table.columns[:3]) == ["dc_M", "head", "cells"]
+    recs = [r for r in read_records("smoke", "04_select") if r["model"].startswith("dc-")]
+    assert {r["split"] for r in recs} == {"val"} and {r["query_view"] for r in recs} == {"query-day"}
+    cfg["dc_select"] = None
+    assert V.select_dc(cfg, root, None, tmp_path / "saved", _recorder("04_select"))[0] == {}

@@ -243,6 +243,41 @@ def dc_configs(cfg: Mapping[str, Any], device: str = "cpu") -> dict[str, Any]:
         **(cfg.get("dc_options") or {})) for head in cfg["dc_heads"]}
 
 
+def select_dc(cfg: Mapping[str, Any], root: str | Path, train_items: Sequence[ImageItem] | None, saved: str | Path,
+              recorder: Recorder, device: str = "cpu", split: str = "val") -> tuple[dict[str, Any], Any]:
+    """D&C's cell size and head, chosen on `split` (validation), never on test: each (`dc_M`, head) of
+    `cfg["dc_select"]` trains with the main run's budget, on what the main run trains on (the validation
+    area's database when `dc_train` is "test-database", else `train_items`), and is scored by LR@1 on
+    `split`'s queries of its first condition. Returns the winning settings ({} when there is no grid or
+    no such split) and the table; each candidate is a record with `split` = `split`."""
+    import pandas as pd
+    from ..training.dc import load_or_train_dc
+
+    grid = cfg.get("dc_select") or {}
+    if not grid or "dc" not in cfg["methods"] or not (Path(root) / split).is_dir():
+        return {}, pd.DataFrame()
+    database, queries = phase2.split_sets(root, split)
+    first = next(iter(queries))
+    items = database if cfg["dc_train"] == "test-database" else train_items
+    if not items:
+        return {}, pd.DataFrame()
+    rows = []
+    for m in grid.get("dc_M") or [cfg["dc_M"]]:
+        for head in grid.get("dc_heads") or cfg["dc_heads"]:
+            dc_cfg = dc_configs({**cfg, "dc_M": m, "dc_heads": [head]}, device)[f"dc-{head}"]
+            training = load_or_train_dc(items, dc_cfg, Path(saved) / "dc-select" / f"M{m}-{head}", progress=False)
+            results = phase2.localize_conditions(training, {first: queries[first]}, cfg["image_size"], device)
+            recorder.localization(f"dc-{head}", results, {}, {**dc_cfg.to_dict(), "selection": True, **recorder.notes},
+                                  split=split)
+            res = results[first][0]
+            rows.append({"dc_M": m, "head": head, "cells": len(training.division.class_ids),
+                         **{k: res.metrics.get(k) for k in ("LR@1", "LR@5")}})
+    table = pd.DataFrame(rows)
+    best = table.sort_values("LR@1", ascending=False, kind="stable").iloc[0]
+    table["chosen"] = (table.dc_M == best.dc_M) & (table["head"] == best["head"])
+    return {"dc_M": int(best.dc_M), "dc_heads": [str(best["head"])]}, table
+
+
 def run_dc(cfg: Mapping[str, Any], items: Sequence[ImageItem] | None, queries: Mapping[str, Sequence[ImageItem]],
            saved: str | Path, recorder: Recorder, needs: Any, device: str = "cpu"
            ) -> tuple[dict[str, Any], dict[str, dict[str, tuple[Any, float]]]]:
@@ -264,6 +299,7 @@ def run_dc(cfg: Mapping[str, Any], items: Sequence[ImageItem] | None, queries: M
         results = phase2.localize_conditions(training, queries, cfg["image_size"], device)
         memory_mb = next(iter(results.values()))[0].classifier_bytes / 2**20
         config = {**dc_cfg.to_dict(), "trained_on": cfg["dc_train"], "classes": len(training.division.class_ids),
+                  "train_images": len(items) if items else None,
                   "groups_used": training.config.get("groups_used"), **recorder.notes,
                   "loss_by_epoch": [round(h["loss"], 3) for h in training.result.history]}
         recorder.localization(name, results, {"train_s": train_s, "memory_mb": memory_mb}, config)
