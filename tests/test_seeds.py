@@ -96,3 +96,28 @@ def test_phase1_finding_uses_the_mean_over_seeds():
     assert one.value == 40.0  # the last record
     mean = findings.phase1(recs, "w", seeds=[0, 1, 2])[0]
     assert mean.value == pytest.approx(50.0) and "mean of 3 seeds" in mean.note and mean.holds is False
+
+
+def test_distill_claims_read_parts_students_and_safa_from_their_records():
+    recs = []
+    for s in (0, 1, 2):
+        recs += [rec("phase1-full", s, 40.0 + s), rec("phase1-no-l2l", s, 30.0 + s), rec("phase1-no-fusion", s, 41.0 + s),
+                 rec("phase1-attention-pool", s, 20.0 + s),
+                 rec("teacher", s, 44.0, task="distillation", metrics_extra=None),
+                 rec("safa-safa-polar", s, 21.0 + s, q="panorama", g="satellite", dataset="pairs"),
+                 rec("safa-safa-raw", s, 5.0, q="panorama", g="satellite", dataset="pairs")]
+        stu = rec("student-lite-mp", s, 42.0 + s / 2, task="distillation")
+        stu["metrics"].update(params=1.0, gflops=0.05)
+        recs.append(stu)
+    for r in recs:
+        r.pop("metrics_extra", None)
+        if r["model"] == "teacher":
+            r["metrics"].update(params=4.0, gflops=1.0)
+    claims = {c.claim.split(" (")[0]: c for c in findings.distill_claims(recs, "w", "pairs", [0, 1, 2])}
+    assert claims["Layer-to-layer attention helps"].verdict == "holds"
+    assert claims["Multi-scale fusion helps"].verdict == "no measurable effect"
+    assert claims["Attention pooling is at least as good as GeM"].verdict == "does not hold"
+    distil = next(c for k, c in claims.items() if k.startswith("A Distill4Geo student"))
+    assert distil.verdict == "holds" and "1.5 points lost at 4.0× / 20.0×" in distil.ours
+    assert claims["SAFA with the polar transform matches panoramas to satellite tiles"].verdict == "holds"
+    assert "4.4× raw" in claims["The polar transform raises SAFA's R@1"].ours

@@ -351,6 +351,61 @@ def distillation(records: Sequence[Mapping[str, Any]], dataset: str, direction: 
     return out
 
 
+def distill_claims(records: Sequence[Mapping[str, Any]], dataset: str, pairs_dataset: str | None,
+                   seeds: Sequence[int], direction: tuple[str, str] = ("street", "drone")) -> list[Claim]:
+    """Notebook 03's paper claims, each on the means over `seeds`: each Phase 1 part against the row
+    without it, attention pooling against GeM, Distill4Geo's student within 3 points of its teacher at
+    ≥ 3× fewer parameters and ≥ 10× fewer GFLOPs, SAFA's polar transform (R@1 and its gain over raw)."""
+    from ..evaluation.seeds import mean_std, threshold_verdict
+
+    q, g = direction
+    a = {"task": "crossview", "dataset": dataset, "query_view": q, "gallery_view": g}
+    models = {r.get("model") for r in select(records, **a)}
+    out = []
+    for part, row, paper in (("Layer-to-layer attention", "phase1-no-l2l", "L2LTR: R@1 94.05 on CVUSA with it"),
+                             ("Multi-scale fusion", "phase1-no-fusion", "the seed project's design; no ablation figure")):
+        if row in models:
+            out.append(effect_claim(f"{part} helps ({q}→{g})", paper, records, "R@1", seeds,
+                                    {"model": "phase1-full", **a}, {"model": row, **a}))
+    if "phase1-attention-pool" in models:
+        out.append(effect_claim(f"Attention pooling is at least as good as GeM ({q}→{g})", "the seed project's choice",
+                                records, "R@1", seeds, {"model": "phase1-attention-pool", **a}, {"model": "phase1-full", **a}))
+    elif "phase1-gem-pool" in models:
+        out.append(effect_claim(f"Attention pooling is at least as good as GeM ({q}→{g})", "the seed project's choice",
+                                records, "R@1", seeds, {"model": "phase1-full", **a}, {"model": "phase1-gem-pool", **a}))
+    b = {"task": "distillation", "dataset": dataset, "query_view": q, "gallery_view": g}
+    students = sorted({str(r["model"]) for r in select(records, **b) if str(r.get("model", "")).startswith("student-")})
+    t_m, t_s, t_n = seed_mean(records, "R@1", seeds, model="teacher", **b)
+    best = max(students, key=lambda m: seed_mean(records, "R@1", seeds, model=m, **b)[0], default=None)
+    if best and t_n:
+        s_m, s_s, s_n = seed_mean(records, "R@1", seeds, model=best, **b)
+        tea, stu = latest(records, model="teacher", **b), latest(records, model=best, **b)
+        params = _ratio(float(tea["metrics"].get("params", math.nan)), float(stu["metrics"].get("params", math.nan)))
+        gflops = _ratio(float(tea["metrics"].get("gflops", math.nan)), float(stu["metrics"].get("gflops", math.nan)))
+        drop = t_m - s_m
+        cheap = params >= TARGETS["distillation"]["params_ratio"] and gflops >= TARGETS["distillation"]["gflops_ratio"]
+        verdict = threshold_verdict(drop, s_s, s_n, TARGETS["distillation"]["max_drop"], "<=")
+        if not cheap:
+            verdict = "does not hold" + (" (one seed)" if s_n < 2 else "")
+        out.append(Claim("A Distill4Geo student keeps the teacher's R@1 (≤ 3 points lost) at ≥ 3× fewer parameters "
+                         "and ≥ 10× fewer GFLOPs", "0.76 points lost at 3× / 13.5× (CVUSA)",
+                         f"{best}: {mean_std(s_m, s_s, s_n, unit='%')} vs teacher {mean_std(t_m, t_s, t_n, unit='%')}, "
+                         f"{drop:.1f} points lost at {params:.1f}× / {gflops:.1f}×", verdict))
+    if pairs_dataset:
+        c = {"task": "crossview", "dataset": pairs_dataset, "query_view": "panorama"}
+        polar = {"model": "safa-safa-polar", **c}  # row C/safa-polar
+        if latest(records, **polar) is not None:
+            out.append(threshold_claim("SAFA with the polar transform matches panoramas to satellite tiles",
+                                       "R@1 89.84 (CVUSA)", records, "R@1", seeds, polar, 20.0))
+            if latest(records, model="safa-safa-raw", **c) is not None:
+                claim = effect_claim("The polar transform raises SAFA's R@1", "it doubled recall (SAFA, NeurIPS 2019)",
+                                     records, "R@1", seeds, polar, {"model": "safa-safa-raw", **c})
+                p_m = seed_mean(records, "R@1", seeds, **polar)[0]
+                r_m = seed_mean(records, "R@1", seeds, model="safa-safa-raw", **c)[0]
+                out.append(Claim(claim.claim, claim.paper, f"{claim.ours}; {_ratio(p_m, r_m):.1f}× raw", claim.verdict))
+    return out
+
+
 def perturbation(records: Sequence[Mapping[str, Any]], dataset: str, direction: tuple[str, str] = ("street", "drone"),
                  part: str = "B", rows: Iterable[str] | None = None) -> list[Finding]:
     """Notebook 03: what marginal perturbation changes, per student backbone (`<part>/student-X-mp`

@@ -88,3 +88,46 @@ def vpr_seed_table(records: Sequence[Mapping[str, Any]], dataset: str, seeds: Se
             if str(r.get("model", "")).startswith(("cosplace", "dc-")) and not str(r["model"]).endswith("untrained")]
     long = records_long(recs, ("R@1", "LR@1"), fields=("model", "query_view"), seeds=list(seeds))
     return seed_table(long, "model", "query_view", base=base)
+
+
+def distill_seeds(cfg: Any, uni: Any, cvusa: Any, out: Any, rows_folder: Any, dataset: str, pairs_dataset: str | None,
+                  trained_backbone: Any, run_c: bool = True) -> list[int]:
+    """Notebook 03's headline rows for each extra seed: every selected Part A row, Part B (the teacher
+    and the selected students) and the selected Part C rows, each seed in its own row folder and
+    checkpoint folder (`seed-<N>/`), recorded with its seed."""
+    from ..training.distill4geo import RowRunner
+    from . import ablation as ab, safa_rows
+
+    done = []
+    for seed in extra_seeds(cfg):
+        c = with_seed(cfg, seed)
+        c["phase1"] = with_seed(cfg["phase1"], seed)
+        runner = RowRunner(Path(rows_folder) / f"seed-{seed}")
+        o = Path(out) / f"seed-{seed}"
+        print(f"seed {seed}")
+        a_rows = ab.part_a_rows(c["phase1"])
+        part_a = {name: ab.run_phase1_row(name, a_rows[name], uni, c, o, runner, dataset, backbone_from=trained_backbone)
+                  for name in ab.selected(a_rows, c["rows"])}
+        ab.run_part_b(uni, c, o, runner, dataset, trained_backbone, part_a)
+        if run_c and cvusa is not None:
+            c_rows = safa_rows.part_c_rows(c["safa_head_rows"])
+            for name in ab.selected(c_rows, c["rows"]):
+                safa_rows.run_safa_row(name, c_rows[name], cvusa, c, o, runner, pairs_dataset)
+        done.append(seed)
+    return done
+
+
+def distill_seed_tables(records: Sequence[Mapping[str, Any]], dataset: str, pairs_dataset: str | None,
+                        seeds: Sequence[int], metric: str = "R@1") -> dict[str, Any]:
+    """Notebook 03's headline tables over `seeds`: Part A (Δ to `phase1-full`), the teacher against
+    each student (Δ to the teacher), SAFA's rows (Δ to polar)."""
+    def table(task: str, data: str | None, prefix: tuple[str, ...], base: str, queries: tuple[str, ...]) -> Any:
+        recs = [r for r in select(records, task=task, dataset=data, query_view=queries)
+                if str(r.get("model", "")).startswith(prefix)]
+        long = records_long(recs, metric, fields=("model", "direction"), seeds=list(seeds))
+        return seed_table(long, "model", "direction", base=base)
+
+    university = ("street", "drone")  # parts A and B: street→drone, drone→satellite
+    return {"A": table("crossview", dataset, ("phase1-",), "phase1-full", university),
+            "B": table("distillation", dataset, ("teacher", "student-"), "teacher", university),
+            "C": table("crossview", pairs_dataset, ("safa-",), "safa-safa-polar", ("panorama",)) if pairs_dataset else None}
