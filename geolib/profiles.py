@@ -100,9 +100,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "mixvpr": {"out_channels": 64, "out_rows": 4, "mix_depth": 2},
                    "M": 25, "alpha": 360, "N": 1, "L": 1, "groups_num": 1, "min_images_per_class": 3,
                    # D&C gets CosPlace-MixVPR's budget (4 groups x 750 = 3000 iterations, same backbone,
-                   # size and aggregation); cell side and head are chosen on the val split.
+                   # size and aggregation); cell side and head are chosen on the val split, each candidate
+                   # a quarter-budget proxy run.
                    "dc_M": 20, "dc_N": 2, "dc_heads": ["aamc"], "dc_train": "test-database",
-                   "dc_select": {"dc_M": [15, 20, 30], "dc_heads": ["aamc", "lmcc"]},
+                   "dc_select": {"dc_M": [15, 25], "dc_heads": ["aamc", "lmcc"], "dc_iterations_per_epoch": [250]},
                    "dc_min_images_per_class": 2, "dc_epochs": 4, "dc_iterations_per_epoch": 750,
                    "dc_options": {"aggregation": "mixvpr", "out_channels": 64, "out_rows": 4, "mix_depth": 2},
                    "epochs": 1, "iterations_per_epoch": 3000, "batch_size": 32, "backbone_lr": 1e-3,

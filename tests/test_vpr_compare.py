@@ -203,8 +203,12 @@ def test_select_dc_chooses_cell_side_and_head_on_val_only(tmp_path, monkeypatch)
     chosen, table = V.select_dc(cfg, root, None, tmp_path / "saved", _recorder("04_select"))
     assert read == ["val"] and len(trained) == 4
     assert chosen == {"dc_M": 15, "dc_heads": ["lmcc"]}  # the first of the tied best
-    assert table.chosen.sum() == 1 and list(table.columns[:3]) == ["dc_M", "head", "cells"]
+    assert table.chosen.sum() == 1 and list(table.columns[:3]) == ["dc_M", "dc_heads", "cells"]
     recs = [r for r in read_records("smoke", "04_select") if r["model"].startswith("dc-")]
     assert {r["split"] for r in recs} == {"val"} and {r["query_view"] for r in recs} == {"query-day"}
+    trained.clear()
+    cfg["dc_select"] = {"dc_M": [30], "dc_iterations_per_epoch": [3]}  # a proxy budget; the heads: the profile's
+    chosen, table = V.select_dc(cfg, root, None, tmp_path / "saved", _recorder("04_select"))
+    assert chosen == {"dc_M": 30, "dc_heads": ["aamc"]} and trained == [(30, "arcface")]
     cfg["dc_select"] = None
     assert V.select_dc(cfg, root, None, tmp_path / "saved", _recorder("04_select"))[0] == {}

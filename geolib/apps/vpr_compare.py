@@ -245,15 +245,21 @@ def dc_configs(cfg: Mapping[str, Any], device: str = "cpu") -> dict[str, Any]:
 
 def select_dc(cfg: Mapping[str, Any], root: str | Path, train_items: Sequence[ImageItem] | None, saved: str | Path,
               recorder: Recorder, device: str = "cpu", split: str = "val") -> tuple[dict[str, Any], Any]:
-    """D&C's cell size and head, chosen on `split` (validation), never on test: each (`dc_M`, head) of
-    `cfg["dc_select"]` trains with the main run's budget, on what the main run trains on (the validation
-    area's database when `dc_train` is "test-database", else `train_items`), and is scored by LR@1 on
-    `split`'s queries of its first condition. Returns the winning settings ({} when there is no grid or
-    no such split) and the table; each candidate is a record with `split` = `split`."""
+    """D&C's cell side and head, chosen on `split` (validation), never on test.
+
+    `cfg["dc_select"]` maps settings to the values tried: `dc_M` and `dc_heads` (one head per
+    candidate) are chosen; any other `dc_*` key (e.g. `dc_iterations_per_epoch`) only shapes the
+    candidates, a shorter proxy run. Each candidate of the product trains on what the main run trains
+    on (the validation area's database when `dc_train` is "test-database", else `train_items`) and is
+    scored by LR@1 on `split`'s queries of its first condition; each is a record with `split` = `split`.
+    Returns the winning `dc_M` / `dc_heads` ({} without a grid or such a split) and the table.
+    """
+    import itertools
+
     import pandas as pd
     from ..training.dc import load_or_train_dc
 
-    grid = cfg.get("dc_select") or {}
+    grid = dict(cfg.get("dc_select") or {})
     if not grid or "dc" not in cfg["methods"] or not (Path(root) / split).is_dir():
         return {}, pd.DataFrame()
     database, queries = phase2.split_sets(root, split)
@@ -261,21 +267,26 @@ def select_dc(cfg: Mapping[str, Any], root: str | Path, train_items: Sequence[Im
     items = database if cfg["dc_train"] == "test-database" else train_items
     if not items:
         return {}, pd.DataFrame()
+    grid.setdefault("dc_M", [cfg["dc_M"]])
+    grid.setdefault("dc_heads", list(cfg["dc_heads"]))
     rows = []
-    for m in grid.get("dc_M") or [cfg["dc_M"]]:
-        for head in grid.get("dc_heads") or cfg["dc_heads"]:
-            dc_cfg = dc_configs({**cfg, "dc_M": m, "dc_heads": [head]}, device)[f"dc-{head}"]
-            training = load_or_train_dc(items, dc_cfg, Path(saved) / "dc-select" / f"M{m}-{head}", progress=False)
-            results = phase2.localize_conditions(training, {first: queries[first]}, cfg["image_size"], device)
-            recorder.localization(f"dc-{head}", results, {}, {**dc_cfg.to_dict(), "selection": True, **recorder.notes},
-                                  split=split)
-            res = results[first][0]
-            rows.append({"dc_M": m, "head": head, "cells": len(training.division.class_ids),
-                         **{k: res.metrics.get(k) for k in ("LR@1", "LR@5")}})
+    for values in itertools.product(*grid.values()):
+        cand = dict(zip(grid, values))
+        head = cand["dc_heads"]
+        dc_cfg = dc_configs({**cfg, **cand, "dc_heads": [head]}, device)[f"dc-{head}"]
+        folder = Path(saved) / "dc-select" / "-".join(f"{k.removeprefix('dc_')}{v}" for k, v in cand.items())
+        training = load_or_train_dc(items, dc_cfg, folder, progress=False)
+        results = phase2.localize_conditions(training, {first: queries[first]}, cfg["image_size"], device)
+        recorder.localization(f"dc-{head}", results, {}, {**dc_cfg.to_dict(), "selection": True, **recorder.notes},
+                              split=split)
+        res = results[first][0]
+        rows.append({**cand, "cells": len(training.division.class_ids),
+                     **{k: res.metrics.get(k) for k in ("LR@1", "LR@5")}})
     table = pd.DataFrame(rows)
-    best = table.sort_values("LR@1", ascending=False, kind="stable").iloc[0]
-    table["chosen"] = (table.dc_M == best.dc_M) & (table["head"] == best["head"])
-    return {"dc_M": int(best.dc_M), "dc_heads": [str(best["head"])]}, table
+    best = int(table["LR@1"].astype(float).to_numpy().argmax())  # the first of the best, in grid order
+    table["chosen"] = [i == best for i in range(len(table))]
+    m = table.dc_M.iloc[best]
+    return {"dc_M": m.item() if hasattr(m, "item") else m, "dc_heads": [str(table.dc_heads.iloc[best])]}, table
 
 
 def run_dc(cfg: Mapping[str, Any], items: Sequence[ImageItem] | None, queries: Mapping[str, Sequence[ImageItem]],
