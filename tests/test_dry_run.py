@@ -141,7 +141,8 @@ def test_distill4geo_and_safa_dry_run_on_cvact_and_vigor_releases(release, fmt, 
 @pytest.mark.timeout(600)
 def test_release_like_trees_built_without_the_world(tmp_path):
     """Tiny trees with only the releases' folder names and no side files: every notebook either
-    completes or stops in its first cells naming the need and the fix."""
+    completes or stops in its first cells naming the need and the fix; with two seeds, as a
+    `-p seeds` run."""
     from release_trees import make_all
 
     trees = make_all(tmp_path / "data")
@@ -150,9 +151,13 @@ def test_release_like_trees_built_without_the_world(tmp_path):
               "-p", "u1652_root", str(trees["university1652"]),
               "-p", "vpr_root", str(trees["sf-xs"]),
               "-p", "vpr_test_roots", json.dumps({"tokyo-xs": str(trees["tokyo-xs"]), "sf-xl": str(trees["sf-xl"])}),
-              "-p", "pairs_root", str(trees["cvusa"]), "-p", "pairs_format", "cvusa")
+              "-p", "pairs_root", str(trees["cvusa"]), "-p", "pairs_format", "cvusa", "-p", "seeds", "[0, 1]")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     p2 = records(out, "smoke", "04_phase2_classifier")
+    # -p seeds: each notebook's headline comparison ran again with seed 1, recorded with its seed
+    seeded = {(r["model"], r["seed"]) for nb in ("02_phase1_crossview", "03_distillation_ablation", "04_phase2_classifier")
+              for r in records(out, "smoke", nb)}
+    assert {("phase1", 0), ("phase1", 1), ("phase1-full", 1), ("teacher", 1), ("cosplace", 1)} <= seeded
     assert {r["dataset"] for r in p2 if r["model"] == "cosplace"} >= {"sf-xs", "tokyo-xs", "sf-xl"}
     # no regions side file: the hierarchical classifier was skipped, with the fix in the notebook
     assert not [r for r in p2 if r["task"] == "classification"]
