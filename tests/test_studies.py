@@ -12,8 +12,9 @@ from geolib.data.datasets import utm_of
 from geolib.profiles import resolve
 from geolib.records import read_records
 from geolib.training import cosplace
-from geolib.training.adaptation import Alignment, adapt_bn, coral_loss, reverse_gradient
-from geolib.training.augment import AUGMENTATIONS, StudyAugment, extra_transform, make_augment
+from geolib.training.adaptation import Alignment, adapt_bn, apply_lut, coral_loss, histogram_match, reverse_gradient
+from geolib.training.augment import (AUGMENTATIONS, StudyAugment, extra_transform, input_normalization, make_augment,
+                                    split_name, stretch)
 from geolib.training.cosplace import CosPlaceConfig, PlaceNet, backbone_input_size
 from geolib.training.groups import Augment, training_settings
 from phase2_toy import build_toy_vpr
@@ -61,6 +62,45 @@ def test_night_augmentation_darkens_and_adds_noise():
     img = torch.full((3, 16, 16), 0.6)
     out = night(img)
     assert out.mean() < 0.35 and out.std() > 0.0 and out.min() >= 0 and out.max() <= 1
+
+
+def test_input_normalization_is_deterministic_and_applied_last_in_training():
+    assert input_normalization("night") is None and split_name("weather+stretch") == ("weather", "stretch")
+    with pytest.raises(ValueError, match="stretch, autocontrast, equalize"):
+        split_name("base+gray")
+    with pytest.raises(ValueError, match="perspective, erasing"):
+        split_name("snow+stretch")
+    # a night-like image: dark walls (0.02-0.10) and a few bright windows (1 %)
+    g = torch.Generator().manual_seed(0)
+    img = 0.02 + 0.08 * torch.rand(2, 3, 20, 20, generator=g)
+    img[:, :, 0, :4] = 1.0
+    out = stretch(img)
+    assert out.median() > 0.4 and out.min() == 0 and out.max() == 1  # the walls, not the windows, set the range
+    torch.testing.assert_close(stretch(0.5 * img), out)  # a darker exposure of the same scene: the same image
+    for name in ("stretch", "autocontrast", "equalize"):
+        fn = input_normalization(f"base+{name}")
+        y = fn(img)
+        assert torch.equal(y, fn(img)) and y.amin(dim=(2, 3)).max() < 0.01 and y.amax(dim=(2, 3)).min() > 0.99, name
+    # min-max autocontrast lets the windows set the range and leaves the walls dark; equalising does not
+    assert input_normalization("base+autocontrast")(img).median() < 0.1 < input_normalization("base+equalize")(img).median()
+    aug = make_augment(CosPlaceConfig(**TOY), "base+stretch")
+    torch.manual_seed(1)
+    x = aug.unnormalized(torch.randint(0, 40, (3, 3, 40, 40), dtype=torch.uint8))
+    assert torch.allclose(x.flatten(2).quantile(0.99, dim=2), torch.ones(3, 3), atol=0.02)
+
+
+def test_histogram_matching_maps_the_target_onto_the_reference():
+    g = torch.Generator().manual_seed(0)
+    day = torch.rand(6, 3, 16, 16, generator=g) * torch.tensor([0.9, 0.8, 0.7]).view(1, 3, 1, 1)
+    night = 0.3 * day ** 1.2 + 0.02
+    lut = histogram_match(night, day)
+    assert lut.shape == (3, 256) and bool((lut.diff(dim=1) >= 0).all())  # monotone per channel
+    matched = apply_lut(night, lut)
+    for c in range(3):  # quantiles of the matched night images are the day ones' (to a few 8-bit levels)
+        q = torch.tensor([0.1, 0.5, 0.9])
+        torch.testing.assert_close(matched[:, c].flatten().quantile(q), day[:, c].flatten().quantile(q),
+                                   atol=0.03, rtol=0)
+        assert (night[:, c].flatten().quantile(q) - day[:, c].flatten().quantile(q)).abs().max() > 0.2
 
 
 # --------------------------------------------------------------------------- adaptation
@@ -259,6 +299,25 @@ def test_frozen_map_evaluation_equals_embedding_the_whole_network(toy_root, tmp_
     direct = geoclass.retrieve_conditions(training.model, data.eval_sets[0].database, data.eval_sets[0].queries, 32)
     for cond, (res, _) in direct.items():
         assert cached[("toy", "val", cond)].metrics == res.metrics
+    # an input normalisation goes through the cached maps exactly as through the whole network
+    stretched = runner.evaluate(training.model, sets=data.eval_sets[:1], augment="base+stretch")
+    net = S._Pre(training.model, runner._input("stretch", None, 32))
+    direct = geoclass.retrieve_conditions(net, data.eval_sets[0].database, data.eval_sets[0].queries, 32)
+    for cond, (res, _) in direct.items():
+        assert stretched[("toy", "val", cond)].metrics == res.metrics
+
+
+def test_histogram_matching_variant_reads_target_pixels_and_leaves_day_queries_alone(toy_root, tmp_path):
+    data = _toy_data(toy_root)
+    runner = S.StudyRunner(_cfg(), data, tmp_path / "saved", "smoke", source="06_histmatch")
+    base = runner.run_one("adaptation", S.BASE, 0)
+    matched = runner.run_one("adaptation", S.Variant("histmatch", histmatch=True), 0)
+    assert matched.how == "loaded" and matched.run_hash != base.run_hash
+    assert matched.metrics[("toy", "val", "day")] == base.metrics[("toy", "val", "day")]
+    lut = runner._match_lut(None, "night", 32)
+    assert lut.shape == (3, 256) and not torch.allclose(lut, torch.linspace(0, 1, 256).expand(3, 256))
+    records = [r for r in read_records("smoke", "06_histmatch") if r["model"] == "adaptation/histmatch"]
+    assert records and all(r["config"]["histmatch"] and r["config"]["target"] for r in records)
 
 
 def test_run_study_summarises_this_sessions_runs_and_skips_with_a_reason(toy_root, tmp_path):

@@ -14,7 +14,8 @@ is reused, then evaluates it, unchanged, on:
 Every (variant, seed, evaluation set, condition) is one `vpr-25m` metrics record: `model`
 `<study>/<variant>` (`<study>/base` for the base), `split` and `dataset` the set, `query_view`
 `query-<condition>`. A record carries `config.run_hash`, the hash of everything that decides it
-(the model's settings as saved beside its weights, AdaBN, the evaluation sets' files); a rerun
+(the model's settings as saved beside its weights, AdaBN and histogram matching, the evaluation sets'
+files); a rerun
 skips a variant whose records of that hash are all there, and retrains one whose settings changed.
 
 Cheap by construction where the study allows: with a frozen backbone (the default profile), the
@@ -50,7 +51,8 @@ QUESTIONS = {
     "backbone": "How much does the backbone matter: ResNet-18, EfficientNet-Lite0 (ImageNet), a transformer?",
     "aggregation": "GeM, MixVPR, attention pooling or NetVLAD on the same backbone maps?",
     "vicreg": "Does VICReg on two augmented views of each image help, at which weight and with which pair?",
-    "adaptation": "Can the unlabelled night and fog queries adapt the model to their domain (AdaBN, CORAL, DANN)?",
+    "adaptation": "Can the unlabelled night and fog queries adapt the model to their domain (AdaBN, CORAL, DANN, "
+                  "histogram matching)?",
     "optimizer": "Adam, AdamW, SGD with momentum, ASGD; learning rate × weight decay; schedules.",
 }
 STUDIES_VERSION = 1  # raise when an evaluation changes, so older records are not reused
@@ -59,13 +61,15 @@ HELDOUT = "test-heldout"
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One thing changed from the base: CosPlace settings (`changes`), or AdaBN at evaluation time.
+    """One thing changed from the base: CosPlace settings (`changes`), or an adaptation at evaluation
+    time: AdaBN (`adabn`), histogram matching of the target queries to the day images (`histmatch`).
     `needs` says why it cannot run here (it is listed and skipped, never silently dropped)."""
 
     name: str
     changes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     adabn: bool = False
     needs: str | None = None
+    histmatch: bool = False
 
 
 BASE = Variant("base")
@@ -79,7 +83,11 @@ def variants(study: str, cfg: Mapping[str, Any]) -> list[Variant]:
 
     base = dict(cfg["base"])
     if study == "augmentation":
-        return [Variant(a, {"augment": a}) for a in AUGMENTATIONS if a != "base"]
+        # one input normalisation (a preprocessing change, train and test) and the weather augmentation
+        # on top of it; the others of NORMALIZATIONS did no better on val night (docs/studies.md)
+        return ([Variant(a, {"augment": a}) for a in AUGMENTATIONS if a != "base"]
+                + [Variant("input-stretch", {"augment": "base+stretch"}),
+                   Variant("weather+input-stretch", {"augment": "weather+stretch"})])
     if study == "backbone":
         tune = {"freeze_backbone": False, "augment_copies": 0, **dict(cfg.get("finetune") or {})}
         names = ["resnet18", "efficientnet-lite0", cfg["transformer"]]
@@ -107,7 +115,9 @@ def variants(study: str, cfg: Mapping[str, Any]) -> list[Variant]:
         w = cfg["align_weight"]
         return [Variant("adabn", adabn=True), Variant("coral", {"align": "coral", "align_weight": w}),
                 Variant("dann", {"align": "dann", "align_weight": w}),
-                Variant("adabn+weather-aug", {"augment": "weather"}, adabn=True)]
+                Variant("adabn+weather-aug", {"augment": "weather"}, adabn=True),
+                Variant("histmatch", histmatch=True),
+                Variant("histmatch+input-stretch", {"augment": "base+stretch"}, histmatch=True)]
     if study == "optimizer":
         lr = base.get("backbone_lr", 1e-5)
         out = [Variant(f"adamw-lr{g:g}-wd{wd:g}", {"optimizer": "adamw", "backbone_lr": g, "weight_decay": wd})
@@ -246,13 +256,38 @@ class _MapNet(nn.Module):
     """A backbone's last map, channels-last and flattened, as an embedding network: the one
     embedding path (`geolib.evaluation.embedding.embed`) then embeds it with CosPlace's preprocessing."""
 
-    def __init__(self, backbone: nn.Module, nhwc: bool) -> None:
+    def __init__(self, backbone: nn.Module, nhwc: bool, pre: Any = None) -> None:
         super().__init__()
-        self.backbone, self.nhwc = backbone, nhwc
+        self.backbone, self.nhwc, self.pre = backbone, nhwc, pre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.backbone(x)[-1]
+        maps = self.backbone(x if self.pre is None else self.pre(x))[-1]
         return (maps if self.nhwc else maps.permute(0, 2, 3, 1)).flatten(1)
+
+
+class _Pre(nn.Module):
+    """`net` after an input transform `pre` of the ImageNet-normalised batch (None: `net` itself)."""
+
+    def __init__(self, net: nn.Module, pre: Any = None) -> None:
+        super().__init__()
+        self.net, self.pre = net, pre
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x if self.pre is None else self.pre(x))
+
+
+def _unnormalize(x: torch.Tensor) -> torch.Tensor:
+    from ..data.images import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return (x * std + mean).clamp(0, 1)
+
+
+def _renormalize(x: torch.Tensor) -> torch.Tensor:
+    from ..data.images import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return (x - mean) / std
 
 
 class StudyRunner:
@@ -296,11 +331,14 @@ class StudyRunner:
 
         target = self.data.target_items() if cp_cfg.align != "none" else None
         settings = group_settings(self.data.train_items, cp_cfg, target)
+        adapts = variant.adabn or variant.histmatch
         decided = {"settings": settings, "adabn": variant.adabn, "version": STUDIES_VERSION,
-                   "adapt": data_fingerprint([it.path for it in self.data.target_items()]) if variant.adabn else None,
+                   "adapt": data_fingerprint([it.path for it in self.data.target_items()]) if adapts else None,
                    "sets": [[s.dataset, s.split, data_fingerprint([it.path for it in s.database]),
                              {c: data_fingerprint([it.path for it in q]) for c, q in s.queries.items()}]
                             for s in self.data.eval_sets]}
+        if variant.histmatch:  # only where it applies: the other runs keep their hash
+            decided["histmatch"] = True
         return settings_hash(decided), settings
 
     def _expected(self) -> set[tuple[str, str, str]]:
@@ -317,7 +355,7 @@ class StudyRunner:
         model_name = f"{study}/{variant.name}"
         if variant.needs:
             return self._keep(Outcome(study, variant, seed, {}, f"skipped: {variant.needs}"))
-        if variant.adabn and not self.data.target:
+        if (variant.adabn or variant.histmatch) and not self.data.target:
             return self._keep(Outcome(study, variant, seed, {}, "skipped: no night or fog queries to adapt to"))
         cp_cfg = self.config(variant, seed)
         if cp_cfg.align != "none" and not self.data.target:
@@ -334,12 +372,14 @@ class StudyRunner:
                                           target=self.data.target_items() if cp_cfg.align != "none" else None,
                                           map_cache=self.map_cache)
         train_s = training.result.extra.get("train_s") or 0.0
-        results = self.evaluate(training.model, variant.adabn)
+        results = self.evaluate(training.model, variant.adabn, augment=cp_cfg.augment, histmatch=variant.histmatch)
         self.retrievals[(study, variant.name, seed)] = results
         config = {"study": study, "variant": variant.name, "changes": dict(variant.changes), "adabn": variant.adabn,
+                  "histmatch": variant.histmatch,
                   "run_hash": run_hash, "settings_hash": settings_hash(settings), "model_dir": str(folder),
                   "base": dict(self.cfg["base"]), "heldout_share": self.cfg["heldout_share"],
-                  "target": "night/fog test queries not held out, unlabelled" if variant.adabn or cp_cfg.align != "none"
+                  "target": "night/fog test queries not held out, unlabelled"
+                  if variant.adabn or variant.histmatch or cp_cfg.align != "none"
                   else None, "dry_run": dryrun.active(),
                   "loss_by_epoch": [round(h["loss"], 3) for h in training.result.history]}
         metrics = self._record(model_name, seed, results, config, train_s)
@@ -367,15 +407,22 @@ class StudyRunner:
         return out
 
     # -- evaluation
-    def evaluate(self, model: Any, adabn: bool = False,
-                 sets: Sequence[EvalSet] | None = None) -> dict[tuple[str, str, str], Any]:
+    def evaluate(self, model: Any, adabn: bool = False, sets: Sequence[EvalSet] | None = None,
+                 augment: str = "base", histmatch: bool = False) -> dict[tuple[str, str, str], Any]:
         """`cosplace.Retrieval` per (dataset, split, condition) of `model`, unchanged, on every set.
-        A frozen backbone's maps are computed once per image and shared by every variant; with
-        `adabn`, queries of a target condition go through the backbone re-normalised on that
-        condition's adaptation queries (the database, day, through the original)."""
+        A frozen backbone's maps are computed once per image and shared by every variant.
+
+        Every image first goes through the input normalisation `augment` names, if any
+        (`geolib.training.augment.input_normalization`: the model trained with it). Then, for the
+        queries of a target condition (night, fog) only: with `histmatch`, each channel is mapped so
+        that the pooled histogram of that condition's adaptation queries becomes that of the day
+        training images (`_match_lut`); with `adabn`, they go through the backbone re-normalised on
+        that condition's adaptation queries (the database and day queries through the original)."""
+        from ..training.augment import split_name
         from ..training.cosplace import retrieve
         from ..training.groups import embed_paths
 
+        norm = split_name(augment)[1]
         model = model.to(self.device).eval()
         frozen = bool(getattr(model, "freeze_backbone", False))
         size = model.options["image_size"]
@@ -383,20 +430,25 @@ class StudyRunner:
         out, adapted = {}, {}
         for s in sets or self.data.eval_sets:
             if frozen:
-                db = self._descriptors(model, bkey, s.database, None)
+                db = self._descriptors(model, bkey, s.database, None, (norm, None))
             else:
-                db = embed_paths(model, [it.path for it in s.database], size, device=self.device)
+                db = embed_paths(_Pre(model, self._input(norm, None, size)), [it.path for it in s.database], size,
+                                 device=self.device)
             for cond, items in s.queries.items():
-                adapt = cond if adabn and cond in self.data.target else None
+                target = cond in self.data.target
+                adapt = cond if adabn and target else None
+                inp = (norm, cond if histmatch and target else None)
                 if frozen:
-                    q = self._descriptors(model, bkey, items, adapt)
+                    q = self._descriptors(model, bkey, items, adapt, inp)
                 elif adapt is not None:
-                    if adapt not in adapted:  # once per condition, not once per set
-                        adapted[adapt] = self._adapted_model(model, adapt)
+                    if (adapt, inp) not in adapted:  # once per condition, not once per set
+                        adapted[(adapt, inp)] = self._adapted_model(model, adapt, inp)
                     with torch.no_grad():
-                        q = adapted[adapt](self._tensors([it.path for it in items], size)).cpu().numpy()
+                        net = _Pre(adapted[(adapt, inp)], self._input(*inp, size))
+                        q = net(self._tensors([it.path for it in items], size)).cpu().numpy()
                 else:
-                    q = embed_paths(model, [it.path for it in items], size, device=self.device)
+                    q = embed_paths(_Pre(model, self._input(*inp, size)), [it.path for it in items], size,
+                                    device=self.device)
                 res = retrieve(q, utm_of(items), db, utm_of(s.database))
                 res.preprocess = _spec(size).to_dict()
                 out[(s.dataset, s.split, cond)] = res
@@ -415,21 +467,23 @@ class StudyRunner:
         return json.dumps({**{k: model.options[k] for k in ("backbone", "pretrained", "image_size", "stage")},
                            "weights": weights}, sort_keys=True, default=str)
 
-    def _descriptors(self, model: Any, bkey: str, items: Sequence[ImageItem], adapt: str | None) -> np.ndarray:
-        maps = self._frozen_maps(model, bkey, items, adapt)
+    def _descriptors(self, model: Any, bkey: str, items: Sequence[ImageItem], adapt: str | None,
+                     inp: tuple[str | None, str | None] = (None, None)) -> np.ndarray:
+        maps = self._frozen_maps(model, bkey, items, adapt, inp)
         with torch.no_grad():
             parts = [model.aggregate(maps[i:i + 512].to(self.device)).cpu() for i in range(0, len(maps), 512)]
         return torch.cat(parts).numpy() if parts else np.zeros((0, model.out_dim), np.float32)
 
-    def _frozen_maps(self, model: Any, bkey: str, items: Sequence[ImageItem], adapt: str | None) -> Any:
+    def _frozen_maps(self, model: Any, bkey: str, items: Sequence[ImageItem], adapt: str | None,
+                     inp: tuple[str | None, str | None] = (None, None)) -> Any:
         from ..evaluation.embedding import embed
 
-        key = (bkey, adapt, tuple(str(it.path) for it in items))
+        size = model.options["image_size"]
+        key = (bkey, adapt, inp, tuple(str(it.path) for it in items))
         if key not in self._maps:
-            backbone = model.backbone if adapt is None else self._adapted_backbone(model, bkey, adapt)
-            net = _MapNet(backbone, model.nhwc).eval()  # embed restores this mode: the backbone must stay in eval
-            flat = embed(net, [it.path for it in items], preprocess=_spec(model.options["image_size"]),
-                         device=self.device, l2=False)
+            backbone = model.backbone if adapt is None else self._adapted_backbone(model, bkey, adapt, inp)
+            net = _MapNet(backbone, model.nhwc, self._input(*inp, size)).eval()  # embed restores this mode
+            flat = embed(net, [it.path for it in items], preprocess=_spec(size), device=self.device, l2=False)
             h, w, c = _grid(model)
             self._maps[key] = torch.from_numpy(flat).reshape(len(items), h, w, c)
         return self._maps[key]
@@ -440,23 +494,68 @@ class StudyRunner:
         tf = _spec(size).transform(None)
         return torch.stack([tf(load_image(p)) for p in paths]).to(self.device)
 
-    def _target_batches(self, condition: str, size: int) -> list[Any]:
-        paths = [it.path for it in self.data.target[condition]]
-        return [self._tensors(paths[i:i + 64], size) for i in range(0, len(paths), 64)]
+    def _input(self, norm: str | None, match: str | None, size: int) -> Any:
+        """What an ImageNet-normalised batch goes through before the backbone: the input
+        normalisation `norm` (every image), then the histogram matching of condition `match`
+        (its queries only); None when neither applies."""
+        from ..training.adaptation import apply_lut
+        from ..training.augment import input_normalization
 
-    def _adapted_backbone(self, model: Any, bkey: str, condition: str) -> Any:
-        from ..training.adaptation import adapt_bn
+        fn = input_normalization(f"base+{norm}") if norm else None
+        lut = self._match_lut(norm, match, size) if match else None
+        if fn is None and lut is None:
+            return None
 
-        key = (bkey, condition)
+        def run(x: torch.Tensor) -> torch.Tensor:
+            x = _unnormalize(x)
+            if fn is not None:
+                x = fn(x)
+            if lut is not None:
+                x = apply_lut(x, lut.to(x.device))
+            return _renormalize(x)
+
+        return run
+
+    def _match_lut(self, norm: str | None, condition: str, size: int) -> torch.Tensor:
+        """(3, 256) look-up table mapping `condition`'s adaptation queries (after `norm`) onto the day
+        training images: `histogram_match` of their pooled per-channel histograms. The day side is
+        the train split's day images (at most 512, evenly spaced); the target side reads pixels only."""
+        from ..training.adaptation import histogram_match
+        from ..training.cosplace import query_condition
+
+        key = ("lut", norm, condition, size)
         if key not in self._adapted:
-            self._adapted[key] = adapt_bn(model.backbone, self._target_batches(condition, model.options["image_size"]),
-                                          self.device)
+            day = [it for it in self.data.train_items if query_condition(it) == "day"]
+            day = [day[i] for i in np.linspace(0, len(day) - 1, min(512, len(day))).astype(int)] if day else []
+            pre = self._input(norm, None, size)
+            images = {}
+            for side, items in (("day", day), ("target", self.data.target[condition])):
+                x = self._tensors([it.path for it in items], size)
+                images[side] = _unnormalize(pre(x) if pre is not None else x)
+            self._adapted[key] = histogram_match(images["target"], images["day"])
         return self._adapted[key]
 
-    def _adapted_model(self, model: Any, condition: str) -> Any:
+    def _target_batches(self, condition: str, size: int,
+                        inp: tuple[str | None, str | None] = (None, None)) -> list[Any]:
+        paths = [it.path for it in self.data.target[condition]]
+        pre = self._input(*inp, size)
+        batches = [self._tensors(paths[i:i + 64], size) for i in range(0, len(paths), 64)]
+        return [pre(b) for b in batches] if pre is not None else batches
+
+    def _adapted_backbone(self, model: Any, bkey: str, condition: str,
+                          inp: tuple[str | None, str | None] = (None, None)) -> Any:
         from ..training.adaptation import adapt_bn
 
-        return adapt_bn(model, self._target_batches(condition, model.options["image_size"]), self.device)
+        key = (bkey, condition, inp)
+        if key not in self._adapted:
+            self._adapted[key] = adapt_bn(model.backbone, self._target_batches(
+                condition, model.options["image_size"], inp), self.device)
+        return self._adapted[key]
+
+    def _adapted_model(self, model: Any, condition: str, inp: tuple[str | None, str | None] = (None, None)) -> Any:
+        from ..training.adaptation import adapt_bn
+
+        return adapt_bn(model, self._target_batches(condition, model.options["image_size"], inp), self.device)
 
     # -- studies
     def run(self, study: str, include_base: bool = True) -> list[Outcome]:
@@ -482,7 +581,8 @@ class StudyRunner:
         folder = self.saved / "studies" / settings_hash(self._run_hash(self.config(variant, seed), variant)[1])
         model = load_cosplace(folder, self.device)
         sets = [s for s in self.data.eval_sets if s.key == key]
-        return self.evaluate(model, variant.adabn, sets)[(*key, cond)]
+        augment = self.config(variant, seed).augment
+        return self.evaluate(model, variant.adabn, sets, augment, variant.histmatch)[(*key, cond)]
 
 
 def _spec(size: int) -> Any:
@@ -562,15 +662,27 @@ def study_table(summary: "Any", metric: str = "R@1", splits: Sequence[str] | Non
             text += f" ({r['delta']:+.1f}{'*' if r['measurable'] else ''})"
         return text
 
+    root = _root(summary)
     s = s.assign(cell=s.apply(cell, axis=1),
-                 column=s.apply(lambda r: f"{_set_name(r['dataset'], r['split'])} {r['condition']}", axis=1))
+                 column=s.apply(lambda r: f"{_set_name(r['dataset'], r['split'], root)} {r['condition']}", axis=1))
     table = s.pivot_table(index="variant", columns="column", values="cell", aggfunc="first", sort=False)
     table.columns.name = f"{metric} (%), mean ± std over seeds (Δ to base; * measurable)"
     return table
 
 
-def _set_name(dataset: str, split: str) -> str:
-    return split if split in ("val", "test", HELDOUT) else dataset.rsplit("-", 1)[-1] if "city" in dataset else dataset
+def _set_name(dataset: str, split: str, root: str | None = None) -> str:
+    """A set as tables and findings name it: the split for the VPR root (`root`), the dataset (the
+    world's second city as `city2`) for a test-only set, so its `test` is never the root's `test`."""
+    if dataset == root or (root is None and split in ("val", HELDOUT)):
+        return split
+    short = dataset.rsplit("-", 1)[-1] if "city" in dataset else dataset
+    return short if split == "test" else f"{short} {split}"
+
+
+def _root(summary: Any) -> str | None:
+    """The VPR root's dataset in a summary: the one with `val` records (None when there is none)."""
+    vals = summary[summary.split == "val"].dataset if len(summary) else []
+    return str(vals.iloc[0]) if len(vals) else None
 
 
 def outcomes_table(outcomes: Sequence[Outcome]) -> "Any":
@@ -655,7 +767,7 @@ def study_findings(summary: "Any", study: str, report_sets: Sequence[tuple[str, 
             verdict = ("measurable" if row["measurable"] else
                        f"within the seed spread (±{row['spread']:.1f})" if row["n"] > 1 else "one seed: not judged")
             out.append(Finding(f"{study}: {best} (best on val) vs base, {metric} on {cond} queries of "
-                               f"{_set_name(*where)}",
+                               f"{_set_name(*where, _root(summary))}",
                                float(row["delta"]), unit=" points", note=verdict))
     return out
 
@@ -692,12 +804,13 @@ def research_goal(summaries: Mapping[str, "Any"], report_sets: Sequence[tuple[st
         if night is None:
             continue
         delta = float(night["delta"])
-        out.append(Finding(f"{study}/{name} (chosen on val): {target} {metric} gain over base on {_set_name(*where)}",
+        where_name = _set_name(*where, _root(summary))
+        out.append(Finding(f"{study}/{name} (chosen on val): {target} {metric} gain over base on {where_name}",
                            delta, gain, bool(night["measurable"]) and delta >= gain, ">=", " points",
                            f"{'beyond' if night['measurable'] else 'within'} the seed spread "
                            f"(±{night['spread']:.1f}, {int(night['n'])} seeds); met only when beyond it"))
         if day is not None:
-            out.append(judge(f"{study}/{name}: day {metric} change on {_set_name(*where)}", float(day["delta"]), -day_loss,
+            out.append(judge(f"{study}/{name}: day {metric} change on {where_name}", float(day["delta"]), -day_loss,
                              unit=" points"))
     return out
 
@@ -758,7 +871,7 @@ def study_figure(summary: "Any", study: str, sets: Sequence[tuple[str, str]], me
                    capsize=2)
         ax.set_xticks(np.arange(len(variants_)) + width * (len(conds) - 1) / 2)
         ax.set_xticklabels(variants_, rotation=45, ha="right", fontsize=7)
-        ax.set(title=f"{study} · {_set_name(*where)}", ylabel=f"{metric} (%)", ylim=(0, 100))
+        ax.set(title=f"{study} · {_set_name(*where, _root(summary))}", ylabel=f"{metric} (%)", ylim=(0, 100))
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
@@ -796,6 +909,6 @@ def strips_figure(runner: StudyRunner, study: str, best: str, key: tuple[str, st
                 axes[row][col].imshow(im.copy())
             axes[row][col].set_axis_off()
             axes[row][col].set_title(f"{name} · {path.stem.split('_')[-1]}", fontsize=7)
-    fig.suptitle(f"{condition} queries of {_set_name(*key)}: base (left) and {best} (right)", fontsize=8)
+    fig.suptitle(f"{condition} queries of {_set_name(*key, runner.data.dataset)}: base (left) and {best} (right)", fontsize=8)
     fig.tight_layout()
     return fig

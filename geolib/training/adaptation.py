@@ -11,12 +11,17 @@ Results are also reported on a held-out part of those queries that adaptation ne
   `‖C_s − C_t‖²_F / (4d²)`, added to the CosPlace loss.
 - DANN (Ganin et al., 2016): a domain classifier on the descriptors behind a gradient-reversal
   layer; the encoder learns descriptors the classifier cannot tell apart by domain.
+- Histogram matching: a per-channel look-up table that maps the pooled pixel histogram of the
+  target images onto that of source (day) images, applied to target images before the network
+  (`histogram_match`, `apply_lut`). No training; it reaches a frozen backbone, which the two losses
+  above cannot.
 """
 from __future__ import annotations
 
 import copy
 from typing import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -50,6 +55,27 @@ def adapt_bn(module: nn.Module, batches: Iterable[Tensor], device: str = "cpu") 
     if seen == 0:
         raise ValueError("AdaBN got no target image; give the target queries' images")
     return adapted.eval()
+
+
+# --------------------------------------------------------------------------- histogram matching
+
+def histogram_match(source: Tensor, reference: Tensor) -> Tensor:
+    """(3, 256) look-up table, per channel, that maps the pooled 8-bit histogram of `source` images onto
+    that of `reference` images (both float [0, 1] `(N, 3, H, W)`): classic histogram matching, the
+    source's cumulative share of each level sent to the reference level of the same cumulative share."""
+    def cdf(x: Tensor) -> np.ndarray:
+        levels = (x.clamp(0, 1) * 255).round().long()
+        return np.stack([np.cumsum(np.bincount(levels[:, c].flatten().numpy(), minlength=256)) / levels[:, c].numel()
+                         for c in range(3)])
+
+    cs, cr = cdf(source.cpu()), cdf(reference.cpu())
+    return torch.from_numpy(np.stack([np.interp(cs[c], cr[c], np.arange(256.0)) for c in range(3)])).float() / 255
+
+
+def apply_lut(x: Tensor, lut: Tensor) -> Tensor:
+    """A (3, 256) look-up table (`histogram_match`) applied to a float [0, 1] `(B, 3, H, W)` batch."""
+    levels = (x.clamp(0, 1) * 255).round().long()
+    return torch.stack([lut[c][levels[:, c]] for c in range(3)], dim=1)
 
 
 # --------------------------------------------------------------------------- CORAL and DANN
