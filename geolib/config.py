@@ -355,6 +355,7 @@ class Distill(Common):
     safa_epochs: int = 1  # epochs of each SAFA row (the kept one chosen on validation pairs from the train split)
     safa_batch_size: int = 32  # pairs per SAFA batch (the in-batch negatives of the triplet loss)
     safa_frozen_blocks: int | None = None  # a finer cut than safa_frozen_stages: the stem and this many Lite0 blocks
+    safa_sa_input: str = "mean"  # what the SA heads read of the map: its channel "mean" or channel "max" (SAFA's code)
     phase1: Phase1 | None = field(default=None, metadata=DERIVED)  # the resolved phase1 section the Part A rows vary
 
 

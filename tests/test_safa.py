@@ -44,6 +44,43 @@ def test_sa_aggregation_matches_the_formula_on_a_hand_case():
     assert torch.allclose(agg(x), desc / desc.norm())
 
 
+def test_sa_heads_read_the_channel_max_when_asked():
+    agg = SpatialAwareAggregation((1, 2), heads=1, sa_input="max")
+    with torch.no_grad():  # as the mean case: weights = (a+b, 1) of the pooled map (a, b)
+        agg.down[0].weight.copy_(torch.tensor([[1.0, 1.0]]))
+        agg.down[0].bias.zero_()
+        agg.up[0].weight.copy_(torch.tensor([[1.0], [0.0]]))
+        agg.up[0].bias.copy_(torch.tensor([0.0, 1.0]))
+    x = torch.tensor([[[[1.0, 3.0]], [[3.0, 1.0]]]])  # channel max = (3, 3), channel mean = (2, 2)
+    assert torch.allclose(agg.weights(x), torch.tensor([[[6.0, 1.0]]]))
+    desc = torch.tensor([6 * 1 + 1 * 3, 6 * 3 + 1 * 1], dtype=torch.float32)
+    assert torch.allclose(agg(x), desc / desc.norm())
+    with pytest.raises(ValueError, match="sa_input"):
+        SpatialAwareAggregation((1, 2), sa_input="sum")
+
+
+def test_sa_input_reaches_both_branches_the_config_and_the_rebuilt_model(tmp_path):
+    from geolib.apps.safa_rows import safa_options
+    from geolib.checkpoint import save_checkpoint
+    from geolib.models import load_model
+
+    cfg = {"safa_backbone": "resnet10t", "pano_hw": [32, 64], "sat_size": 32, "safa_heads": 2, "safa_stage": -1,
+           "safa_frozen_stages": 0}
+    assert safa_options(cfg)["sa_input"] == "mean"  # a profile without the key keeps the mean
+    opts = safa_options({**cfg, "safa_sa_input": "max"})
+    assert opts["sa_input"] == "max"
+    torch.manual_seed(0)
+    m = SAFAModel(pretrained=False, **opts).eval()
+    assert all(b.pool.sa_input == "max" for b in m.branches.values()) and m.config["sa_input"] == "max"
+    torch.manual_seed(0)
+    mean = SAFAModel(pretrained=False, **{**opts, "sa_input": "mean"}).eval()
+    x = torch.rand(2, 3, 32, 64) * 4
+    assert not torch.allclose(m(x, "panorama"), mean(x, "panorama"))  # same weights, other pooling
+    path = save_checkpoint(tmp_path / "m", m, model_config=m.config)
+    rebuilt = load_model(path)
+    assert rebuilt.config["sa_input"] == "max" and torch.allclose(rebuilt(x, "panorama"), m(x, "panorama"), atol=1e-6)
+
+
 def test_sa_output_is_k_times_c_and_l2_normalised():
     agg = SpatialAwareAggregation((4, 6), heads=8)
     out = agg(torch.randn(3, 5, 4, 6))
@@ -271,6 +308,7 @@ def test_safa_row_runs_on_the_cvusa_and_cvact_release_layouts(layout, request, t
     got = row["results"]["directions"]["panorama→satellite"]
     assert got["queries"] == 4 and 0 <= got["R@1"] <= 100 and "hit_rate" not in got
     assert row["config"]["weights"] == "random-init" and row["config"]["select"] == "val R@1"
+    assert row["config"]["sa_input"] == "mean"  # part of the row's settings: a max row never reuses it
     facts = row["results"]
     assert facts["kept_epoch"] == 1 and facts["train_pairs"] == 8 and facts["select"] == "last"  # too few to carve
     rec = [r for r in read_records("smoke", safa_rows.SOURCE) if r["model"] == "safa-safa-polar"][-1]

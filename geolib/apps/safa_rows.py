@@ -35,7 +35,7 @@ def safa_options(cfg: Mapping[str, Any], changes: Mapping[str, Any] | None = Non
     return {"backbone": cfg["safa_backbone"], "pano_hw": tuple(cfg["pano_hw"]), "sat_size": int(cfg["sat_size"]),
             "heads": int(cfg["safa_heads"]), "aggregation": "sa", "stage": int(cfg["safa_stage"]),
             "frozen_stages": int(cfg["safa_frozen_stages"]), "frozen_blocks": cfg.get("safa_frozen_blocks"),
-            **dict(changes or {})}
+            "sa_input": str(cfg.get("safa_sa_input", "mean")), **dict(changes or {})}
 
 
 def safa_train_config(cfg: Mapping[str, Any]) -> Any:

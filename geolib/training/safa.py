@@ -44,19 +44,27 @@ VAL_SPLIT = "safa-val"        # the split name of the validation pairs carved fr
 SELECT_METRIC = "val R@1"     # what the kept epoch is chosen on (panorama→satellite, validation pairs)
 
 
+SA_INPUTS = ("mean", "max")   # what the SA heads read of the map: its channel mean or channel max
+
+
 class SpatialAwareAggregation(nn.Module):
-    """K heads; per head: channel mean → Linear(HW, HW/2) → Linear(HW/2, HW) → spatial weights.
+    """K heads; per head: channel pooling → Linear(HW, HW/2) → Linear(HW/2, HW) → spatial weights.
 
     The descriptor of head k is Σ_space weights_k · features (C values); the K descriptors are
     concatenated (K·C) and L2-normalised. There is no activation between the two linears (SAFA).
     SAFA's initialisation (weights N(0, 0.005), biases 0.1) makes every head start as a near-uniform
     spatial mean, so a pretrained backbone's descriptor is usable from the first step.
+
+    `sa_input`: the channel pooling the heads read, "mean" (the default) or "max" (SAFA's public
+    code takes the channel max of the map).
     """
 
-    def __init__(self, grid: tuple[int, int], heads: int = 8) -> None:
+    def __init__(self, grid: tuple[int, int], heads: int = 8, sa_input: str = "mean") -> None:
         super().__init__()
+        if sa_input not in SA_INPUTS:
+            raise ValueError(f"unknown sa_input {sa_input!r}; choose {' or '.join(SA_INPUTS)}")
         hw = int(grid[0] * grid[1])
-        self.heads = heads
+        self.heads, self.sa_input = heads, sa_input
         self.down = nn.ModuleList(nn.Linear(hw, max(1, hw // 2)) for _ in range(heads))
         self.up = nn.ModuleList(nn.Linear(max(1, hw // 2), hw) for _ in range(heads))
         for lin in [*self.down, *self.up]:
@@ -65,7 +73,7 @@ class SpatialAwareAggregation(nn.Module):
 
     def weights(self, x: Tensor) -> Tensor:
         """(B, K, HW) spatial weights of a (B, C, H, W) map."""
-        pooled = x.mean(dim=1).flatten(1)  # (B, HW)
+        pooled = (x.amax(dim=1) if self.sa_input == "max" else x.mean(dim=1)).flatten(1)  # (B, HW)
         return torch.stack([up(down(pooled)) for down, up in zip(self.down, self.up)], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -103,7 +111,7 @@ class SAFABranch(nn.Module):
 
     def __init__(self, backbone: str | nn.Module, input_hw: tuple[int, int], heads: int = 8, aggregation: str = "sa",
                  stage: int = -1, pretrained: bool | str = False, frozen_stages: int = 0,
-                 frozen_blocks: int | None = None) -> None:
+                 frozen_blocks: int | None = None, sa_input: str = "mean") -> None:
         super().__init__()
         from .distill4geo import pretrained_backbone
 
@@ -139,7 +147,7 @@ class SAFABranch(nn.Module):
             self.train(was)
         self.channels, self.grid = int(fmap.shape[1]), (int(fmap.shape[2]), int(fmap.shape[3]))
         if aggregation == "sa":
-            self.pool: nn.Module = SpatialAwareAggregation(self.grid, heads)
+            self.pool: nn.Module = SpatialAwareAggregation(self.grid, heads, sa_input)
             self.out_dim = heads * self.channels
         elif aggregation == "gem":
             self.pool, self.out_dim = GeMAggregation(), self.channels
@@ -194,13 +202,15 @@ class SAFAModel(nn.Module):
 
     `pretrained` (default "available": ImageNet weights where found offline, else random init and
     one line saying so; True: they must load) is looked up once for both branches;
-    `config["weights"]` records where they came from. `stage` and `frozen_stages`: see `SAFABranch`.
+    `config["weights"]` records where they came from. `stage` and `frozen_stages`: see `SAFABranch`;
+    `sa_input` (what the SA heads read: channel "mean" or "max"): see `SpatialAwareAggregation`.
     """
 
     def __init__(self, backbone: str = "resnet10t", pano_hw: tuple[int, int] = (112, 616), sat_size: int = 256,
                  polar: bool = True, heads: int = 8, aggregation: str = "sa", stage: int = -1,
                  frozen_stages: int = 0, pretrained: bool | str = "available",
-                 log: Callable[[str], None] = print, frozen_blocks: int | None = None) -> None:
+                 log: Callable[[str], None] = print, frozen_blocks: int | None = None,
+                 sa_input: str = "mean") -> None:
         super().__init__()
         from .distill4geo import loaded_weights, pretrained_backbone
 
@@ -210,14 +220,14 @@ class SAFAModel(nn.Module):
         sat_net = pretrained_backbone(backbone, loaded_weights(pretrained, self.weights))[0]
         self.branches = nn.ModuleDict({
             "panorama": SAFABranch(pano_net, self.pano_hw, heads, aggregation, stage, frozen_stages=frozen_stages,
-                                   frozen_blocks=frozen_blocks),
+                                   frozen_blocks=frozen_blocks, sa_input=sa_input),
             "satellite": SAFABranch(sat_net, sat_hw, heads, aggregation, stage, frozen_stages=frozen_stages,
-                                    frozen_blocks=frozen_blocks)})
+                                    frozen_blocks=frozen_blocks, sa_input=sa_input)})
         self.embed_dim = self.branches["panorama"].out_dim
         self.frozen_stages = int(frozen_stages) or int(bool(frozen_blocks))  # truthy: a trunk to cache
         self.config = {"name": "safa", "backbone": backbone, "pano_hw": list(self.pano_hw), "sat_size": self.sat_size,
                        "polar": self.polar, "heads": heads, "aggregation": aggregation, "stage": stage,
-                       "frozen_stages": int(frozen_stages), "weights": self.weights}
+                       "frozen_stages": int(frozen_stages), "weights": self.weights, "sa_input": sa_input}
         if frozen_blocks is not None:
             self.config["frozen_blocks"] = int(frozen_blocks)
 
