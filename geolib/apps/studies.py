@@ -826,7 +826,7 @@ def augmentation_grid(items: Sequence[ImageItem], cfg: Mapping[str, Any], names:
     from ..training.cosplace import CosPlaceConfig
     from ..training.groups import ImageTensors
 
-    names = list(names or AUGMENTATIONS)
+    names = list(names or [*AUGMENTATIONS, "base+stretch"])  # and what the input normalisation shows it
     base_cfg = CosPlaceConfig(**dict(cfg["base"]))
     picked = [items[i] for i in np.linspace(0, len(items) - 1, min(n, len(items))).astype(int)]
     images = ImageTensors([it.path for it in picked], max(64, base_cfg.image_size))
