@@ -786,7 +786,7 @@ def goal_candidate(summaries: Mapping[str, "Any"], target: str = "night", metric
 
 def research_goal(summaries: Mapping[str, "Any"], report_sets: Sequence[tuple[str, str]], gain: float = 5.0,
                   day_loss: float = 2.0, target: str = "night", metric: str = "R@1") -> list[Any]:
-    """The issue's research target: the augmentation or adaptation variant best on `val` `target`
+    """The research goal: the augmentation or adaptation variant best on `val` `target`
     queries (`goal_candidate`) must raise `target` R@1 over its base by ≥ `gain` points beyond the
     seed spread, and lose ≤ `day_loss` points on day queries, on every one of `report_sets` (held-out
     queries, second city). `summaries` is {study: summarize(...)}."""
