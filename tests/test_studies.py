@@ -224,6 +224,16 @@ def test_measurable_means_beyond_twice_the_larger_seed_std():
     assert table.loc["big", "val night"] == "21.0 ± 1.0 (+10.0*)" and table.loc["base", "val night"] == "11.0 ± 1.0"
 
 
+def test_a_test_only_set_has_its_own_column_beside_the_roots_test():
+    records = _records({("base", 0, "val", "night"): 10, ("base", 0, "test", "night"): 20,
+                        ("big", 0, "val", "night"): 12, ("big", 0, "test", "night"): 25})
+    city = [{**r, "dataset": "synthetic-default-city2", "metrics": {"R@1": r["metrics"]["R@1"] - 5}}
+            for r in records if r["split"] == "test"]
+    table = S.study_table(S.summarize(records + city, "aug"))
+    assert table.loc["big", "test night"] == "25.0 (+5.0)" and table.loc["big", "city2 night"] == "20.0 (+5.0)"
+    assert table.loc["base", "city2 night"] == "15.0"
+
+
 def test_selection_looks_at_val_only_and_the_goal_needs_the_gain_beyond_the_spread():
     values = {}
     for seed in range(3):
