@@ -40,7 +40,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                    "head": "softmax", "place_mode": "conditioned", "classifier_epochs": 2, "num_preds_to_save": 2,
                    "save_only_wrong": False, "threads": 2},
         # Notebook 05: top-k kept per query, example rows, and a fallback model when 02 has not run.
-        # Notebook 03 (issue 5): rows of parts A (Phase 1 ablation), B (students), C (SAFA).
+        # Notebook 03: rows of parts A (Phase 1 ablation), B (students), C (SAFA).
         "distill": {"rows": None, "epochs": 1, "batch_size": 4, "minutes_per_row": None, "cost_runs": 3,
                     "threads": 1, "teacher_checkpoint": None, "views": ["street", "drone", "satellite"],
                     "students": ["mobilenetv3_small_050"], "perturb": [False, True], "copies": 2,
@@ -50,7 +50,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                     "safa_epochs": 1, "safa_batch_size": 4, "safa_sa_input": "max",
                     "safa_pretrained": "available", "student_pretrained": "available"},
         "explorer": {"k": 10, "n_examples": 3, "grid_k": 5, "interactive": "auto", "fallback_epochs": 1},
-        # Notebook 06 (issue 18): every study on a frozen random ResNet-10t's cached maps, one seed.
+        # Notebook 06: every study on a frozen random ResNet-10t's cached maps, one seed.
         "studies": {"studies": ["augmentation", "backbone", "aggregation", "vicreg", "adaptation", "optimizer"],
                     "seeds": [0], "seeded_studies": None,
                     "base": {"backbone": "resnet10t", "pretrained": False, "stage": -1, "freeze_backbone": True,

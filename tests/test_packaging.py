@@ -1,4 +1,4 @@
-"""The frame every issue plugs into: packaging, README commands, CI, notebook hygiene."""
+"""The frame every part of geolib plugs into: packaging, README commands, CI, notebook hygiene."""
 import re
 import subprocess
 import sys

@@ -627,23 +627,14 @@ def summarize(records: Iterable[Mapping[str, Any]], study: str, seeds: Sequence[
                 rows.append({"variant": model.split("/", 1)[1], "seed": seed, "dataset": dataset, "split": split,
                              "condition": str(view).removeprefix("query-"), "metric": m,
                              "value": float(r["metrics"][m])})
-    cols = ["variant", "dataset", "split", "condition", "metric", "mean", "std", "n", "delta", "spread", "measurable"]
-    if not rows:
-        return pd.DataFrame(columns=cols)
-    long = pd.DataFrame(rows)
-    keys = ["variant", "dataset", "split", "condition", "metric"]
-    agg = long.groupby(keys, sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
-    agg = agg.rename(columns={"count": "n"})
-    agg["std"] = agg["std"].fillna(0.0)
-    base = agg[agg.variant == "base"].set_index(keys[1:])
-    base = base[["mean", "std", "n"]].rename(columns=lambda c: f"{c}_base")
-    joined = agg.join(base, on=keys[1:])
-    joined["delta"] = joined["mean"] - joined["mean_base"]
-    joined["spread"] = 2 * joined[["std", "std_base"]].max(axis=1)
-    joined["measurable"] = (joined["n"] >= 2) & (joined["n_base"] >= 2) & (joined["delta"].abs() > joined["spread"])
+    from ..evaluation.seeds import summarize as seed_summary
+
+    keys = ["dataset", "split", "condition", "metric"]
+    long = pd.DataFrame(rows, columns=["variant", "seed", *keys, "value"])
+    joined = seed_summary(long, keys)  # the measurable rule: geolib.evaluation.seeds
     order = {v: i for i, v in enumerate(dict.fromkeys(["base", *long.variant]))}
     joined = joined.sort_values("variant", key=lambda s: s.map(order), kind="stable")
-    return joined[cols].reset_index(drop=True)
+    return joined.reset_index(drop=True)
 
 
 def study_table(summary: "Any", metric: str = "R@1", splits: Sequence[str] | None = None) -> "Any":
