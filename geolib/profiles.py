@@ -117,7 +117,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # marginal perturbation. docs/systems.md has the measured trade-off (still short of the teacher).
         "distill": {"rows": ["A/full", "A/no-l2l", "A/no-fusion", "A/attention-pool", "B/teacher",
                              "B/student-efficientnet_lite0-b8@28-mp", "C/safa-polar", "C/safa-raw"],
-                    "epochs": 6, "batch_size": 32, "ablation_image_size": 96,
+                    "epochs": 6, "batch_size": 32, "ablation_image_size": 64,
                     "minutes_per_row": None, "cost_runs": 5,
                     "threads": 2, "teacher_checkpoint": None, "views": ["street", "drone", "satellite"],
                     "students": ["efficientnet_lite0-b8@28", "efficientnet_lite0-b8@24", "efficientnet_lite0-b11@24",

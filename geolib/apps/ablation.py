@@ -39,8 +39,8 @@ def part_a_phase1(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The Phase 1 settings every Part A row starts from: the profile's `phase1` section, at
     `ablation_image_size` when the distill section sets one.
 
-    The parts ablated act on token grids: at 48 px Lite0's stride-32 stage is 2x2, so layer-to-layer
-    attention there mixes four tokens and attention pooling over it has little to choose from. A
+    The parts ablated act on token grids: at 48 px Lite0's stride-32 stage is a single token, so
+    layer-to-layer attention there has one key and a row without fusion pools one token. A
     larger side gives every part a grid to work on; the backbone is still notebook 02's (a CNN takes
     any side), only the neck, pooling and head are trained at the new size.
     """
