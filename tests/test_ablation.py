@@ -88,6 +88,7 @@ def test_notebook_steps_draw_both_figures_and_write_findings_from_the_records(tm
     fig, bars = ab.cost_figures(table_a, table_b, empty, empty, tmp_path)
     assert (tmp_path / "03_pareto.png").stat().st_size > 0 and (tmp_path / "03_parts.png").stat().st_size > 0
     assert len(fig.axes[0].collections) == 4  # one series per part, empty ones kept for the legend
+    assert [ax.get_title() for ax in bars.axes] == [ab.FIGURE_TITLES["A"], ab.FIGURE_TITLES["B"]]  # no empty panels
     labels = {t.get_text() for t in fig.axes[0].texts}
     assert labels == {"full", "no-l2l", "teacher", "student-efficientnet_lite0-b5@32-plain"}
 

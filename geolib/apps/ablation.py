@@ -557,8 +557,11 @@ def cost_figures(table_a: Any, table_b: Any, table_b2: Any, table_c: Any, figure
     ax.set_xscale("log"); ax.set_xlabel("GFLOPs per image (log)"); ax.set_ylabel("R@1 (%)"); ax.legend()
     ax.set_title("Accuracy against cost")
     fig.tight_layout()
-    bars, axes = plt.subplots(1, 4, figsize=(18, 3.8))
-    for ax, (part, prefix, _) in zip(axes, FIGURE_PARTS):
+    # one panel per part that ran (a part left out of `rows` gets no empty panel)
+    shown = [(part, prefix) for part, prefix, _ in FIGURE_PARTS if len(main) and rows.str.startswith(prefix).any()]
+    shown = shown or [FIGURE_PARTS[0][:2]]
+    bars, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 3.8), squeeze=False)
+    for ax, (part, prefix) in zip(axes[0], shown):
         t = main[rows.str.startswith(prefix)] if len(main) else main
         ax.barh([r.split("/", 1)[1] for r in t.row] if len(t) else [], t["R@1"] if len(t) else [])
         ax.set_title(FIGURE_TITLES[part]); ax.set_xlabel("R@1 (%)")
