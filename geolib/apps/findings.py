@@ -9,6 +9,7 @@ states in its question (see `TARGETS`); a caller can pass others.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -162,9 +163,7 @@ def seed_mean(records: Iterable[Mapping[str, Any]], key: str, seeds: Sequence[in
     values = list(last.values())
     if not values:
         return float("nan"), float("nan"), 0
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std, len(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
 
 
 def _ratio(a: float, b: float) -> float:

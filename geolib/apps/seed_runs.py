@@ -55,7 +55,11 @@ def crossview_seed_table(records: Sequence[Mapping[str, Any]], models: Sequence[
                          seeds: Sequence[int], metric: str = "R@1", base: str | None = None) -> Any:
     """Rows: `models` (Δ to `base` when given); columns: query→gallery directions; cells: mean ± std
     of `metric` over `seeds` (the last record of each)."""
-    recs = select(records, task="crossview", dataset=dataset, model=tuple(models))
+    return _direction_table(select(records, task="crossview", dataset=dataset, model=tuple(models)), seeds, metric, base)
+
+
+def _direction_table(recs: Sequence[Mapping[str, Any]], seeds: Sequence[int], metric: str, base: str | None) -> Any:
+    """Rows: models; columns: query→gallery directions; mean ± std of `metric` over `seeds`."""
     long = records_long(recs, metric, fields=("model", "direction"), seeds=list(seeds))
     return seed_table(long, "model", "direction", base=base)
 
@@ -124,8 +128,7 @@ def distill_seed_tables(records: Sequence[Mapping[str, Any]], dataset: str, pair
     def table(task: str, data: str | None, prefix: tuple[str, ...], base: str, queries: tuple[str, ...]) -> Any:
         recs = [r for r in select(records, task=task, dataset=data, query_view=queries)
                 if str(r.get("model", "")).startswith(prefix)]
-        long = records_long(recs, metric, fields=("model", "direction"), seeds=list(seeds))
-        return seed_table(long, "model", "direction", base=base)
+        return _direction_table(recs, seeds, metric, base)
 
     university = ("street", "drone")  # parts A and B: street→drone, drone→satellite
     return {"A": table("crossview", dataset, ("phase1-",), "phase1-full", university),
