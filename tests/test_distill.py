@@ -279,3 +279,33 @@ def test_batch_contrast_loss_ranks_each_images_own_teacher_embedding_first():
     own = batch_contrast_loss({"street": torch.eye(4) * 3}, t)
     swapped = batch_contrast_loss({"street": torch.eye(4)[[1, 0, 3, 2]]}, t)
     assert float(own) < 1e-3 < 10 < float(swapped)  # the cosine loss alone sees no batch: both would be 0 and 1
+
+
+def test_batched_perturbation_is_seeded_mild_and_per_image():
+    from geolib.data.images import IMAGENET_MEAN, IMAGENET_STD
+    from geolib.training.distill4geo import perturb_batch
+
+    x = torch.randint(0, 256, (6, 3, 28, 28), dtype=torch.uint8)
+    a = perturb_batch(x, generator=torch.Generator().manual_seed(0))
+    b = perturb_batch(x, generator=torch.Generator().manual_seed(0))
+    c = perturb_batch(x, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (6, 3, 28, 28) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)  # seeded, and a new seed draws new perturbations
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    plain = (x.float() / 255 - mean) / std
+    assert torch.allclose(perturb_batch(x, strength=0.0), plain, atol=1e-5)  # strength 0: normalisation only
+    twice = perturb_batch(x[:1].repeat(4, 1, 1, 1), generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(twice[0], twice[1])  # each image of a batch gets its own draw
+    pixels = (a * std + mean)
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+
+
+def test_fixed_view_images_transform_once_and_match_the_per_call_path(world):
+    from geolib.training.distill4geo import ViewImages, resize_transform
+
+    items = train_items(world, VIEWS)["street"]
+    once = ViewImages(items, resize_transform(16), preload=True, fixed=True)
+    each = ViewImages(items, resize_transform(16))
+    assert once.memory is None and len(once.done) == len(items)
+    assert all(torch.equal(once[i][0], each[i][0]) for i in range(len(items)))
+    assert once[0][0].dtype == torch.uint8 and once[0][0].shape[-2:] == (16, 16)
