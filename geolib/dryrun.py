@@ -12,7 +12,7 @@ import os
 from typing import Sequence, TypeVar
 
 ENV = "GEOLIB_DRY_RUN"
-STEPS = 2          # optimiser steps per training run
+STEPS = 1          # optimiser steps per training run (one step runs every part of it)
 EPOCHS = 1         # epochs per training run
 BATCH = 2          # batch size (places or images) per step
 ITEMS = 8          # images per evaluated set (queries, gallery, database)
