@@ -373,8 +373,8 @@ class Explorer(Common):
 class Studies(Common):
     SECTION: ClassVar[str] = "studies"
     studies: list[str]  # studies to run: "augmentation", "backbone", "aggregation", "vicreg", "adaptation", "optimizer"
-    seeds: list[int]  # training seeds of every variant: tables give mean ± std over them
-    seeded_studies: list[str] | None = None  # studies trained on every seed (None: all); the others on the first seed only
+    seeded_studies: list[str] | None = None  # studies trained on every seed of `seeds` (None: all); the others on the first seed only
+    variants: dict[str, list[str]] | None = None  # per study, the variants run by name (a study not named, None or {}: all of its variants)
     base: dict[str, Any]  # the base CosPlace settings every variant changes one thing of (CosPlaceConfig keys)
     finetune: dict[str, Any] = field(default_factory=dict)  # settings of the variants that train their backbone (backbone study)
     backbone_pretrained: bool = False  # ImageNet weights for the backbone study's timm backbones (none offline)

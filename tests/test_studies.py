@@ -176,7 +176,7 @@ def test_auxiliary_losses_train_through_the_loop_on_cached_maps(toy_root, change
 # --------------------------------------------------------------------------- variants and splits
 
 def test_every_study_has_three_variants_and_unsupported_ones_say_why():
-    cfg = resolve("default", "studies")
+    cfg = resolve("default", "studies", variants={})
     for study in S.STUDIES:
         assert len(S.variants(study, cfg)) >= 3, study
     aug = [v.name for v in S.variants("augmentation", cfg)]
@@ -188,6 +188,24 @@ def test_every_study_has_three_variants_and_unsupported_ones_say_why():
             assert "has no" in v.needs
     with pytest.raises(ValueError, match="unknown study"):
         S.variants("dropout", cfg)
+
+
+def test_default_runs_one_seed_and_a_chosen_three_or_more_variants_of_every_study(toy_root, tmp_path):
+    cfg = resolve("default", "studies")
+    for study in S.STUDIES:
+        chosen = S.variants(study, cfg)
+        assert len(chosen) >= 3, study
+        every = [v.name for v in S.all_variants(study, cfg)]
+        assert [v.name for v in chosen] == [n for n in every if n in {v.name for v in chosen}]  # the study's order
+    # the default is the common seed; -p seeds [0, 1, 2] seeds the research goal's studies only
+    one = S.StudyRunner(cfg, _toy_data(toy_root), tmp_path, "smoke")
+    assert cfg["seeds"] is None and one.seeds == [cfg["seed"]]
+    three = S.StudyRunner(resolve("default", "studies", seeds=[0, 1, 2]), one.data, tmp_path, "smoke")
+    assert three.seeds_of("augmentation") == [0, 1, 2] and three.seeds_of("backbone") == [0]
+    with pytest.raises(ValueError, match="no 'snow'; choose among"):
+        S.variants("augmentation", {**cfg, "variants": {"augmentation": ["night", "snow"]}})
+    with pytest.raises(ValueError, match="at least one training seed"):
+        S.StudyRunner({**cfg, "seeds": []}, one.data, tmp_path, "smoke")
 
 
 def test_heldout_split_is_disjoint_complete_and_seed_independent():
@@ -297,6 +315,26 @@ def test_runner_records_every_set_and_condition_and_reuses_them(toy_root, tmp_pa
     assert again.run_one("adaptation", S.BASE, 0).how == "reused records"
     changed = S.StudyRunner(_cfg(iterations_per_epoch=4), data, tmp_path / "saved", "smoke")
     assert changed.run_one("adaptation", S.BASE, 0).how == "trained"
+
+
+def test_a_run_is_evaluated_once_per_session_and_a_loaded_model_shares_the_frozen_maps(toy_root, tmp_path):
+    data = _toy_data(toy_root)
+    runner = S.StudyRunner(_cfg(), data, tmp_path / "saved", "smoke", source="06_once")
+    course = runner.run_one("course", S.BASE, 0)
+    base = runner.run_one("aggregation", S.BASE, 0)
+    assert course.how == "trained" and base.how == "same run as course/base" and base.metrics == course.metrics
+    assert {r["model"] for r in read_records("smoke", "06_once")} == {"course/base", "aggregation/base"}
+    # a saved model is rebuilt without its pretrained flag: its frozen maps are still the trained model's
+    trained = cosplace.train_cosplace(data.train_items, runner.config(S.BASE, 0), tmp_path / "m", progress=False)
+    loaded = cosplace.load_cosplace(tmp_path / "m")
+    assert runner._backbone_key(loaded) == runner._backbone_key(trained.model)
+    maps = len(runner._maps)
+    runner.evaluate(loaded)
+    assert len(runner._maps) == maps  # no new maps: every image's map was already there
+    # the held-out queries are a part of test's: their maps are not computed again
+    rows = runner._maps[(runner._backbone_key(loaded), None, (None, None))]
+    assert len(rows) == len({str(it.path) for s in data.eval_sets for it in
+                             [*s.database, *(q for v in s.queries.values() for q in v)]})
 
 
 def test_frozen_map_evaluation_equals_embedding_the_whole_network(toy_root, tmp_path):

@@ -76,7 +76,21 @@ BASE = Variant("base")
 
 
 def variants(study: str, cfg: Mapping[str, Any]) -> list[Variant]:
-    """The variants of `study` for the resolved `studies` section `cfg` (the base not included)."""
+    """The variants of `study` for the resolved `studies` section `cfg` (the base not included): all
+    of them, or those `cfg["variants"]` names for the study, in the study's order."""
+    every = all_variants(study, cfg)
+    chosen = (cfg.get("variants") or {}).get(study)
+    if chosen is None:
+        return every
+    names = [v.name for v in every]
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise ValueError(f"variants of {study!r}: no {', '.join(map(repr, unknown))}; choose among {', '.join(names)}")
+    return [v for v in every if v.name in set(chosen)]
+
+
+def all_variants(study: str, cfg: Mapping[str, Any]) -> list[Variant]:
+    """Every variant of `study` the resolved `studies` section `cfg` describes (the base not included)."""
     from ..training import loop
     from ..training.augment import AUGMENTATIONS
     from ..training.cosplace import AGGREGATIONS, backbone_input_size
@@ -303,11 +317,15 @@ class StudyRunner:
 
         self.cfg, self.data, self.saved, self.profile = cfg, data, Path(saved), profile
         self.source, self.device, self.progress = source, device, progress
-        self.seeds = list(cfg["seeds"])[:1] if dryrun.active() else list(cfg["seeds"])
-        if not self.seeds:
+        from ..evaluation.seeds import seed_list
+
+        if cfg.get("seeds") is not None and not list(cfg["seeds"]):
             raise ValueError("-p seeds []: give at least one training seed, e.g. [0, 1, 2]")
+        seeds = seed_list(cfg)  # `seeds`, else the one `seed`
+        self.seeds = seeds[:1] if dryrun.active() else seeds
         self.map_cache: dict[Any, Any] = {}
         self._maps: dict[Any, Any] = {}
+        self._evaluated: dict[str, tuple[Any, ...]] = {}  # run hash -> this session's (retrievals, config, train_s, model)
         self._adapted: dict[Any, Any] = {}
         self.retrievals: dict[tuple[str, str, int], dict[tuple[str, str, str], Any]] = {}
         self.outcomes: list[Outcome] = []
@@ -367,6 +385,13 @@ class StudyRunner:
             metrics = {(d, s, q.removeprefix("query-")): m for (d, s, q), m in done.items()}
             return self._keep(Outcome(study, variant, seed, metrics, "reused records", run_hash=run_hash))
         start = time.perf_counter()
+        if run_hash in self._evaluated:  # the same run under another name (each study's base): not evaluated again
+            results, config, train_s, same = self._evaluated[run_hash]
+            config = {**config, "study": study, "variant": variant.name, "changes": dict(variant.changes)}
+            self.retrievals[(study, variant.name, seed)] = results
+            metrics = self._record(model_name, seed, results, config, train_s)
+            return self._keep(Outcome(study, variant, seed, metrics, f"same run as {same}",
+                                      time.perf_counter() - start, run_hash))
         folder = self.saved / "studies" / settings_hash(settings)
         existed = (folder / "model.json").exists()
         training = load_or_train_cosplace(self.data.train_items, cp_cfg, folder, self.progress,
@@ -384,6 +409,7 @@ class StudyRunner:
                   else None, "dry_run": dryrun.active(),
                   "loss_by_epoch": [round(h["loss"], 3) for h in training.result.history]}
         metrics = self._record(model_name, seed, results, config, train_s)
+        self._evaluated[run_hash] = (results, config, train_s, model_name)
         return self._keep(Outcome(study, variant, seed, metrics, "loaded" if existed else "trained",
                                   time.perf_counter() - start, run_hash))
 
@@ -428,13 +454,23 @@ class StudyRunner:
         frozen = bool(getattr(model, "freeze_backbone", False))
         size = model.options["image_size"]
         bkey = self._backbone_key(model) if frozen else ""
-        out, adapted = {}, {}
+        out, adapted, done = {}, {}, {}
+
+        def whole(items: Sequence[ImageItem], inp: tuple[str | None, str | None]) -> np.ndarray:
+            """Descriptors of the whole network, each image embedded once per input (sets share images)."""
+            rows = done.setdefault(inp, {})
+            paths = [str(it.path) for it in items]
+            missing = list(dict.fromkeys(p for p in paths if p not in rows))
+            if missing:
+                rows.update(zip(missing, embed_paths(_Pre(model, self._input(*inp, size)), missing, size,
+                                                     device=self.device)))
+            return np.stack([rows[p] for p in paths]) if paths else np.zeros((0, model.out_dim), np.float32)
+
         for s in sets or self.data.eval_sets:
             if frozen:
                 db = self._descriptors(model, bkey, s.database, None, (norm, None))
             else:
-                db = embed_paths(_Pre(model, self._input(norm, None, size)), [it.path for it in s.database], size,
-                                 device=self.device)
+                db = whole(s.database, (norm, None))
             for cond, items in s.queries.items():
                 target = cond in self.data.target
                 adapt = cond if adabn and target else None
@@ -448,24 +484,21 @@ class StudyRunner:
                         net = _Pre(adapted[(adapt, inp)], self._input(*inp, size))
                         q = net(self._tensors([it.path for it in items], size)).cpu().numpy()
                 else:
-                    q = embed_paths(_Pre(model, self._input(*inp, size)), [it.path for it in items], size,
-                                    device=self.device)
+                    q = whole(items, inp)
                 res = retrieve(q, utm_of(items), db, utm_of(s.database))
                 res.preprocess = _spec(size).to_dict()
                 out[(s.dataset, s.split, cond)] = res
         return out
 
     def _backbone_key(self, model: Any) -> str:
-        """What decides a frozen backbone's maps: its options and, for a random init (which differs
-        by seed), a checksum of its weights. Pretrained weights are the same file every time."""
+        """What decides a frozen backbone's maps: its options and a checksum of its weights (not
+        `pretrained`: a saved model is rebuilt without it, and its maps are the trained model's)."""
         import json
 
-        weights = None
-        if not model.options["pretrained"]:
-            with torch.no_grad():
-                weights = float(sum(t.double().sum() for t in model.backbone.state_dict().values()
-                                    if t.is_floating_point()))
-        return json.dumps({**{k: model.options[k] for k in ("backbone", "pretrained", "image_size", "stage")},
+        with torch.no_grad():
+            weights = float(sum(t.double().sum() for t in model.backbone.state_dict().values()
+                                if t.is_floating_point()))
+        return json.dumps({**{k: model.options[k] for k in ("backbone", "image_size", "stage")},
                            "weights": weights}, sort_keys=True, default=str)
 
     def _descriptors(self, model: Any, bkey: str, items: Sequence[ImageItem], adapt: str | None,
@@ -480,14 +513,16 @@ class StudyRunner:
         from ..evaluation.embedding import embed
 
         size = model.options["image_size"]
-        key = (bkey, adapt, inp, tuple(str(it.path) for it in items))
-        if key not in self._maps:
+        rows = self._maps.setdefault((bkey, adapt, inp), {})  # image path -> its map, shared by every set
+        paths = [str(it.path) for it in items]
+        missing = list(dict.fromkeys(p for p in paths if p not in rows))
+        h, w, c = _grid(model)
+        if missing:
             backbone = model.backbone if adapt is None else self._adapted_backbone(model, bkey, adapt, inp)
             net = _MapNet(backbone, model.nhwc, self._input(*inp, size)).eval()  # embed restores this mode
-            flat = embed(net, [it.path for it in items], preprocess=_spec(size), device=self.device, l2=False)
-            h, w, c = _grid(model)
-            self._maps[key] = torch.from_numpy(flat).reshape(len(items), h, w, c)
-        return self._maps[key]
+            flat = embed(net, missing, preprocess=_spec(size), device=self.device, l2=False)
+            rows.update(zip(missing, torch.from_numpy(flat).reshape(len(missing), h, w, c)))
+        return torch.stack([rows[p] for p in paths]) if paths else torch.zeros(0, h, w, c)
 
     def _tensors(self, paths: Sequence[str | Path], size: int) -> Any:
         from ..data.images import load_image

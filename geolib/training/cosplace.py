@@ -555,8 +555,16 @@ def _shared_maps(map_cache: dict[Any, Tensor] | None, model: PlaceNet, images: I
     key = (json.dumps(backbone, sort_keys=True, default=str), weights, tuple(str(p) for p in images.paths),
            images.image_size, how, copies, seed)
     if key not in map_cache:
-        map_cache[key] = cache_maps(model, images, augment, copies, device, seed)
+        pixels = ("decoded", tuple(str(p) for p in images.paths), images.image_size)  # decoded once for every cache
+        if pixels not in map_cache:
+            map_cache[pixels] = _decode(images)
+        map_cache[key] = cache_maps(model, images, augment, copies, device, seed, decoded=map_cache[pixels])
     return map_cache[key]
+
+
+def _decode(images: ImageTensors) -> Tensor:
+    """Every image of `images` as one uint8 `(N, 3, S, S)` tensor."""
+    return torch.stack([images[i] for i in range(len(images))]) if len(images) else torch.zeros(0)
 
 
 def dry_run_subset(per_group: list[list[np.ndarray]], paths: Sequence[str | Path], classes: int,
@@ -570,12 +578,13 @@ def dry_run_subset(per_group: list[list[np.ndarray]], paths: Sequence[str | Path
 
 @torch.no_grad()
 def cache_maps(model: PlaceNet, images: ImageTensors, augment: Augment, copies: int, device: str = "cpu",
-               seed: int = 0, batch_size: int = 128) -> Tensor:
+               seed: int = 0, batch_size: int = 128, decoded: Tensor | None = None) -> Tensor:
     """Frozen-backbone maps `(copies, images, H, W, C)` of `copies` augmented versions of every
-    image (each image decoded once). Seeded, so a resumed run rebuilds the same cache."""
+    image (each image decoded once; `decoded`: the images already decoded, `_decode(images)`).
+    Seeded, so a resumed run rebuilds the same cache."""
     was_training = model.training
     model.eval()
-    decoded = torch.stack([images[i] for i in range(len(images))]) if len(images) else torch.zeros(0)
+    decoded = _decode(images) if decoded is None else decoded
     gen_state = torch.get_rng_state()
     torch.manual_seed(seed + 7919)
     try:
