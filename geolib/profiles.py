@@ -60,7 +60,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                              "batch_size": 8, "backbone_lr": 1e-3, "classifier_lr": 1e-2, "hue": 0.0},
                     "finetune": {"iterations_per_epoch": 2}, "transformer": "vit_tiny_patch16_224",
                     "vicreg_weights": [0.01, 0.1], "lr_grid": [3e-4, 3e-3], "wd_grid": [0.0, 1e-4],
-                    "num_preds_to_save": 2, "threads": 2},
+                    "num_preds_to_save": 2, "threads": 1},  # one thread, as in phase2 above
     },
     "default": {
         "common": {"seed": 0, "device": "auto", "amp": False, "num_workers": 0},
