@@ -458,13 +458,9 @@ class StudyRunner:
 
         def whole(items: Sequence[ImageItem], inp: tuple[str | None, str | None]) -> np.ndarray:
             """Descriptors of the whole network, each image embedded once per input (sets share images)."""
-            rows = done.setdefault(inp, {})
-            paths = [str(it.path) for it in items]
-            missing = list(dict.fromkeys(p for p in paths if p not in rows))
-            if missing:
-                rows.update(zip(missing, embed_paths(_Pre(model, self._input(*inp, size)), missing, size,
-                                                     device=self.device)))
-            return np.stack([rows[p] for p in paths]) if paths else np.zeros((0, model.out_dim), np.float32)
+            found = _per_image(done.setdefault(inp, {}), items, lambda missing: embed_paths(
+                _Pre(model, self._input(*inp, size)), missing, size, device=self.device))
+            return np.stack(found) if found else np.zeros((0, model.out_dim), np.float32)
 
         for s in sets or self.data.eval_sets:
             if frozen:
@@ -513,16 +509,17 @@ class StudyRunner:
         from ..evaluation.embedding import embed
 
         size = model.options["image_size"]
-        rows = self._maps.setdefault((bkey, adapt, inp), {})  # image path -> its map, shared by every set
-        paths = [str(it.path) for it in items]
-        missing = list(dict.fromkeys(p for p in paths if p not in rows))
         h, w, c = _grid(model)
-        if missing:
+
+        def compute(missing: list[str]) -> Any:
             backbone = model.backbone if adapt is None else self._adapted_backbone(model, bkey, adapt, inp)
             net = _MapNet(backbone, model.nhwc, self._input(*inp, size)).eval()  # embed restores this mode
             flat = embed(net, missing, preprocess=_spec(size), device=self.device, l2=False)
-            rows.update(zip(missing, torch.from_numpy(flat).reshape(len(missing), h, w, c)))
-        return torch.stack([rows[p] for p in paths]) if paths else torch.zeros(0, h, w, c)
+            return torch.from_numpy(flat).reshape(len(missing), h, w, c)
+
+        # image path -> its map, shared by every set and every later evaluation of this backbone
+        found = _per_image(self._maps.setdefault((bkey, adapt, inp), {}), items, compute)
+        return torch.stack(found) if found else torch.zeros(0, h, w, c)
 
     def _tensors(self, paths: Sequence[str | Path], size: int) -> Any:
         from ..data.images import load_image
@@ -619,6 +616,16 @@ class StudyRunner:
         sets = [s for s in self.data.eval_sets if s.key == key]
         augment = self.config(variant, seed).augment
         return self.evaluate(model, variant.adabn, sets, augment, variant.histmatch)[(*key, cond)]
+
+
+def _per_image(rows: dict[str, Any], items: Sequence[ImageItem], compute: Any) -> list[Any]:
+    """`rows[path]` for every item, in order; `compute(paths)` runs once, on the paths `rows` lacks
+    (each once: the held-out queries and the sets' shared databases are not computed again)."""
+    paths = [str(it.path) for it in items]
+    missing = list(dict.fromkeys(p for p in paths if p not in rows))
+    if missing:
+        rows.update(zip(missing, compute(missing)))
+    return [rows[p] for p in paths]
 
 
 def _spec(size: int) -> Any:

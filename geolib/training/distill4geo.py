@@ -51,21 +51,9 @@ def batch_contrast_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Ten
     return torch.stack(parts).mean()
 
 
-def perturbation_transform(size: int, strength: float = 1.0):
-    """Mild marginal perturbation: small shift/scale (affine) and colour change, then normalise."""
-    from torchvision.transforms import v2
-
-    s = float(strength)
-    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True),
-                       v2.RandomAffine(degrees=0, translate=(0.05 * s, 0.05 * s), scale=(1 - 0.08 * s, 1 + 0.08 * s)),
-                       v2.ColorJitter(0.15 * s, 0.15 * s, 0.1 * s, 0.0),
-                       v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
 def resize_transform(size: int):
-    """Decode to a uint8 tensor and resize (antialiased) to `size`: the deterministic half of
-    `perturbation_transform`, kept once per image so that only `perturb_batch` runs each step."""
+    """Decode to a uint8 tensor and resize (antialiased) to `size`: the deterministic part of the
+    marginal perturbation, kept once per image so that only `perturb_batch` runs each step."""
     from torchvision.transforms import v2
 
     return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
@@ -77,9 +65,10 @@ def _gray(x: Tensor) -> Tensor:
 
 
 def perturb_batch(x: Tensor, strength: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-    """`perturbation_transform`'s perturbation on a batch of resized images, normalised for the network.
+    """Mild marginal perturbation of a batch of resized images, normalised for the network.
 
-    `x`: (B, 3, S, S) uint8 (or float in [0, 1]). Per image, as `perturbation_transform` draws them:
+    `x`: (B, 3, S, S) uint8 (or float in [0, 1]). Per image, as torchvision's RandomAffine and
+    ColorJitter draw them:
     a shift of up to 5 % of the side and a scale in [0.92, 1.08] (nearest neighbour, zero fill), then
     brightness and contrast factors in [0.85, 1.15] and saturation in [0.9, 1.1], applied in a random
     order. One batched pass instead of one transform call per image: at a student's 28 px the
@@ -109,14 +98,14 @@ def perturb_batch(x: Tensor, strength: float = 1.0, generator: torch.Generator |
     order = torch.argsort(torch.rand(n, 3, generator=generator), dim=1)
     for k in range(3):
         f = factors[torch.arange(n), order[:, k]]
+        gray = _gray(x)  # once per step: contrast and saturation both read it
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
         bright = x * f
-        contrast = (x - _gray(x).mean(dim=(1, 2, 3), keepdim=True)) * f + _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-        sat = (x - _gray(x)) * f + _gray(x)
+        contrast = (x - mean) * f + mean
+        sat = (x - gray) * f + gray
         op = order[:, k].view(n, 1, 1, 1)
         x = torch.where(op == 0, bright, torch.where(op == 1, contrast, sat)).clamp(0.0, 1.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 # --------------------------------------------------------------------------- students

@@ -416,9 +416,7 @@ def trunk_maps(model: SAFAModel, items: Sequence[ImageItem], view: str, batch_si
                device: str = "cpu", num_workers: int = 0) -> Tensor:
     """(N, C, h, w) frozen-stage maps of `items` seen as `view`, at the model's input size: computed
     once, since the frozen stages (in eval mode) give every epoch the same map."""
-    from ..evaluation.embedding import embed
-
-    from ..evaluation.embedding import input_format
+    from ..evaluation.embedding import embed, input_format
 
     h, w = model.input_sizes()[view]
     with torch.no_grad():
